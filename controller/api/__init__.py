@@ -1,0 +1,1 @@
+"""The management API (FastAPI): one router per resource, bearer-token auth."""

@@ -1,0 +1,128 @@
+"""The FastAPI application: webhook receiver, management API, run triggers, pages.
+
+Request handlers do one short transaction each; everything slow (git, builds, GitHub,
+Kubernetes) runs in the controller's worker threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from controller import __version__
+from controller.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermanentError,
+    SlipwayError,
+    TemporaryError,
+)
+from webhooks.receiver import make_endpoint
+
+log = logging.getLogger(__name__)
+
+_STATUS = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (InvalidInput, 422),
+    (TemporaryError, 503),
+    (PermanentError, 400),
+]
+
+
+def _error_body(message: str, hint: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": message}
+    if hint:
+        body["hint"] = hint
+    return body
+
+
+def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            services.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                services.stop()
+
+    app = FastAPI(
+        title="Slipway",
+        version=__version__,
+        description="Self-hosted GitOps deploy controller for background-task workers.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+
+    @app.exception_handler(SlipwayError)
+    async def _slipway_error(_request: Request, exc: SlipwayError) -> JSONResponse:
+        status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
+        return JSONResponse(_error_body(exc.message, exc.hint), status_code=status)
+
+    @app.exception_handler(ValueError)
+    async def _value_error(_request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse(_error_body(str(exc)), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            _error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse(_error_body("invalid request: " + "; ".join(parts)), status_code=422)
+
+    app.add_api_route(
+        "/webhooks/github",
+        make_endpoint(secret=lambda: services.settings.webhook_secret, writer=lambda: services.writer),  # type: ignore[arg-type]
+        methods=["POST"],
+        status_code=202,
+        tags=["webhooks"],
+        summary="GitHub webhook deliveries",
+    )
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        problems = []
+        try:
+            with services.db.read() as session:
+                session.execute(text("SELECT 1"))
+        except Exception as exc:
+            problems.append(f"database: {type(exc).__name__}")
+        problems += services.readiness_problems()
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    from controller.api import deployments, projects, runs, versions
+
+    app.include_router(projects.router)
+    app.include_router(deployments.router)
+    app.include_router(versions.router)
+    app.include_router(runs.router)
+    try:
+        from controller.web import pages
+    except ImportError:  # pages are optional until templates exist
+        pass
+    else:
+        app.include_router(pages.router)
+    return app

@@ -1,0 +1,159 @@
+"""Projects, their environments and what happened to them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from controller.api.auth import require_admin
+from controller.deployments import (
+    create_project,
+    disconnect_project,
+    find_environment,
+    get_project,
+    project_not_deploying_reason,
+    update_project,
+)
+from controller.models import normalise_environment
+from controller.store.tables import Environment, Event, Project
+from controller.views import environment_view, event_view, project_view, version_strings
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)], tags=["projects"])
+
+
+class ProjectFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str | None = Field(default=None, examples=["octo-org/demo"])
+    clone_url: str | None = None
+    production_branch: str | None = None
+    staging_branch: str | None = None
+    previews: bool | None = None
+    fork_previews: bool | None = None
+    preview_limit: int | None = None
+    config_path: str | None = None
+    install_command: str | None = None
+    pre_build_command: str | None = None
+
+
+class ProjectCreate(ProjectFields):
+    ref: str
+    repo: str  # type: ignore[assignment]
+
+
+class ProjectUpdate(ProjectFields):
+    connected: bool | None = None
+
+
+def _services(request: Request) -> Any:
+    return request.app.state.services
+
+
+def _view(session: Any, project: Project) -> dict[str, Any]:
+    return project_view(project, not_deploying=project_not_deploying_reason(session, project))
+
+
+@router.get("/projects")
+def list_projects(request: Request) -> list[dict[str, Any]]:
+    with _services(request).db.read() as session:
+        projects = session.execute(select(Project).order_by(Project.ref)).scalars().all()
+        return [_view(session, p) for p in projects]
+
+
+@router.post("/projects", status_code=201)
+def post_project(request: Request, body: ProjectCreate) -> dict[str, Any]:
+    services = _services(request)
+    with services.db.transaction() as session:
+        fields = body.model_dump(exclude={"ref"}, exclude_none=True)
+        project = create_project(session, services.cipher, ref=body.ref, **fields)
+        return _view(session, project)
+
+
+@router.get("/projects/{ref}")
+def get_one(request: Request, ref: str) -> dict[str, Any]:
+    with _services(request).db.read() as session:
+        return _view(session, get_project(session, ref))
+
+
+@router.patch("/projects/{ref}")
+def patch_project(request: Request, ref: str, body: ProjectUpdate) -> dict[str, Any]:
+    services = _services(request)
+    with services.db.transaction() as session:
+        project = get_project(session, ref)
+        update_project(session, project, **body.model_dump(exclude_unset=True))
+        view = _view(session, project)
+    services.queue.notify()
+    return view
+
+
+@router.delete("/projects/{ref}")
+def delete_project(request: Request, ref: str) -> dict[str, Any]:
+    """Disconnect: deployments stop and queued work is canceled; every record is kept."""
+    services = _services(request)
+    with services.db.transaction() as session:
+        project = get_project(session, ref)
+        disconnect_project(session, project)
+        view = _view(session, project)
+    services.after_disconnect(ref)
+    return view
+
+
+@router.get("/projects/{ref}/environments")
+def list_environments(request: Request, ref: str) -> list[dict[str, Any]]:
+    with _services(request).db.read() as session:
+        project = get_project(session, ref)
+        envs = session.execute(
+            select(Environment)
+            .where(Environment.project_id == project.id)
+            .order_by(Environment.id)
+        ).scalars().all()
+        versions = version_strings(session, {e.current_version_id for e in envs})
+        return [environment_view(e, versions.get(e.current_version_id or 0)) for e in envs]
+
+
+@router.get("/projects/{ref}/environments/{env}/secret-key")
+def get_secret_key(
+    request: Request,
+    ref: str,
+    env: str,
+    x_slipway_branch: str | None = Header(default=None),
+    branch: str | None = Query(default=None),
+) -> dict[str, Any]:
+    """The environment's secret key (``sk_…``), for triggering runs. Shown on purpose."""
+    services = _services(request)
+    name = normalise_environment(env)
+    with services.db.read() as session:
+        project = get_project(session, ref)
+        target = branch or x_slipway_branch
+        if name == "preview" and not target:
+            environment = session.execute(
+                select(Environment).where(
+                    Environment.project_id == project.id,
+                    Environment.name == "preview",
+                    Environment.branch_key == "",
+                )
+            ).scalar_one()
+        else:
+            environment = find_environment(session, project, name, target)
+        return {
+            "environment": environment.name,
+            "branch": environment.branch,
+            "secret_key": services.cipher.decrypt(environment.secret_key_encrypted),
+        }
+
+
+@router.get("/projects/{ref}/events")
+def list_events(request: Request, ref: str, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    """Why deliveries did what they did: skipped previews, archived branches, access."""
+    with _services(request).db.read() as session:
+        project = get_project(session, ref)
+        events = session.execute(
+            select(Event)
+            .where(Event.project_id == project.id)
+            .order_by(Event.id.desc())
+            .limit(limit)
+        ).scalars().all()
+        return [event_view(e) for e in events]

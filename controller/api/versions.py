@@ -1,0 +1,189 @@
+"""Versions, promotion, rollback, upload deploys and branch archiving."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from controller.api.auth import require_admin
+from controller.deployments import (
+    DeployRequest,
+    archive_branch,
+    ensure_environment,
+    find_environment,
+    get_project,
+    request_deployment,
+)
+from controller.errors import InvalidInput, NotFound
+from controller.ids import new_id
+from controller.models import BRANCH_PATTERN, normalise_environment
+from controller.store.tables import Environment, Version
+from controller.versions import previous_version, promotable, promote
+from controller.views import deployments_view, environment_view, version_strings, version_view
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)], tags=["versions"])
+
+MAX_UPLOAD = 100 * 1024 * 1024
+
+
+class PromoteBody(BaseModel):
+    version: str
+
+
+def _env(session: Any, ref: str, env: str, branch: str | None) -> tuple[Any, Environment]:
+    project = get_project(session, ref)
+    return project, find_environment(session, project, normalise_environment(env), branch)
+
+
+@router.get("/projects/{ref}/environments/{env}/versions")
+def list_versions(
+    request: Request,
+    ref: str,
+    env: str,
+    branch: str | None = None,
+    x_slipway_branch: str | None = Header(default=None),
+) -> list[dict[str, Any]]:
+    with request.app.state.services.db.read() as session:
+        _project, environment = _env(session, ref, env, branch or x_slipway_branch)
+        rows = session.execute(
+            select(Version).where(Version.environment_id == environment.id).order_by(Version.id.desc())
+        ).scalars().all()
+        return [version_view(v, environment, current=v.id == environment.current_version_id) for v in rows]
+
+
+@router.get("/projects/{ref}/environments/{env}/tasks")
+def list_tasks(
+    request: Request,
+    ref: str,
+    env: str,
+    branch: str | None = None,
+    version: str | None = None,
+    x_slipway_branch: str | None = Header(default=None),
+) -> dict[str, Any]:
+    with request.app.state.services.db.read() as session:
+        _project, environment = _env(session, ref, env, branch or x_slipway_branch)
+        if version:
+            row = session.execute(
+                select(Version).where(Version.environment_id == environment.id, Version.version == version)
+            ).scalar_one_or_none()
+        elif environment.current_version_id:
+            row = session.get(Version, environment.current_version_id)
+        else:
+            row = None
+        if row is None:
+            raise NotFound("no such version" if version else "this environment has no current version yet")
+        return {"version": row.version, "tasks": row.tasks}
+
+
+def _promote(request: Request, ref: str, env: str, branch: str | None, pick: Any) -> dict[str, Any]:
+    services = request.app.state.services
+    with services.db.read() as session:
+        _project, environment = _env(session, ref, env, branch)
+        version = pick(session, environment)
+        version_id = version.id
+    new, old = promote(services.db, services.runtime, version_id=version_id)
+    with services.db.read() as session:
+        environment = session.get(Environment, environment.id)
+        view = environment_view(environment, new)
+    return {"environment": view, "version": new, "previous": old}
+
+
+@router.post("/projects/{ref}/environments/{env}/promote")
+def post_promote(
+    request: Request,
+    ref: str,
+    env: str,
+    body: PromoteBody,
+    branch: str | None = None,
+    x_slipway_branch: str | None = Header(default=None),
+) -> dict[str, Any]:
+    return _promote(
+        request, ref, env, branch or x_slipway_branch,
+        lambda session, environment: promotable(session, environment, body.version),
+    )
+
+
+@router.post("/projects/{ref}/environments/{env}/rollback")
+def post_rollback(
+    request: Request,
+    ref: str,
+    env: str,
+    branch: str | None = None,
+    x_slipway_branch: str | None = Header(default=None),
+) -> dict[str, Any]:
+    return _promote(
+        request, ref, env, branch or x_slipway_branch,
+        lambda session, environment: promotable(
+            session, environment, previous_version(session, environment).version
+        ),
+    )
+
+
+@router.post("/projects/{ref}/branches/{branch:path}/archive")
+def post_archive(request: Request, ref: str, branch: str) -> dict[str, Any]:
+    services = request.app.state.services
+    with services.db.transaction() as session:
+        project = get_project(session, ref)
+        environment = archive_branch(session, project, branch, "archived by hand")
+        if environment is None:
+            raise NotFound(f"preview branch {branch!r} does not exist in project {ref}")
+        view = environment_view(environment, version_strings(session, {environment.current_version_id}).get(environment.current_version_id or 0))
+    services.retire_environment(environment.id)
+    return view
+
+
+@router.post("/projects/{ref}/deployments", status_code=202)
+async def post_deployment(
+    request: Request,
+    ref: str,
+    env: str = Query("production"),
+    branch: str | None = None,
+    skip_promotion: bool = False,
+    skip_sync_env_vars: bool = False,
+    x_slipway_branch: str | None = Header(default=None),
+) -> dict[str, Any]:
+    """Deploy uploaded source (a gzip tarball body), as `slipway deploy` does."""
+    services = request.app.state.services
+    name = normalise_environment(env)
+    branch = branch or x_slipway_branch
+    if name == "preview" and (not branch or not BRANCH_PATTERN.match(branch)):
+        raise InvalidInput("deploying to preview needs a valid branch (--branch)")
+    upload_id = new_id("upl")
+    path = services.uploads / f"{upload_id}.tar.gz"
+    size = 0
+    with open(path, "wb") as out:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_UPLOAD:
+                out.close()
+                os.unlink(path)
+                raise InvalidInput(f"upload larger than {MAX_UPLOAD >> 20} MiB")
+            out.write(chunk)
+    if size == 0:
+        os.unlink(path)
+        raise InvalidInput("the upload is empty: send the source as a gzip tarball body")
+    with services.db.transaction() as session:
+        project = get_project(session, ref)
+        environment = ensure_environment(
+            session, services.cipher, project=project, name=name,
+            branch=branch if name == "preview" else None,
+        )
+        deployment = request_deployment(
+            session,
+            project=project,
+            environment=environment,
+            request=DeployRequest(
+                sha=None,
+                ref="upload",
+                source="upload",
+                upload_path=str(path),
+                options={"skip_promotion": skip_promotion, "skip_sync_env_vars": skip_sync_env_vars},
+            ),
+        )
+        view = deployments_view(session, [deployment])[0]
+    services.queue.notify()
+    return view

@@ -1,0 +1,30 @@
+"""The Builder protocol: sources produce a checkout; a builder turns it into an
+immutable artifact (a dependency environment, the pre-built code, the task list).
+Runtimes only consume what builders produce; the two never import each other."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+Log = Callable[[str], None]
+
+
+class Builder(Protocol):
+    name: str
+
+    def prepare(
+        self, root: Path, *, install: str | None, log: Log, cancel: threading.Event, timeout: float
+    ) -> dict[str, Any]:
+        """Install dependencies; returns at least ``{"venv", "key", "cached"}``."""
+        ...
+
+    def pre_build(
+        self, root: Path, *, venv: Path, command: str, log: Log, cancel: threading.Event, timeout: float
+    ) -> None: ...
+
+    def discover(
+        self, root: Path, *, venv: Path, tasks_dir: str, timeout: float
+    ) -> list[dict[str, Any]]: ...

@@ -1,0 +1,176 @@
+"""Running a user's command (install, pre-build): minimal environment, timeout, bounded
+output.
+
+The command runs through ``/bin/sh -c`` in its own process group, with ``PATH`` led by the
+version's virtualenv and none of the controller's settings or secrets: only a short list
+of variables that package tools need (locale, proxies, pip's index and certificates). Its
+output streams line by line into the deployment log, at most ``max_log_lines`` lines (a
+notice says when lines were dropped); the last ``tail_lines`` are kept for the error
+message. On timeout or cancellation the whole process group is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.errors import BuildFailed
+
+PASSTHROUGH = (
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_FIND_LINKS",
+    "PIP_CONSTRAINT",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+)
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def minimal_env(*, venv: Path | None, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
+    env.setdefault("LANG", "C.UTF-8")
+    path = SYSTEM_PATH
+    if venv is not None:
+        path = f"{venv / 'bin'}:{path}"
+        env["VIRTUAL_ENV"] = str(venv)
+    env.update(
+        PATH=path,
+        HOME=str(home),
+        PYTHONUNBUFFERED="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_INPUT="1",
+    )
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    tail: list[str]
+    duration: float
+
+
+def run_command(
+    command: str | list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    log: Callable[[str], None],
+    label: str,
+    cancel: threading.Event | None = None,
+    max_log_lines: int = 5000,
+    tail_lines: int = 40,
+    max_line: int = 4000,
+) -> CommandResult:
+    """Run ``command``; raise :class:`BuildFailed` if it cannot start, times out or is
+    canceled. A non-zero exit is returned, not raised: the caller words the failure."""
+    shell = isinstance(command, str)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            command,
+            shell=shell,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise BuildFailed(f"{label} could not start: {exc.strerror or exc}") from exc
+    tail: deque[str] = deque(maxlen=tail_lines)
+    logged = dropped = 0
+    buffer = b""
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    reason = None
+    try:
+        while True:
+            if cancel is not None and cancel.is_set():
+                reason = "canceled"
+                break
+            if time.monotonic() - started > timeout:
+                reason = "timeout"
+                break
+            if not selector.select(timeout=0.2):
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            if len(buffer) > max_line:
+                lines.append(buffer)
+                buffer = b""
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip("\r")[:max_line]
+                tail.append(line)
+                if logged < max_log_lines:
+                    log(line)
+                    logged += 1
+                else:
+                    dropped += 1
+        if buffer:
+            line = buffer.decode("utf-8", "replace")[:max_line]
+            tail.append(line)
+            if logged < max_log_lines:
+                log(line)
+        if reason is None:
+            proc.wait(timeout=max(1.0, timeout - (time.monotonic() - started)))
+    except subprocess.TimeoutExpired:
+        reason = "timeout"
+    finally:
+        selector.close()
+        if reason is not None or proc.poll() is None:
+            _kill_group(proc)
+        proc.stdout.close()
+    if dropped:
+        log(f"[slipway] {dropped} more lines of output were not stored")
+    duration = time.monotonic() - started
+    if reason == "timeout":
+        raise BuildFailed(
+            f"{label} timed out after {timeout:.0f}s",
+            hint="make it faster or raise the build timeout (SLIPWAY_BUILD_TIMEOUT)",
+        )
+    if reason == "canceled":
+        raise BuildFailed(f"{label} was canceled")
+    return CommandResult(proc.returncode, list(tail), duration)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass

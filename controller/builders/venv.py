@@ -1,0 +1,225 @@
+"""The virtualenv builder: dependency cache, install, pre-build and task discovery.
+
+**Install command detection** (when neither the project nor ``slipway.toml`` sets one),
+first match wins:
+
+1. ``requirements.txt`` → ``pip install -r requirements.txt``
+2. ``uv.lock`` with ``uv`` on the PATH → ``uv sync --frozen --no-install-project`` into the
+   version's environment; without ``uv``, fall through to 4 and say so in the log
+3. ``poetry.lock`` with ``poetry`` on the PATH → ``poetry install --no-root`` into the
+   environment; without ``poetry``, fall through to 4 and say so
+4. ``pyproject.toml`` with ``[project].dependencies`` → ``pip install <those requirements>``
+   (the project itself is not installed: tasks are imported from the checkout)
+5. nothing → no dependencies
+
+**Dependency cache**: an environment is keyed by the Python version, the install command
+and the content of the dependency files at the project root (``requirements*.txt``,
+``constraints*.txt``, ``pyproject.toml``, ``uv.lock``, ``poetry.lock``, ``setup.py``,
+``setup.cfg``). An unchanged key reuses the environment. Environments are built in place
+(virtualenvs are not relocatable) under a per-key file lock, and a marker file written
+last tells a complete environment from one a crash left half-built, which is rebuilt.
+Environments are never modified once complete, so versions sharing one stay immutable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from controller.builders.base import Log
+from controller.builders.commands import minimal_env, run_command
+from controller.errors import BuildFailed
+
+DEPENDENCY_FILES = ("pyproject.toml", "uv.lock", "poetry.lock", "setup.py", "setup.cfg")
+DEPENDENCY_GLOBS = ("requirements*.txt", "constraints*.txt")
+MARKER = ".slipway-complete"
+DISCOVER = Path(__file__).with_name("discover_main.py")
+
+
+def detect_install(root: Path) -> tuple[str | None, str]:
+    """Return ``(command, why)`` for a project without an explicit install command."""
+    if (root / "requirements.txt").is_file():
+        return "pip install -r requirements.txt", "found requirements.txt"
+    notes = []
+    if (root / "uv.lock").is_file():
+        if shutil.which("uv"):
+            return "uv sync --frozen --no-install-project --active", "found uv.lock"
+        notes.append("uv.lock found but uv is not installed on the controller")
+    if (root / "poetry.lock").is_file():
+        if shutil.which("poetry"):
+            return "poetry install --no-root --no-interaction", "found poetry.lock"
+        notes.append("poetry.lock found but poetry is not installed on the controller")
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            deps = tomllib.loads(pyproject.read_text()).get("project", {}).get("dependencies", [])
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise BuildFailed(f"pyproject.toml is not valid TOML: {exc}") from exc
+        if deps:
+            why = "; ".join([*notes, "installing [project].dependencies from pyproject.toml"])
+            return "pip install " + shlex.join(deps), why
+    why = "; ".join([*notes, "no dependency file found: no dependencies to install"])
+    return None, why
+
+
+def dependency_files(root: Path) -> list[Path]:
+    files = [root / name for name in DEPENDENCY_FILES if (root / name).is_file()]
+    for pattern in DEPENDENCY_GLOBS:
+        files += sorted(p for p in root.glob(pattern) if p.is_file())
+    return files
+
+
+def python_version(python: str) -> str:
+    if python == sys.executable:
+        return sys.version
+    out = subprocess.run(
+        [python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+class VirtualenvBuilder:
+    name = "virtualenv"
+
+    def __init__(self, *, cache_dir: Path, home_dir: Path, python: str = sys.executable) -> None:
+        self.cache_dir = cache_dir
+        self.home_dir = home_dir
+        self.python = python
+        self._python_version = python_version(python)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.home_dir.mkdir(parents=True, exist_ok=True)
+
+    def cache_key(self, root: Path, command: str | None) -> str:
+        digest = hashlib.sha256()
+        digest.update(self._python_version.encode())
+        digest.update(b"\0" + (command or "").encode() + b"\0")
+        for path in dependency_files(root):
+            digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()[:32]
+
+    def _env(self, venv: Path | None) -> dict[str, str]:
+        return minimal_env(
+            venv=venv,
+            home=self.home_dir,
+            extra={
+                "PIP_CACHE_DIR": str(self.cache_dir / "_pip-cache"),
+                "UV_PROJECT_ENVIRONMENT": str(venv) if venv else "",
+                "POETRY_VIRTUALENVS_CREATE": "false",
+            },
+        )
+
+    def prepare(
+        self,
+        root: Path,
+        *,
+        install: str | None,
+        log: Log,
+        cancel: threading.Event,
+        timeout: float,
+    ) -> dict[str, Any]:
+        if install:
+            command, why = install, "install command from the project's settings"
+        else:
+            command, why = detect_install(root)
+        log(f"Install command: {command or '(none)'} — {why}")
+        key = self.cache_key(root, command)
+        venv = self.cache_dir / key
+        with open(self.cache_dir / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (venv / MARKER).is_file():
+                log(f"Dependencies unchanged: reusing cached environment {key[:12]}")
+                return {"venv": str(venv), "key": key, "cached": True, "command": command}
+            if venv.exists():
+                log("Removing an incomplete environment left by an interrupted build")
+                shutil.rmtree(venv)
+            log(f"Creating a virtual environment ({self._python_version.split()[0]})")
+            result = run_command(
+                [self.python, "-m", "virtualenv", "--quiet", "--no-download",
+                 "--no-periodic-update", str(venv)],
+                cwd=root, env=self._env(None), timeout=min(timeout, 300), log=log,
+                label="creating the virtual environment", cancel=cancel,
+            )
+            if result.exit_code != 0:
+                shutil.rmtree(venv, ignore_errors=True)
+                raise BuildFailed("could not create the virtual environment: " + " | ".join(result.tail[-5:]))
+            if command:
+                log(f"$ {command}")
+                result = run_command(
+                    command, cwd=root, env=self._env(venv), timeout=timeout, log=log,
+                    label=f"install command `{command}`", cancel=cancel,
+                )
+                if result.exit_code != 0:
+                    shutil.rmtree(venv, ignore_errors=True)
+                    raise BuildFailed(
+                        f"install command `{command}` exited with code {result.exit_code}. "
+                        "Last lines of its output:\n" + "\n".join(result.tail[-20:]),
+                        hint="fix the dependencies or set --install-command / install in slipway.toml",
+                    )
+                log(f"Installed dependencies in {result.duration:.1f}s")
+            (venv / MARKER).write_text(json.dumps({"command": command}))
+            return {"venv": str(venv), "key": key, "cached": False, "command": command}
+
+    def pre_build(
+        self,
+        root: Path,
+        *,
+        venv: Path,
+        command: str,
+        log: Log,
+        cancel: threading.Event,
+        timeout: float,
+    ) -> None:
+        log(f"$ {command}")
+        result = run_command(
+            command, cwd=root, env=self._env(venv), timeout=timeout, log=log,
+            label=f"pre-build command `{command}`", cancel=cancel,
+        )
+        if result.exit_code != 0:
+            raise BuildFailed(
+                f"pre-build command `{command}` exited with code {result.exit_code}. "
+                "Last lines of its output:\n" + "\n".join(result.tail[-20:]),
+                hint="fix the command or set pre_build in slipway.toml",
+            )
+
+    def discover(self, root: Path, *, venv: Path, tasks_dir: str, timeout: float) -> list[dict[str, Any]]:
+        python = venv / "bin" / "python"
+        try:
+            proc = subprocess.run(
+                [str(python), "-I", "-B", str(DISCOVER), "--source", str(root), "--tasks-dir", tasks_dir],
+                cwd=root, env=self._env(venv), capture_output=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BuildFailed(
+                f"importing the task files took longer than {timeout:.0f}s",
+                hint="task modules should not do slow work at import time",
+            ) from exc
+        try:
+            report = json.loads(proc.stdout[-(8 << 20):] or b"{}")
+        except ValueError as exc:
+            stderr = proc.stderr.decode("utf-8", "replace")[-2000:]
+            raise BuildFailed(f"task discovery crashed (exit {proc.returncode}): {stderr}") from exc
+        errors = report.get("errors") or []
+        if errors:
+            lines = []
+            for err in errors[:20]:
+                where = str(err.get("file") or tasks_dir)
+                if err.get("line"):
+                    where += f", line {err['line']}"
+                lines.append(f"{where}: {err.get('type')}: {err.get('message')}")
+            raise BuildFailed(
+                "task files failed to load:\n" + "\n".join(lines),
+                hint="fix the task files; the current version keeps serving",
+            )
+        if proc.returncode != 0:
+            stderr = proc.stderr.decode("utf-8", "replace")[-2000:]
+            raise BuildFailed(f"task discovery failed (exit {proc.returncode}): {stderr}")
+        return list(report.get("tasks") or [])

@@ -1,0 +1,607 @@
+"""The ``slipway`` command. Every command that reads or changes state talks to the API.
+
+Errors print one line to stderr and exit 1. ``--json`` prints machine-readable output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from controller.models import normalise_environment
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+FINAL = {"deployed", "failed", "canceled", "superseded", "timed_out"}
+
+
+class CliError(click.ClickException):
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+class Api:
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=None), trust_env=False)
+
+    def request(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> Any:
+        headers = kwargs.pop("headers", {}) or {}
+        bearer = token or self.token
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        try:
+            response = self.client.request(method, path, headers=headers, **kwargs)
+        except httpx.ConnectError:
+            fail(f"cannot reach the Slipway API at {self.url}: is `slipway serve` running?")
+        except httpx.HTTPError as exc:
+            fail(f"request to {self.url}{path} failed: {exc}")
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                message = body.get("error") or body.get("detail") or response.text
+                if body.get("hint"):
+                    message += f" ({body['hint']})"
+            except ValueError:
+                message = response.text.strip() or response.reason_phrase
+            fail(f"{message} [HTTP {response.status_code}]")
+        return response.json() if response.content else None
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+
+def _default_token(data_dir: str) -> str | None:
+    path = Path(data_dir) / "admin_token"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+pass_api = click.make_pass_decorator(Api)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
+    if not rows:
+        console.print("[dim](none)[/dim]")
+        return
+    t = Table(title=title, show_lines=False)
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    console.print(t)
+
+
+def env_option(default: str | None = None, required: bool = False) -> Callable[[Any], Any]:
+    return click.option("--env", "env", default=default, required=required,
+                        help="production (or prod), staging or preview")
+
+
+def _env(value: str) -> str:
+    try:
+        return normalise_environment(value)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _branch_headers(branch: str | None) -> dict[str, str]:
+    return {"x-slipway-branch": branch} if branch else {}
+
+
+@click.group()
+@click.option("--api-url", envvar="SLIPWAY_API_URL", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--token", envvar="SLIPWAY_TOKEN", default=None, help="admin token (default: the data dir's)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.version_option(package_name="slipway")
+@click.pass_context
+def main(ctx: click.Context, api_url: str, token: str | None, as_json: bool) -> None:
+    """Slipway: GitOps deploys for background-task workers."""
+    data_dir = os.environ.get("SLIPWAY_DATA_DIR", ".slipway")
+    ctx.obj = Api(api_url, token or os.environ.get("SLIPWAY_ADMIN_TOKEN") or _default_token(data_dir))
+    ctx.meta["slipway.json"] = as_json
+
+
+def _ctx_json(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get("slipway.json"))
+
+
+def out(ctx: click.Context, data: Any, render: Callable[[Any], None]) -> None:
+    if _ctx_json(ctx):
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render(data)
+
+
+# -- serve -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default=None, help="default: SLIPWAY_HOST or 127.0.0.1")
+@click.option("--port", default=None, type=int, help="default: SLIPWAY_PORT or 8080")
+@click.option("--log-level", default="info", show_default=True)
+def serve(host: str | None, port: int | None, log_level: str) -> None:
+    """Run the webhook receiver, the API and the controller."""
+    import logging
+
+    import uvicorn
+
+    from controller.api.app import create_app
+    from controller.services import Services
+    from controller.settings import load_settings, prepare
+
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings, notices = prepare(load_settings(**overrides))
+        services = Services(settings)
+    except Exception as exc:  # settings or database errors: one clear line
+        fail(f"cannot start: {exc}")
+    for notice in notices:
+        err_console.print(f"[yellow]{notice}[/yellow]")
+    if not settings.webhook_secret:
+        err_console.print(
+            "[yellow]SLIPWAY_WEBHOOK_SECRET is not set: every webhook delivery is refused (503).[/yellow]"
+        )
+    err_console.print(
+        f"Slipway listening on http://{settings.server.host}:{settings.server.port} "
+        f"(data in {settings.data_dir}, database {settings.database_url.split('://')[0]}, "
+        f"runtime {settings.runtime.runtime})"
+    )
+    app = create_app(services)
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port,
+                log_level=log_level.lower(), access_log=False)
+
+
+# -- projects --------------------------------------------------------------------------
+
+
+def project_options(create: bool) -> Callable[[Any], Any]:
+    def decorate(fn: Any) -> Any:
+        opts = [
+            click.option("--repo", required=create, help="OWNER/NAME on GitHub"),
+            click.option("--clone-url", help="where to fetch from (a local path or file:// URL works)"),
+            click.option("--production-branch", help="default: the repository's default branch"),
+            click.option("--staging-branch"),
+            click.option("--previews/--no-previews", default=None, help="preview branches for pull requests"),
+            click.option("--fork-previews/--no-fork-previews", default=None,
+                         help="previews for pull requests from forks (never with secrets)"),
+            click.option("--preview-limit", type=int, help="active preview branches at most"),
+            click.option("--config", "config_path", help="path of slipway.toml (monorepos)"),
+            click.option("--install-command"),
+            click.option("--pre-build-command"),
+        ]
+        if not create:
+            opts.append(click.option("--connect", "connected", flag_value=True, default=None,
+                                     help="reconnect a disconnected project"))
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+    return decorate
+
+
+def _render_project(p: dict[str, Any]) -> None:
+    for key in ("ref", "repo", "clone_url", "production_branch", "staging_branch", "previews",
+                "fork_previews", "preview_limit", "config_path", "install_command",
+                "pre_build_command", "status"):
+        console.print(f"[bold]{key}[/bold]: {p.get(key) if p.get(key) is not None else '-'}")
+    if not p.get("deploying"):
+        console.print(f"[red]not deploying:[/red] {p.get('not_deploying_reason')}")
+
+
+@main.group()
+def projects() -> None:
+    """Connect repositories and change their settings."""
+
+
+@projects.command("create")
+@click.argument("ref")
+@project_options(create=True)
+@click.pass_context
+def projects_create(ctx: click.Context, ref: str, **fields: Any) -> None:
+    body = {"ref": ref, **{k: v for k, v in fields.items() if v is not None}}
+    project = ctx.find_root().obj.post("/api/v1/projects", json=body)
+    out(ctx, project, lambda p: console.print(f"Created project [bold]{p['ref']}[/bold] for {p['repo']}"))
+
+
+@projects.command("list")
+@click.pass_context
+def projects_list(ctx: click.Context) -> None:
+    rows = ctx.find_root().obj.get("/api/v1/projects")
+    out(ctx, rows, lambda r: table(r, ["ref", "repo", "production_branch", "staging_branch", "previews", "status"]))
+
+
+@projects.command("show")
+@click.argument("ref")
+@click.pass_context
+def projects_show(ctx: click.Context, ref: str) -> None:
+    api = ctx.find_root().obj
+    project = api.get(f"/api/v1/projects/{ref}")
+    envs = api.get(f"/api/v1/projects/{ref}/environments")
+    project["environments"] = envs
+
+    def render(p: dict[str, Any]) -> None:
+        _render_project(p)
+        table(envs, ["name", "type", "branch", "status", "current_version"], title="Environments")
+
+    out(ctx, project, render)
+
+
+@projects.command("update")
+@click.argument("ref")
+@project_options(create=False)
+@click.pass_context
+def projects_update(ctx: click.Context, ref: str, **fields: Any) -> None:
+    body = {k: v for k, v in fields.items() if v is not None}
+    if not body:
+        fail("nothing to update: pass at least one option (see --help)")
+    project = ctx.find_root().obj.request("PATCH", f"/api/v1/projects/{ref}", json=body)
+    out(ctx, project, lambda p: console.print(f"Updated project [bold]{p['ref']}[/bold]"))
+
+
+@projects.command("disconnect")
+@click.argument("ref")
+@click.pass_context
+def projects_disconnect(ctx: click.Context, ref: str) -> None:
+    project = ctx.find_root().obj.request("DELETE", f"/api/v1/projects/{ref}")
+    out(ctx, project, lambda p: console.print(
+        f"Disconnected [bold]{p['ref']}[/bold]: it no longer deploys; its data is kept."))
+
+
+@main.command()
+@click.option("--project", required=True)
+@click.pass_context
+def events(ctx: click.Context, project: str) -> None:
+    """What Slipway decided about a project's deliveries (skipped previews, access, ...)."""
+    rows = ctx.find_root().obj.get(f"/api/v1/projects/{project}/events")
+    out(ctx, rows, lambda r: table(r, ["created_at", "kind", "message"]))
+
+
+# -- deployments -----------------------------------------------------------------------
+
+
+def _deployment_rows(rows: list[dict[str, Any]]) -> None:
+    table(rows, ["id", "environment", "branch", "sha", "status", "version", "created_at", "error"])
+
+
+@main.command()
+@click.option("--project", required=True)
+@env_option()
+@click.option("--branch")
+@click.option("--limit", default=50, show_default=True)
+@click.pass_context
+def deployments(ctx: click.Context, project: str, env: str | None, branch: str | None, limit: int) -> None:
+    """List a project's deployments, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if env:
+        params["env"] = _env(env)
+    if branch:
+        params["branch"] = branch
+    rows = ctx.find_root().obj.get(f"/api/v1/projects/{project}/deployments", params=params)
+    for row in rows:
+        row["sha"] = (row.get("sha") or "")[:12] or None
+        row["error"] = (row.get("error") or "").split("\n")[0][:80] or None
+    out(ctx, rows, _deployment_rows)
+
+
+@main.command()
+@click.argument("deployment_id")
+@click.option("--follow", "-f", is_flag=True, help="keep printing until the deployment ends")
+@click.pass_context
+def logs(ctx: click.Context, deployment_id: str, follow: bool) -> None:
+    """Print a deployment's logs, each step with its duration."""
+    api = ctx.find_root().obj
+    after = 0
+    collected: list[dict[str, Any]] = []
+    while True:
+        page = api.get(f"/api/v1/deployments/{deployment_id}/logs", params={"after": after})
+        for line in page["lines"]:
+            after = line["id"]
+            collected.append(line)
+            if not _ctx_json(ctx):
+                _print_log_line(line)
+        if not follow or page["status"] in FINAL:
+            break
+        time.sleep(0.5)
+    if _ctx_json(ctx):
+        click.echo(json.dumps(collected, indent=2))
+
+
+def _print_log_line(line: dict[str, Any]) -> None:
+    style = {"error": "red", "warn": "yellow"}.get(line.get("level", ""), "")
+    step = f"[dim]{line.get('step') or '-':>10}[/dim] "
+    text = line["message"].replace("[", r"\[")
+    console.print(step + (f"[{style}]{text}[/{style}]" if style else text), highlight=False)
+
+
+def wait_for(api: Api, deployment_id: str, *, show_logs: bool) -> dict[str, Any]:
+    after = 0
+    status = None
+    with console.status("queued", spinner="dots") as spinner:
+        while True:
+            page = api.get(f"/api/v1/deployments/{deployment_id}/logs", params={"after": after})
+            for line in page["lines"]:
+                after = line["id"]
+                if show_logs:
+                    _print_log_line(line)
+            if page["status"] != status:
+                status = page["status"]
+                spinner.update(f"[bold]{status}[/bold]")
+            if status in FINAL:
+                break
+            time.sleep(0.3)
+    return dict(api.get(f"/api/v1/deployments/{deployment_id}"))
+
+
+@main.command()
+@click.argument("path", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--project", required=True)
+@env_option(default="production")
+@click.option("--branch", help="the preview branch (with --env preview)")
+@click.option("--skip-promotion", is_flag=True, help="build and deploy, but leave the current version")
+@click.option("--skip-sync-env-vars", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="build locally without deploying; print where the build is")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.pass_context
+def deploy(ctx: click.Context, path: Path, project: str, env: str, branch: str | None,
+           skip_promotion: bool, skip_sync_env_vars: bool, dry_run: bool, wait: bool) -> None:
+    """Upload PATH's source and deploy it; prints the version."""
+    from controller.sources.archive import make_archive
+
+    env = _env(env)
+    if env == "preview" and not branch:
+        fail("--env preview needs --branch")
+    if dry_run:
+        _dry_run(ctx, path)
+        return
+    api = ctx.find_root().obj
+    try:
+        data = make_archive(path)
+    except Exception as exc:
+        fail(str(exc))
+    params = {"env": env, "skip_promotion": skip_promotion, "skip_sync_env_vars": skip_sync_env_vars}
+    if branch:
+        params["branch"] = branch
+    dep = api.post(f"/api/v1/projects/{project}/deployments", params=params, content=data,
+                   headers={"Content-Type": "application/gzip"})
+    if not wait:
+        out(ctx, dep, lambda d: console.print(f"Queued deployment {d['id']}"))
+        return
+    if not _ctx_json(ctx):
+        console.print(f"Deployment [bold]{dep['id']}[/bold] ({len(data) >> 10} KiB uploaded)")
+    final = wait_for(api, dep["id"], show_logs=not _ctx_json(ctx))
+    if _ctx_json(ctx):
+        click.echo(json.dumps(final, indent=2))
+    elif final["status"] == "deployed":
+        note = " (not promoted)" if skip_promotion else ""
+        console.print(f"[green]Deployed version[/green] [bold]{final['version']}[/bold]{note}")
+        click.echo(final["version"])
+    if final["status"] != "deployed":
+        fail(f"deployment {final['id']} {final['status']}: {(final.get('error') or '').splitlines()[0] if final.get('error') else ''}")
+
+
+def _dry_run(ctx: click.Context, path: Path) -> None:
+    """Build locally with the same builder the controller uses; deploy nothing."""
+    import tempfile
+    import threading
+
+    from controller.builders.config import load_config
+    from controller.builders.venv import VirtualenvBuilder
+    from controller.sources.archive import make_archive, safe_extract
+
+    base = Path(tempfile.mkdtemp(prefix="slipway-dry-run-"))
+    checkout = base / "src"
+    safe_extract(make_archive(path), checkout)
+    config = load_config(checkout, config_path=None)
+    builder = VirtualenvBuilder(cache_dir=Path(os.environ.get("SLIPWAY_DATA_DIR", ".slipway")).resolve() / "envs",
+                                home_dir=base / "home")
+    log = console.print if not _ctx_json(ctx) else (lambda _m: None)
+    cancel = threading.Event()
+    try:
+        env = builder.prepare(checkout / config.root, install=config.install, log=log, cancel=cancel, timeout=1800)
+        if config.pre_build:
+            builder.pre_build(checkout / config.root, venv=Path(env["venv"]), command=config.pre_build,
+                              log=log, cancel=cancel, timeout=1800)
+        tasks = builder.discover(checkout / config.root, venv=Path(env["venv"]), tasks_dir=config.tasks_dir, timeout=120)
+    except Exception as exc:
+        fail(f"dry run failed: {exc} (build in {base})")
+    result = {"build": str(base), "venv": env["venv"], "tasks": tasks}
+    out(ctx, result, lambda r: console.print(
+        f"Dry run: built {len(tasks)} tasks in {base} (environment {env['venv']}); nothing was deployed."))
+
+
+@main.command()
+@click.option("--project", required=True)
+@env_option(required=True)
+@click.option("--branch")
+@click.pass_context
+def versions(ctx: click.Context, project: str, env: str, branch: str | None) -> None:
+    """List an environment's versions, newest first."""
+    rows = ctx.find_root().obj.get(
+        f"/api/v1/projects/{project}/environments/{_env(env)}/versions", headers=_branch_headers(branch)
+    )
+    view = [{**r, "tasks": len(r["tasks"]), "sha": (r.get("sha") or "")[:12] or None,
+             "current": "*" if r["current"] else ""} for r in rows]
+    out(ctx, rows, lambda _r: table(view, ["current", "version", "sha", "tasks", "created_at", "promoted_at"]))
+
+
+@main.command()
+@click.argument("version")
+@click.option("--project", required=True)
+@env_option(required=True)
+@click.option("--branch")
+@click.pass_context
+def promote(ctx: click.Context, version: str, project: str, env: str, branch: str | None) -> None:
+    """Make VERSION the current version of an environment."""
+    result = ctx.find_root().obj.post(
+        f"/api/v1/projects/{project}/environments/{_env(env)}/promote",
+        json={"version": version}, headers=_branch_headers(branch),
+    )
+    out(ctx, result, lambda r: console.print(
+        f"[green]{r['version']}[/green] is current" + (f" (was {r['previous']})" if r.get("previous") else "")))
+
+
+@main.command()
+@click.option("--project", required=True)
+@env_option(required=True)
+@click.option("--branch")
+@click.pass_context
+def rollback(ctx: click.Context, project: str, env: str, branch: str | None) -> None:
+    """Promote the version before the current one."""
+    result = ctx.find_root().obj.post(
+        f"/api/v1/projects/{project}/environments/{_env(env)}/rollback", headers=_branch_headers(branch)
+    )
+    out(ctx, result, lambda r: console.print(
+        f"Rolled back: [green]{r['version']}[/green] is current (was {r.get('previous')})"))
+
+
+# -- previews and environments ----------------------------------------------------------
+
+
+@main.group()
+def preview() -> None:
+    """Preview branches (one per pull request)."""
+
+
+@preview.command("list")
+@click.option("--project", required=True)
+@click.pass_context
+def preview_list(ctx: click.Context, project: str) -> None:
+    rows = [e for e in ctx.find_root().obj.get(f"/api/v1/projects/{project}/environments")
+            if e["type"] == "branch"]
+    out(ctx, rows, lambda r: table(r, ["branch", "status", "current_version", "pull_request", "status_reason"]))
+
+
+@preview.command("archive")
+@click.option("--project", required=True)
+@click.option("--branch", required=True)
+@click.pass_context
+def preview_archive(ctx: click.Context, project: str, branch: str) -> None:
+    result = ctx.find_root().obj.post(f"/api/v1/projects/{project}/branches/{branch}/archive")
+    out(ctx, result, lambda r: console.print(f"Archived preview branch [bold]{r['branch']}[/bold]"))
+
+
+@main.group()
+def environments() -> None:
+    """Environments and their secret keys."""
+
+
+@environments.command("list")
+@click.option("--project", required=True)
+@click.pass_context
+def environments_list(ctx: click.Context, project: str) -> None:
+    rows = ctx.find_root().obj.get(f"/api/v1/projects/{project}/environments")
+    out(ctx, rows, lambda r: table(r, ["name", "type", "branch", "status", "current_version"]))
+
+
+def _secret_key(api: Api, project: str, env: str, branch: str | None) -> str:
+    body = api.get(f"/api/v1/projects/{project}/environments/{env}/secret-key",
+                   headers=_branch_headers(branch))
+    return str(body["secret_key"])
+
+
+@environments.command("key")
+@click.option("--project", required=True)
+@env_option(required=True)
+@click.option("--branch", help="a preview branch (without it: the preview-wide key)")
+@click.pass_context
+def environments_key(ctx: click.Context, project: str, env: str, branch: str | None) -> None:
+    """Print the environment's secret key (sk_…) for triggering runs."""
+    key = _secret_key(ctx.find_root().obj, project, _env(env), branch)
+    out(ctx, {"secret_key": key}, lambda _r: click.echo(key))
+
+
+# -- tasks -----------------------------------------------------------------------------
+
+
+@main.group()
+def tasks() -> None:
+    """List and run tasks."""
+
+
+@tasks.command("list")
+@click.option("--project", required=True)
+@env_option(required=True)
+@click.option("--branch")
+@click.option("--version")
+@click.pass_context
+def tasks_list(ctx: click.Context, project: str, env: str, branch: str | None, version: str | None) -> None:
+    params = {"version": version} if version else {}
+    body = ctx.find_root().obj.get(f"/api/v1/projects/{project}/environments/{_env(env)}/tasks",
+                                   params=params, headers=_branch_headers(branch))
+    out(ctx, body, lambda b: table(
+        [{**t, "schema": "yes" if t.get("input_schema") else ""} for t in b["tasks"]],
+        ["id", "description", "schema", "max_duration"], title=f"Version {b['version']}"))
+
+
+@tasks.command("run")
+@click.argument("task_id")
+@click.option("--project", required=True)
+@env_option(required=True)
+@click.option("--branch")
+@click.option("--version", help="pin the run to this version")
+@click.option("--payload", default="null", help="JSON payload")
+@click.pass_context
+def tasks_run(ctx: click.Context, task_id: str, project: str, env: str, branch: str | None,
+              version: str | None, payload: str) -> None:
+    """Run a task; prints its logs, then the result as the final JSON line."""
+    try:
+        data = json.loads(payload)
+    except ValueError as exc:
+        fail(f"--payload is not JSON: {exc}")
+    api = ctx.find_root().obj
+    name = _env(env)
+    key = _secret_key(api, project, name, branch)
+    body: dict[str, Any] = {"payload": data}
+    if version:
+        body["options"] = {"version": version}
+    run = api.post(f"/api/v1/tasks/{task_id}/trigger", json=body, token=key, headers=_branch_headers(branch))
+    logs_text = run.pop("logs", "") or ""
+    if logs_text:
+        sys.stdout.write(logs_text if logs_text.endswith("\n") else logs_text + "\n")
+    click.echo(json.dumps({k: run[k] for k in ("id", "task_id", "status", "output", "error", "version")}))
+    if run["status"] != "completed":
+        sys.exit(1)
+
+
+# -- demo ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--keep-running", is_flag=True, help="leave the server running after the demo")
+@click.option("--port", default=0, type=int, help="default: a free port")
+def demo(keep_running: bool, port: int) -> None:
+    """Run Slipway's main job end to end, offline: pushes, a pull request, runs."""
+    from controller.demo.run import run_demo
+
+    sys.exit(run_demo(keep_running=keep_running, port=port))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,152 @@
+"""Worker threads, lease heartbeats, a jittered resync, and a graceful drain.
+
+Work arrives as durable jobs (:mod:`controller.queue`); each kind has its own handler and
+its own pool of threads (routing: one thread, which keeps a repository's deliveries in
+order; deployments: ``SLIPWAY_MAX_CONCURRENT_BUILDS`` threads). A handler's exception
+never kills a thread: :class:`~controller.errors.TemporaryError` and unexpected errors
+are retried with backoff and jitter until the job's ``max_attempts``;
+:class:`~controller.errors.PermanentError` fails the job at once.
+
+Webhooks only speed things up. Every ``resync_interval`` (±20% jitter, so replicas do not
+beat in step) the resync callbacks re-derive what should be running from the database:
+queued deployments without a live job get one, and the runtime is reconciled.
+
+Stopping sets :attr:`Manager.stopping`; long handlers check it between steps and raise
+:class:`Interrupted`, which hands the job back to the queue at once instead of waiting for
+its lease to run out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from controller.errors import PermanentError, TemporaryError
+from controller.queue import Backoff, Claimed, Queue
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """The controller is stopping; hand the job back to the queue."""
+
+
+Handler = Callable[[Claimed], None]
+
+
+@dataclass
+class Pool:
+    kinds: tuple[str, ...]
+    handler: Handler
+    threads: int = 1
+    backoff: Backoff = field(default_factory=lambda: Backoff(limit=20, min_timeout=1.0, max_timeout=60.0))
+
+
+class Manager:
+    def __init__(
+        self,
+        queue: Queue,
+        pools: list[Pool],
+        *,
+        resync: list[Callable[[], None]] | None = None,
+        resync_interval: float = 60.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.queue = queue
+        self.pools = pools
+        self.resync_callbacks = resync or []
+        self.resync_interval = resync_interval
+        self.poll_interval = poll_interval
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._resync_now = threading.Event()
+
+    def start(self) -> None:
+        freed = self.queue.release_dead_leases()
+        if freed:
+            log.info("re-queued %d job(s) held by a controller that is gone", freed)
+        for pool in self.pools:
+            for n in range(pool.threads):
+                self._spawn(f"worker-{pool.kinds[0]}-{n}", self._work, pool)
+        self._spawn("lease-heartbeat", self._heartbeat)
+        self._spawn("resync", self._resync_loop)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping.set()
+        self._resync_now.set()
+        self.queue.notify()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def request_resync(self) -> None:
+        self._resync_now.set()
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _work(self, pool: Pool) -> None:
+        while not self.stopping.is_set():
+            try:
+                job = self.queue.claim(pool.kinds)
+            except Exception:
+                log.exception("claiming a job failed; retrying")
+                self.stopping.wait(self.poll_interval)
+                continue
+            if job is None:
+                self.queue.wait(self.poll_interval)
+                continue
+            self._run(pool, job)
+
+    def _run(self, pool: Pool, job: Claimed) -> None:
+        try:
+            pool.handler(job)
+        except Interrupted:
+            self.queue.retry(job.id, delay=0, error="controller stopped; resumed on restart")
+        except PermanentError as exc:
+            log.warning("job %s (%s) failed: %s", job.id, job.kind, exc)
+            self.queue.fail(job.id, str(exc))
+        except Exception as exc:
+            temporary = isinstance(exc, TemporaryError)
+            if job.attempts >= min(job.max_attempts, pool.backoff.limit):
+                log.error("job %s (%s) gave up after %d attempts: %s",
+                          job.id, job.kind, job.attempts, exc)
+                self.queue.fail(job.id, f"gave up after {job.attempts} attempts: {exc}")
+                return
+            delay = pool.backoff.delay(job.attempts)
+            if temporary and exc.delay:  # type: ignore[union-attr]
+                delay = max(delay, exc.delay)  # type: ignore[union-attr]
+            if not temporary:
+                log.exception("job %s (%s) raised; retrying in %.1fs", job.id, job.kind, delay)
+            self.queue.retry(job.id, delay=delay, error=f"{type(exc).__name__}: {exc}")
+        else:
+            self.queue.ack(job.id)
+
+    def _heartbeat(self) -> None:
+        interval = self.queue.lease_seconds / 3
+        while not self.stopping.wait(interval):
+            try:
+                self.queue.renew()
+            except Exception:
+                log.exception("renewing leases failed")
+
+    def _resync_loop(self) -> None:
+        while not self.stopping.is_set():
+            self.resync_once()
+            delay = self.resync_interval * random.uniform(0.8, 1.2)
+            self._resync_now.wait(delay)
+            self._resync_now.clear()
+
+    def resync_once(self) -> None:
+        for callback in self.resync_callbacks:
+            if self.stopping.is_set():
+                return
+            try:
+                callback()
+            except Exception:
+                log.exception("resync step %s failed", getattr(callback, "__name__", callback))

@@ -1,0 +1,43 @@
+"""Domain vocabulary shared by the API, the CLI and the pipeline (names fixed by SPEC.md)."""
+
+from __future__ import annotations
+
+import re
+
+ENVIRONMENTS = ("production", "staging", "preview")
+ENV_ALIASES = {"prod": "production", "stg": "staging"}
+
+DEPLOYMENT_STATUSES = (
+    "queued",
+    "installing",
+    "building",
+    "deploying",
+    "deployed",
+    "failed",
+    "canceled",
+    "superseded",
+    "timed_out",
+)
+ACTIVE_STATUSES = frozenset({"queued", "installing", "building", "deploying"})
+FINAL_STATUSES = frozenset(DEPLOYMENT_STATUSES) - ACTIVE_STATUSES
+RUN_STATUSES = ("running", "completed", "failed", "timed_out")
+
+REF_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+BRANCH_PATTERN = re.compile(r"^[^\x00-\x20~^:?*\[\\]{1,255}$")
+
+
+def normalise_environment(name: str) -> str:
+    value = ENV_ALIASES.get(name.strip().lower(), name.strip().lower())
+    if value not in ENVIRONMENTS:
+        raise ValueError(
+            f"unknown environment {name!r}: use production (or prod), staging or preview"
+        )
+    return value
+
+
+def environment_type(name: str, branch: str | None) -> str:
+    """``environment`` for production/staging, ``preview`` for the preview root (it holds
+    the preview-wide key), ``branch`` for a preview branch."""
+    if name != "preview":
+        return "environment"
+    return "branch" if branch else "preview"

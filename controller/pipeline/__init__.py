@@ -1,0 +1,1 @@
+"""The deploy: journaled steps and their order."""

@@ -1,0 +1,175 @@
+"""Wiring: one place builds every part from the settings and owns their lifecycle.
+
+Plug-ins are chosen here by name (``SLIPWAY_RUNTIME``); each part gets only what it needs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import select
+
+from controller.builders.venv import VirtualenvBuilder
+from controller.deployments import DeployRequest, orphaned_queued_deployments
+from controller.dispatch import process_delivery
+from controller.errors import PermanentError
+from controller.manager import Manager, Pool
+from controller.pipeline.deploy import Pipeline
+from controller.queue import Backoff, Claimed, Queue
+from controller.runtimes.base import Runtime
+from controller.runtimes.local import LocalRuntime
+from controller.secretstore.crypto import Cipher
+from controller.settings import Settings
+from controller.sources.git import GitSource
+from controller.store.db import Database
+from controller.store.deliveries import DeliveryWriter
+from controller.store.tables import Deployment, Environment, Job, Project, Version, utcnow
+from controller.versions import spec_for
+
+log = logging.getLogger(__name__)
+
+IDLE_RETIRE_SECONDS = 300.0
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    if settings.runtime.runtime == "local":
+        return LocalRuntime(data_dir=settings.data_dir)
+    raise PermanentError(
+        f"SLIPWAY_RUNTIME={settings.runtime.runtime} is not available in this build",
+        hint="use SLIPWAY_RUNTIME=local",
+    )
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        data: Path = settings.data_dir
+        self.db = Database(settings.database_url)
+        self.cipher = Cipher(settings.encryption_keys)
+        self.queue = Queue(self.db, limits={"deploy": settings.runtime.max_concurrent_builds})
+        self.writer = DeliveryWriter(self.db, on_commit=self.queue.notify)
+        self.runtime = make_runtime(settings)
+        self.source = GitSource(data / "git")
+        self.builder = VirtualenvBuilder(cache_dir=data / "envs", home_dir=data / "home")
+        self.uploads = data / "uploads"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.manager = Manager(
+            self.queue,
+            [
+                Pool(("route",), self.handle_route, threads=1,
+                     backoff=Backoff(limit=10, min_timeout=1, max_timeout=60)),
+                Pool(("deploy",), self.handle_deploy,
+                     threads=settings.runtime.max_concurrent_builds),
+            ],
+            resync=[self.resync_deployments, self.resync_runtime],
+            resync_interval=settings.runtime.resync_interval,
+        )
+        self.pipeline = Pipeline(
+            db=self.db,
+            data_dir=data,
+            source=self.source,
+            builder=self.builder,
+            runtime=self.runtime,
+            build_timeout=settings.runtime.build_timeout,
+            stopping=self.manager.stopping,
+        )
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.db.migrate()
+        self.writer.start()
+        self.manager.start()
+        self._started = True
+
+    def stop(self) -> None:
+        self.manager.stop()
+        self.writer.stop()
+        self.runtime.close()
+        self.db.dispose()
+        self._started = False
+
+    def readiness_problems(self) -> list[str]:
+        return [] if self._started else ["controller not started"]
+
+    # -- job handlers ---------------------------------------------------------------------
+
+    def handle_route(self, job: Claimed) -> None:
+        applied = process_delivery(self.db, self.cipher, int(job.payload["delivery"]))
+        if applied is None:
+            return
+        self.queue.notify()
+        for env_id in applied.archived_env_ids:
+            self.retire_environment(env_id)
+
+    def handle_deploy(self, job: Claimed) -> None:
+        self.pipeline.handle(job)
+
+    # -- runtime bookkeeping --------------------------------------------------------------
+
+    def retire_environment(self, env_id: int) -> None:
+        with self.db.read() as session:
+            ids = session.execute(select(Version.id).where(Version.environment_id == env_id)).scalars().all()
+        for version_id in ids:
+            if version_id in self.runtime.serving():
+                self.runtime.retire(version_id)
+
+    def after_disconnect(self, ref: str) -> None:
+        with self.db.read() as session:
+            project = session.execute(select(Project).where(Project.ref == ref)).scalar_one()
+            env_ids = session.execute(
+                select(Environment.id).where(Environment.project_id == project.id)
+            ).scalars().all()
+        for env_id in env_ids:
+            self.retire_environment(env_id)
+
+    def resync_deployments(self) -> None:
+        """Active deployments without a live job get one (their job was lost or gave up)."""
+        with self.db.transaction() as session:
+            for dep in orphaned_queued_deployments(session):
+                last = session.execute(
+                    select(Job).where(Job.deployment_id == dep.id).order_by(Job.id.desc()).limit(1)
+                ).scalar_one_or_none()
+                if last is not None and last.status == "failed":
+                    dep.status = "failed"
+                    dep.error = dep.error or f"gave up: {last.last_error}"
+                    dep.finished_at = utcnow()
+                    continue
+                log.info("resync: re-queueing deployment %s", dep.id)
+                Queue.add(session, kind="deploy", key=f"env:{dep.environment_id}", deployment_id=dep.id)
+        self.queue.notify()
+
+    def resync_runtime(self) -> None:
+        """Current versions serve; archived or idle non-current versions stop."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Environment, Version)
+                .join(Version, Version.id == Environment.current_version_id)
+                .join(Project, Project.id == Environment.project_id)
+                .where(Environment.status == "active", Project.disconnected_at.is_(None))
+            ).all()
+            specs = [spec_for(session, version) for _env, version in rows]
+            busy = set(
+                session.execute(
+                    select(Deployment.version_id).where(
+                        Deployment.status.in_(("deploying",)), Deployment.version_id.is_not(None)
+                    )
+                ).scalars()
+            )
+        wanted = {spec.version_id for spec in specs}
+        for spec in specs:
+            try:
+                self.runtime.ensure(spec)
+            except Exception as exc:
+                log.warning("resync: version %s does not serve: %s", spec.version, exc)
+        self.runtime.stop_unlisted(wanted | busy | self.runtime.serving())
+        for version_id in self.runtime.serving() - wanted - busy:
+            if self.runtime.idle_for(version_id) > IDLE_RETIRE_SECONDS:
+                self.runtime.retire(version_id)
+
+    # -- helpers used by the API -----------------------------------------------------------
+
+    def deploy_request(self, **kwargs: object) -> DeployRequest:
+        return DeployRequest(**kwargs)  # type: ignore[arg-type]

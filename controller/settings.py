@@ -1,0 +1,185 @@
+"""Controller settings: environment variables with the ``SLIPWAY_`` prefix, or a ``.env`` file.
+
+Settings are grouped by topic (server, GitHub, security, runtime) and merged in one place,
+:func:`load_settings`, the way Probot's ``create-probot`` does: defaults < environment <
+explicit overrides. The names are fixed by SPEC.md.
+
+Two secrets are generated on first start when not given: the admin token and the
+encryption key. They are written into the data dir with mode 0600; we tell the user where
+the admin token lives, and never print the encryption key.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography.fernet import Fernet
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_CONFIG = SettingsConfigDict(env_prefix="SLIPWAY_", env_file=".env", extra="ignore")
+
+
+class ServerSettings(BaseSettings):
+    model_config = _CONFIG
+
+    data_dir: Path = Path(".slipway")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+
+
+class GitHubSettings(BaseSettings):
+    model_config = _CONFIG
+
+    webhook_secret: SecretStr | None = None
+    github_app_id: str | None = None
+    github_private_key: SecretStr | None = None
+    github_private_key_path: Path | None = None
+    github_api_url: str = "https://api.github.com"
+
+
+class SecuritySettings(BaseSettings):
+    model_config = _CONFIG
+
+    encryption_key: SecretStr | None = None
+    admin_token: SecretStr | None = None
+
+
+class RuntimeSettings(BaseSettings):
+    model_config = _CONFIG
+
+    runtime: Literal["local", "kubernetes"] = "local"
+    max_concurrent_builds: int = Field(default=2, ge=1, le=64)
+    # Not in SPEC's table: tuning knobs with safe defaults, documented in the README.
+    resync_interval: float = Field(default=60.0, gt=0)
+    build_timeout: float = Field(default=1800.0, gt=0)
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings, merged. ``data_dir`` is absolute and exists once :func:`prepare` ran."""
+
+    server: ServerSettings
+    github: GitHubSettings
+    security: SecuritySettings
+    runtime: RuntimeSettings
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server.data_dir
+
+    @property
+    def database_url(self) -> str:
+        url = self.server.database_url or f"sqlite:///{self.data_dir / 'slipway.db'}"
+        return normalise_database_url(url)
+
+    @property
+    def public_url(self) -> str:
+        return (self.server.public_url or f"http://{self.server.host}:{self.server.port}").rstrip(
+            "/"
+        )
+
+    @property
+    def webhook_secret(self) -> str | None:
+        secret = self.github.webhook_secret
+        return secret.get_secret_value() if secret else None
+
+    @property
+    def admin_token(self) -> str:
+        if self.security.admin_token is None:
+            raise RuntimeError("settings not prepared: call prepare() first")
+        return self.security.admin_token.get_secret_value()
+
+    @property
+    def encryption_keys(self) -> list[str]:
+        """Newest first. A comma-separated value lists older keys after the new one."""
+        if self.security.encryption_key is None:
+            raise RuntimeError("settings not prepared: call prepare() first")
+        value = self.security.encryption_key.get_secret_value()
+        return [k.strip() for k in value.split(",") if k.strip()]
+
+
+def normalise_database_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here (SQLAlchemy would pick psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Defaults < environment (and ``.env``) < ``overrides`` (flat SPEC names, no prefix)."""
+    groups: dict[str, type[BaseSettings]] = {
+        "server": ServerSettings,
+        "github": GitHubSettings,
+        "security": SecuritySettings,
+        "runtime": RuntimeSettings,
+    }
+    built = {}
+    for name, model in groups.items():
+        mine = {k: v for k, v in overrides.items() if k in model.model_fields}
+        built[name] = model(**mine)  # type: ignore[arg-type]
+    return Settings(**built)  # type: ignore[arg-type]
+
+
+ADMIN_TOKEN_FILE = "admin_token"
+ENCRYPTION_KEY_FILE = "encryption.key"
+
+
+def read_or_create_secret(path: Path, make: callable) -> tuple[str, bool]:  # type: ignore[valid-type]
+    """Return the secret stored at ``path``, creating it (mode 0600) if absent."""
+    try:
+        return path.read_text().strip(), False
+    except FileNotFoundError:
+        pass
+    value = make()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:  # another process won the race; use its value
+        return path.read_text().strip(), False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value, True
+
+
+def prepare(settings: Settings) -> tuple[Settings, list[str]]:
+    """Make the data dir absolute and present; fill in generated secrets.
+
+    Returns the completed settings and human-readable notices (never a secret's value).
+    """
+    notices: list[str] = []
+    data_dir = settings.server.data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = settings.server.model_copy(update={"data_dir": data_dir})
+    security = settings.security
+    if security.admin_token is None:
+        path = data_dir / ADMIN_TOKEN_FILE
+        token, created = read_or_create_secret(path, lambda: "slw_" + secrets.token_urlsafe(32))
+        security = security.model_copy(update={"admin_token": SecretStr(token)})
+        if created:
+            notices.append(f"Generated an admin token in {path} (mode 0600); the CLI reads it.")
+    if security.encryption_key is None:
+        path = data_dir / ENCRYPTION_KEY_FILE
+        key, created = read_or_create_secret(path, lambda: Fernet.generate_key().decode())
+        security = security.model_copy(update={"encryption_key": SecretStr(key)})
+        if created:
+            notices.append(
+                f"Generated an encryption key in {path} (mode 0600). Back it up: without it, "
+                "stored environment variables cannot be read."
+            )
+    return (
+        Settings(server=server, github=settings.github, security=security, runtime=settings.runtime),
+        notices,
+    )

@@ -1,0 +1,150 @@
+"""Rows → the JSON shapes SPEC.md fixes. The API and the pages both read through here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.models import environment_type
+from controller.store.tables import (
+    Deployment,
+    Environment,
+    Event,
+    Project,
+    Run,
+    Version,
+)
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def project_view(project: Project, *, not_deploying: str | None = None) -> dict[str, Any]:
+    return {
+        "ref": project.ref,
+        "repo": project.repo,
+        "clone_url": project.clone_url,
+        "production_branch": project.production_branch,
+        "staging_branch": project.staging_branch,
+        "previews": project.previews,
+        "fork_previews": project.fork_previews,
+        "preview_limit": project.preview_limit,
+        "config_path": project.config_path,
+        "install_command": project.install_command,
+        "pre_build_command": project.pre_build_command,
+        "status": "disconnected" if project.disconnected_at else "connected",
+        "deploying": not_deploying is None,
+        "not_deploying_reason": not_deploying,
+        "created_at": iso(project.created_at),
+    }
+
+
+def version_strings(session: Session, ids: set[int | None]) -> dict[int, str]:
+    wanted = {i for i in ids if i}
+    if not wanted:
+        return {}
+    rows = session.execute(select(Version.id, Version.version).where(Version.id.in_(wanted)))
+    return {vid: v for vid, v in rows}
+
+
+def environment_view(env: Environment, current_version: str | None) -> dict[str, Any]:
+    return {
+        "id": env.id,
+        "name": env.name,
+        "type": environment_type(env.name, env.branch),
+        "branch": env.branch,
+        "status": env.status,
+        "status_reason": env.status_reason,
+        "current_version": current_version,
+        "pull_request": env.pr_number,
+        "fork": env.is_fork,
+        "created_at": iso(env.created_at),
+        "archived_at": iso(env.archived_at),
+    }
+
+
+def deployment_view(
+    dep: Deployment, *, project_ref: str, env: Environment, version: str | None
+) -> dict[str, Any]:
+    return {
+        "id": dep.id,
+        "project": project_ref,
+        "environment": env.name,
+        "branch": env.branch,
+        "sha": dep.sha,
+        "ref": dep.ref,
+        "status": dep.status,
+        "version": version,
+        "error": dep.error,
+        "source": dep.source,
+        "pull_request": dep.pr_number,
+        "delivery": dep.delivery_id,
+        "options": dep.options or {},
+        "artifact_digest": dep.artifact_digest,
+        "created_at": iso(dep.created_at),
+        "started_at": iso(dep.started_at),
+        "finished_at": iso(dep.finished_at),
+    }
+
+
+def deployments_view(session: Session, rows: list[Deployment]) -> list[dict[str, Any]]:
+    env_ids = {d.environment_id for d in rows}
+    envs = {e.id: e for e in session.execute(select(Environment).where(Environment.id.in_(env_ids))).scalars()} if env_ids else {}
+    project_ids = {d.project_id for d in rows}
+    refs = dict(session.execute(select(Project.id, Project.ref).where(Project.id.in_(project_ids))).all()) if project_ids else {}
+    versions = version_strings(session, {d.version_id for d in rows})
+    return [
+        deployment_view(
+            d,
+            project_ref=refs[d.project_id],
+            env=envs[d.environment_id],
+            version=versions.get(d.version_id or 0),
+        )
+        for d in rows
+    ]
+
+
+def version_view(v: Version, env: Environment, *, current: bool) -> dict[str, Any]:
+    return {
+        "version": v.version,
+        "environment": env.name,
+        "branch": env.branch,
+        "sha": v.sha,
+        "tasks": v.tasks,
+        "deployment": v.deployment_id,
+        "artifact_digest": v.artifact_digest,
+        "current": current,
+        "created_at": iso(v.created_at),
+        "promoted_at": iso(v.promoted_at),
+    }
+
+
+def run_view(run: Run, version: str | None, *, with_logs: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": run.id,
+        "task_id": run.task_id,
+        "status": run.status,
+        "output": run.output,
+        "error": run.error,
+        "version": version,
+        "payload": run.payload,
+        "created_at": iso(run.created_at),
+        "finished_at": iso(run.finished_at),
+        "duration_ms": run.duration_ms,
+    }
+    if with_logs:
+        out["logs"] = run.logs
+    return out
+
+
+def event_view(event: Event) -> dict[str, Any]:
+    return {
+        "kind": event.kind,
+        "message": event.message,
+        "delivery": event.delivery_id,
+        "created_at": iso(event.created_at),
+    }

@@ -1,0 +1,1 @@
+"""GitHub → Slipway. The pure parts (signatures, events, routing) do no I/O."""
