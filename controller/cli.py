@@ -39,7 +39,9 @@ class Api:
     def __init__(self, url: str, token: str | None) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=None), trust_env=False)
+        self.client = httpx.Client(
+            base_url=self.url, timeout=httpx.Timeout(30.0, read=None), trust_env=False
+        )
 
     def request(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> Any:
         headers = kwargs.pop("headers", {}) or {}
@@ -94,8 +96,13 @@ def table(rows: list[dict[str, Any]], columns: list[str], title: str | None = No
 
 
 def env_option(default: str | None = None, required: bool = False) -> Callable[[Any], Any]:
-    return click.option("--env", "env", default=default, required=required,
-                        help="production (or prod), staging or preview")
+    return click.option(
+        "--env",
+        "env",
+        default=default,
+        required=required,
+        help="production (or prod), staging or preview",
+    )
 
 
 def _env(value: str) -> str:
@@ -110,15 +117,21 @@ def _branch_headers(branch: str | None) -> dict[str, str]:
 
 
 @click.group()
-@click.option("--api-url", envvar="SLIPWAY_API_URL", default="http://127.0.0.1:8080", show_default=True)
-@click.option("--token", envvar="SLIPWAY_TOKEN", default=None, help="admin token (default: the data dir's)")
+@click.option(
+    "--api-url", envvar="SLIPWAY_API_URL", default="http://127.0.0.1:8080", show_default=True
+)
+@click.option(
+    "--token", envvar="SLIPWAY_TOKEN", default=None, help="admin token (default: the data dir's)"
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.version_option(package_name="slipway")
 @click.pass_context
 def main(ctx: click.Context, api_url: str, token: str | None, as_json: bool) -> None:
     """Slipway: GitOps deploys for background-task workers."""
     data_dir = os.environ.get("SLIPWAY_DATA_DIR", ".slipway")
-    ctx.obj = Api(api_url, token or os.environ.get("SLIPWAY_ADMIN_TOKEN") or _default_token(data_dir))
+    ctx.obj = Api(
+        api_url, token or os.environ.get("SLIPWAY_ADMIN_TOKEN") or _default_token(data_dir)
+    )
     ctx.meta["slipway.json"] = as_json
 
 
@@ -158,6 +171,7 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings, notices = prepare(load_settings(**overrides))
         services = Services(settings)
@@ -175,8 +189,13 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
         f"runtime {settings.runtime.runtime})"
     )
     app = create_app(services)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port,
-                log_level=log_level.lower(), access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=log_level.lower(),
+        access_log=False,
+    )
 
 
 # -- projects --------------------------------------------------------------------------
@@ -186,30 +205,56 @@ def project_options(create: bool) -> Callable[[Any], Any]:
     def decorate(fn: Any) -> Any:
         opts = [
             click.option("--repo", required=create, help="OWNER/NAME on GitHub"),
-            click.option("--clone-url", help="where to fetch from (a local path or file:// URL works)"),
+            click.option(
+                "--clone-url", help="where to fetch from (a local path or file:// URL works)"
+            ),
             click.option("--production-branch", help="default: the repository's default branch"),
             click.option("--staging-branch"),
-            click.option("--previews/--no-previews", default=None, help="preview branches for pull requests"),
-            click.option("--fork-previews/--no-fork-previews", default=None,
-                         help="previews for pull requests from forks (never with secrets)"),
+            click.option(
+                "--previews/--no-previews", default=None, help="preview branches for pull requests"
+            ),
+            click.option(
+                "--fork-previews/--no-fork-previews",
+                default=None,
+                help="previews for pull requests from forks (never with secrets)",
+            ),
             click.option("--preview-limit", type=int, help="active preview branches at most"),
             click.option("--config", "config_path", help="path of slipway.toml (monorepos)"),
             click.option("--install-command"),
             click.option("--pre-build-command"),
         ]
         if not create:
-            opts.append(click.option("--connect", "connected", flag_value=True, default=None,
-                                     help="reconnect a disconnected project"))
+            opts.append(
+                click.option(
+                    "--connect",
+                    "connected",
+                    flag_value=True,
+                    default=None,
+                    help="reconnect a disconnected project",
+                )
+            )
         for opt in reversed(opts):
             fn = opt(fn)
         return fn
+
     return decorate
 
 
 def _render_project(p: dict[str, Any]) -> None:
-    for key in ("ref", "repo", "clone_url", "production_branch", "staging_branch", "previews",
-                "fork_previews", "preview_limit", "config_path", "install_command",
-                "pre_build_command", "status"):
+    for key in (
+        "ref",
+        "repo",
+        "clone_url",
+        "production_branch",
+        "staging_branch",
+        "previews",
+        "fork_previews",
+        "preview_limit",
+        "config_path",
+        "install_command",
+        "pre_build_command",
+        "status",
+    ):
         console.print(f"[bold]{key}[/bold]: {p.get(key) if p.get(key) is not None else '-'}")
     if not p.get("deploying"):
         console.print(f"[red]not deploying:[/red] {p.get('not_deploying_reason')}")
@@ -227,14 +272,24 @@ def projects() -> None:
 def projects_create(ctx: click.Context, ref: str, **fields: Any) -> None:
     body = {"ref": ref, **{k: v for k, v in fields.items() if v is not None}}
     project = ctx.find_root().obj.post("/api/v1/projects", json=body)
-    out(ctx, project, lambda p: console.print(f"Created project [bold]{p['ref']}[/bold] for {p['repo']}"))
+    out(
+        ctx,
+        project,
+        lambda p: console.print(f"Created project [bold]{p['ref']}[/bold] for {p['repo']}"),
+    )
 
 
 @projects.command("list")
 @click.pass_context
 def projects_list(ctx: click.Context) -> None:
     rows = ctx.find_root().obj.get("/api/v1/projects")
-    out(ctx, rows, lambda r: table(r, ["ref", "repo", "production_branch", "staging_branch", "previews", "status"]))
+    out(
+        ctx,
+        rows,
+        lambda r: table(
+            r, ["ref", "repo", "production_branch", "staging_branch", "previews", "status"]
+        ),
+    )
 
 
 @projects.command("show")
@@ -270,8 +325,13 @@ def projects_update(ctx: click.Context, ref: str, **fields: Any) -> None:
 @click.pass_context
 def projects_disconnect(ctx: click.Context, ref: str) -> None:
     project = ctx.find_root().obj.request("DELETE", f"/api/v1/projects/{ref}")
-    out(ctx, project, lambda p: console.print(
-        f"Disconnected [bold]{p['ref']}[/bold]: it no longer deploys; its data is kept."))
+    out(
+        ctx,
+        project,
+        lambda p: console.print(
+            f"Disconnected [bold]{p['ref']}[/bold]: it no longer deploys; its data is kept."
+        ),
+    )
 
 
 @main.command()
@@ -296,7 +356,9 @@ def _deployment_rows(rows: list[dict[str, Any]]) -> None:
 @click.option("--branch")
 @click.option("--limit", default=50, show_default=True)
 @click.pass_context
-def deployments(ctx: click.Context, project: str, env: str | None, branch: str | None, limit: int) -> None:
+def deployments(
+    ctx: click.Context, project: str, env: str | None, branch: str | None, limit: int
+) -> None:
     """List a project's deployments, newest first."""
     params: dict[str, Any] = {"limit": limit}
     if env:
@@ -364,13 +426,26 @@ def wait_for(api: Api, deployment_id: str, *, show_logs: bool) -> dict[str, Any]
 @click.option("--project", required=True)
 @env_option(default="production")
 @click.option("--branch", help="the preview branch (with --env preview)")
-@click.option("--skip-promotion", is_flag=True, help="build and deploy, but leave the current version")
+@click.option(
+    "--skip-promotion", is_flag=True, help="build and deploy, but leave the current version"
+)
 @click.option("--skip-sync-env-vars", is_flag=True)
-@click.option("--dry-run", is_flag=True, help="build locally without deploying; print where the build is")
+@click.option(
+    "--dry-run", is_flag=True, help="build locally without deploying; print where the build is"
+)
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.pass_context
-def deploy(ctx: click.Context, path: Path, project: str, env: str, branch: str | None,
-           skip_promotion: bool, skip_sync_env_vars: bool, dry_run: bool, wait: bool) -> None:
+def deploy(
+    ctx: click.Context,
+    path: Path,
+    project: str,
+    env: str,
+    branch: str | None,
+    skip_promotion: bool,
+    skip_sync_env_vars: bool,
+    dry_run: bool,
+    wait: bool,
+) -> None:
     """Upload PATH's source and deploy it; prints the version."""
     from controller.sources.archive import make_archive
 
@@ -385,11 +460,19 @@ def deploy(ctx: click.Context, path: Path, project: str, env: str, branch: str |
         data = make_archive(path)
     except Exception as exc:
         fail(str(exc))
-    params = {"env": env, "skip_promotion": skip_promotion, "skip_sync_env_vars": skip_sync_env_vars}
+    params = {
+        "env": env,
+        "skip_promotion": skip_promotion,
+        "skip_sync_env_vars": skip_sync_env_vars,
+    }
     if branch:
         params["branch"] = branch
-    dep = api.post(f"/api/v1/projects/{project}/deployments", params=params, content=data,
-                   headers={"Content-Type": "application/gzip"})
+    dep = api.post(
+        f"/api/v1/projects/{project}/deployments",
+        params=params,
+        content=data,
+        headers={"Content-Type": "application/gzip"},
+    )
     if not wait:
         out(ctx, dep, lambda d: console.print(f"Queued deployment {d['id']}"))
         return
@@ -403,7 +486,9 @@ def deploy(ctx: click.Context, path: Path, project: str, env: str, branch: str |
         console.print(f"[green]Deployed version[/green] [bold]{final['version']}[/bold]{note}")
         click.echo(final["version"])
     if final["status"] != "deployed":
-        fail(f"deployment {final['id']} {final['status']}: {(final.get('error') or '').splitlines()[0] if final.get('error') else ''}")
+        fail(
+            f"deployment {final['id']} {final['status']}: {(final.get('error') or '').splitlines()[0] if final.get('error') else ''}"
+        )
 
 
 def _dry_run(ctx: click.Context, path: Path) -> None:
@@ -419,21 +504,38 @@ def _dry_run(ctx: click.Context, path: Path) -> None:
     checkout = base / "src"
     safe_extract(make_archive(path), checkout)
     config = load_config(checkout, config_path=None)
-    builder = VirtualenvBuilder(cache_dir=Path(os.environ.get("SLIPWAY_DATA_DIR", ".slipway")).resolve() / "envs",
-                                home_dir=base / "home")
+    builder = VirtualenvBuilder(
+        cache_dir=Path(os.environ.get("SLIPWAY_DATA_DIR", ".slipway")).resolve() / "envs",
+        home_dir=base / "home",
+    )
     log = console.print if not _ctx_json(ctx) else (lambda _m: None)
     cancel = threading.Event()
     try:
-        env = builder.prepare(checkout / config.root, install=config.install, log=log, cancel=cancel, timeout=1800)
+        env = builder.prepare(
+            checkout / config.root, install=config.install, log=log, cancel=cancel, timeout=1800
+        )
         if config.pre_build:
-            builder.pre_build(checkout / config.root, venv=Path(env["venv"]), command=config.pre_build,
-                              log=log, cancel=cancel, timeout=1800)
-        tasks = builder.discover(checkout / config.root, venv=Path(env["venv"]), tasks_dir=config.tasks_dir, timeout=120)
+            builder.pre_build(
+                checkout / config.root,
+                venv=Path(env["venv"]),
+                command=config.pre_build,
+                log=log,
+                cancel=cancel,
+                timeout=1800,
+            )
+        tasks = builder.discover(
+            checkout / config.root, venv=Path(env["venv"]), tasks_dir=config.tasks_dir, timeout=120
+        )
     except Exception as exc:
         fail(f"dry run failed: {exc} (build in {base})")
     result = {"build": str(base), "venv": env["venv"], "tasks": tasks}
-    out(ctx, result, lambda r: console.print(
-        f"Dry run: built {len(tasks)} tasks in {base} (environment {env['venv']}); nothing was deployed."))
+    out(
+        ctx,
+        result,
+        lambda r: console.print(
+            f"Dry run: built {len(tasks)} tasks in {base} (environment {env['venv']}); nothing was deployed."
+        ),
+    )
 
 
 @main.command()
@@ -444,11 +546,23 @@ def _dry_run(ctx: click.Context, path: Path) -> None:
 def versions(ctx: click.Context, project: str, env: str, branch: str | None) -> None:
     """List an environment's versions, newest first."""
     rows = ctx.find_root().obj.get(
-        f"/api/v1/projects/{project}/environments/{_env(env)}/versions", headers=_branch_headers(branch)
+        f"/api/v1/projects/{project}/environments/{_env(env)}/versions",
+        headers=_branch_headers(branch),
     )
-    view = [{**r, "tasks": len(r["tasks"]), "sha": (r.get("sha") or "")[:12] or None,
-             "current": "*" if r["current"] else ""} for r in rows]
-    out(ctx, rows, lambda _r: table(view, ["current", "version", "sha", "tasks", "created_at", "promoted_at"]))
+    view = [
+        {
+            **r,
+            "tasks": len(r["tasks"]),
+            "sha": (r.get("sha") or "")[:12] or None,
+            "current": "*" if r["current"] else "",
+        }
+        for r in rows
+    ]
+    out(
+        ctx,
+        rows,
+        lambda _r: table(view, ["current", "version", "sha", "tasks", "created_at", "promoted_at"]),
+    )
 
 
 @main.command()
@@ -461,10 +575,17 @@ def promote(ctx: click.Context, version: str, project: str, env: str, branch: st
     """Make VERSION the current version of an environment."""
     result = ctx.find_root().obj.post(
         f"/api/v1/projects/{project}/environments/{_env(env)}/promote",
-        json={"version": version}, headers=_branch_headers(branch),
+        json={"version": version},
+        headers=_branch_headers(branch),
     )
-    out(ctx, result, lambda r: console.print(
-        f"[green]{r['version']}[/green] is current" + (f" (was {r['previous']})" if r.get("previous") else "")))
+    out(
+        ctx,
+        result,
+        lambda r: console.print(
+            f"[green]{r['version']}[/green] is current"
+            + (f" (was {r['previous']})" if r.get("previous") else "")
+        ),
+    )
 
 
 @main.command()
@@ -475,10 +596,16 @@ def promote(ctx: click.Context, version: str, project: str, env: str, branch: st
 def rollback(ctx: click.Context, project: str, env: str, branch: str | None) -> None:
     """Promote the version before the current one."""
     result = ctx.find_root().obj.post(
-        f"/api/v1/projects/{project}/environments/{_env(env)}/rollback", headers=_branch_headers(branch)
+        f"/api/v1/projects/{project}/environments/{_env(env)}/rollback",
+        headers=_branch_headers(branch),
     )
-    out(ctx, result, lambda r: console.print(
-        f"Rolled back: [green]{r['version']}[/green] is current (was {r.get('previous')})"))
+    out(
+        ctx,
+        result,
+        lambda r: console.print(
+            f"Rolled back: [green]{r['version']}[/green] is current (was {r.get('previous')})"
+        ),
+    )
 
 
 # -- previews and environments ----------------------------------------------------------
@@ -493,9 +620,18 @@ def preview() -> None:
 @click.option("--project", required=True)
 @click.pass_context
 def preview_list(ctx: click.Context, project: str) -> None:
-    rows = [e for e in ctx.find_root().obj.get(f"/api/v1/projects/{project}/environments")
-            if e["type"] == "branch"]
-    out(ctx, rows, lambda r: table(r, ["branch", "status", "current_version", "pull_request", "status_reason"]))
+    rows = [
+        e
+        for e in ctx.find_root().obj.get(f"/api/v1/projects/{project}/environments")
+        if e["type"] == "branch"
+    ]
+    out(
+        ctx,
+        rows,
+        lambda r: table(
+            r, ["branch", "status", "current_version", "pull_request", "status_reason"]
+        ),
+    )
 
 
 @preview.command("archive")
@@ -521,8 +657,9 @@ def environments_list(ctx: click.Context, project: str) -> None:
 
 
 def _secret_key(api: Api, project: str, env: str, branch: str | None) -> str:
-    body = api.get(f"/api/v1/projects/{project}/environments/{env}/secret-key",
-                   headers=_branch_headers(branch))
+    body = api.get(
+        f"/api/v1/projects/{project}/environments/{env}/secret-key", headers=_branch_headers(branch)
+    )
     return str(body["secret_key"])
 
 
@@ -551,13 +688,24 @@ def tasks() -> None:
 @click.option("--branch")
 @click.option("--version")
 @click.pass_context
-def tasks_list(ctx: click.Context, project: str, env: str, branch: str | None, version: str | None) -> None:
+def tasks_list(
+    ctx: click.Context, project: str, env: str, branch: str | None, version: str | None
+) -> None:
     params = {"version": version} if version else {}
-    body = ctx.find_root().obj.get(f"/api/v1/projects/{project}/environments/{_env(env)}/tasks",
-                                   params=params, headers=_branch_headers(branch))
-    out(ctx, body, lambda b: table(
-        [{**t, "schema": "yes" if t.get("input_schema") else ""} for t in b["tasks"]],
-        ["id", "description", "schema", "max_duration"], title=f"Version {b['version']}"))
+    body = ctx.find_root().obj.get(
+        f"/api/v1/projects/{project}/environments/{_env(env)}/tasks",
+        params=params,
+        headers=_branch_headers(branch),
+    )
+    out(
+        ctx,
+        body,
+        lambda b: table(
+            [{**t, "schema": "yes" if t.get("input_schema") else ""} for t in b["tasks"]],
+            ["id", "description", "schema", "max_duration"],
+            title=f"Version {b['version']}",
+        ),
+    )
 
 
 @tasks.command("run")
@@ -568,8 +716,15 @@ def tasks_list(ctx: click.Context, project: str, env: str, branch: str | None, v
 @click.option("--version", help="pin the run to this version")
 @click.option("--payload", default="null", help="JSON payload")
 @click.pass_context
-def tasks_run(ctx: click.Context, task_id: str, project: str, env: str, branch: str | None,
-              version: str | None, payload: str) -> None:
+def tasks_run(
+    ctx: click.Context,
+    task_id: str,
+    project: str,
+    env: str,
+    branch: str | None,
+    version: str | None,
+    payload: str,
+) -> None:
     """Run a task; prints its logs, then the result as the final JSON line."""
     try:
         data = json.loads(payload)
@@ -581,11 +736,15 @@ def tasks_run(ctx: click.Context, task_id: str, project: str, env: str, branch: 
     body: dict[str, Any] = {"payload": data}
     if version:
         body["options"] = {"version": version}
-    run = api.post(f"/api/v1/tasks/{task_id}/trigger", json=body, token=key, headers=_branch_headers(branch))
+    run = api.post(
+        f"/api/v1/tasks/{task_id}/trigger", json=body, token=key, headers=_branch_headers(branch)
+    )
     logs_text = run.pop("logs", "") or ""
     if logs_text:
         sys.stdout.write(logs_text if logs_text.endswith("\n") else logs_text + "\n")
-    click.echo(json.dumps({k: run[k] for k in ("id", "task_id", "status", "output", "error", "version")}))
+    click.echo(
+        json.dumps({k: run[k] for k in ("id", "task_id", "status", "output", "error", "version")})
+    )
     if run["status"] != "completed":
         sys.exit(1)
 

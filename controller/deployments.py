@@ -208,7 +208,9 @@ def active_previews(session: Session, project_id: int) -> frozenset[str]:
     return frozenset(b for (b,) in rows if b)
 
 
-def archive_branch(session: Session, project: Project, branch: str, reason: str) -> Environment | None:
+def archive_branch(
+    session: Session, project: Project, branch: str, reason: str
+) -> Environment | None:
     env = session.execute(
         select(Environment).where(
             Environment.project_id == project.id,

@@ -55,7 +55,9 @@ class Applied:
     deployments: list[str] = field(default_factory=list)
 
 
-def project_views(session: Session, repo: str | None) -> tuple[list[ProjectView], dict[int, Project]]:
+def project_views(
+    session: Session, repo: str | None
+) -> tuple[list[ProjectView], dict[int, Project]]:
     if not repo:
         return [], {}
     projects = session.execute(
@@ -100,13 +102,19 @@ def process_delivery(db: Database, cipher: Cipher, delivery_pk: int) -> Applied 
         applied = Applied(routed.outcome)
         for intent in routed.intents:
             if isinstance(intent, Deploy):
-                _apply_deploy(session, cipher, projects[intent.project_id], intent, delivery, applied)
+                _apply_deploy(
+                    session, cipher, projects[intent.project_id], intent, delivery, applied
+                )
             elif isinstance(intent, Archive):
-                env = archive_branch(session, projects[intent.project_id], intent.branch, intent.reason)
+                env = archive_branch(
+                    session, projects[intent.project_id], intent.branch, intent.reason
+                )
                 if env is not None:
                     applied.archived_env_ids.append(env.id)
             elif isinstance(intent, Skip):
-                record_event(session, intent.project_id, "skipped", intent.reason, delivery.delivery_id)
+                record_event(
+                    session, intent.project_id, "skipped", intent.reason, delivery.delivery_id
+                )
             elif isinstance(intent, AccessChange):
                 _apply_access(session, intent.change)
         delivery.processed_at = utcnow()
@@ -173,17 +181,20 @@ def _apply_access(session: Session, change: InstallationChange) -> None:
         ).scalars():
             repo.reachable = False
     for lower, ref in [*((k, v) for k, v in reachable.items()), *((k, v) for k, v in gone.items())]:
-        repo = session.execute(
+        found = session.execute(
             select(Repository).where(Repository.full_name_lower == lower)
         ).scalar_one_or_none()
-        if repo is None:
-            repo = Repository(full_name=ref.full_name, full_name_lower=lower)
-            session.add(repo)
+        if found is None:
+            found = Repository(full_name=ref.full_name, full_name_lower=lower)
+            session.add(found)
+        repo = found
         repo.github_id = ref.id or repo.github_id
         repo.installation_id = change.installation_id
         repo.reachable = lower in reachable
         session.flush()
-        for project in session.execute(select(Project).where(Project.repo_lower == lower)).scalars():
+        for project in session.execute(
+            select(Project).where(Project.repo_lower == lower)
+        ).scalars():
             if lower in gone:
                 for (env_id,) in session.execute(
                     select(Environment.id).where(Environment.project_id == project.id)
@@ -196,4 +207,6 @@ def _apply_access(session: Session, change: InstallationChange) -> None:
                     f"the GitHub App lost access to {ref.full_name}; deployments stop (data kept)",
                 )
             else:
-                record_event(session, project.id, "access", f"the GitHub App can reach {ref.full_name}")
+                record_event(
+                    session, project.id, "access", f"the GitHub App can reach {ref.full_name}"
+                )

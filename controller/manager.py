@@ -42,7 +42,9 @@ class Pool:
     kinds: tuple[str, ...]
     handler: Handler
     threads: int = 1
-    backoff: Backoff = field(default_factory=lambda: Backoff(limit=20, min_timeout=1.0, max_timeout=60.0))
+    backoff: Backoff = field(
+        default_factory=lambda: Backoff(limit=20, min_timeout=1.0, max_timeout=60.0)
+    )
 
 
 class Manager:
@@ -114,13 +116,14 @@ class Manager:
         except Exception as exc:
             temporary = isinstance(exc, TemporaryError)
             if job.attempts >= min(job.max_attempts, pool.backoff.limit):
-                log.error("job %s (%s) gave up after %d attempts: %s",
-                          job.id, job.kind, job.attempts, exc)
+                log.error(
+                    "job %s (%s) gave up after %d attempts: %s", job.id, job.kind, job.attempts, exc
+                )
                 self.queue.fail(job.id, f"gave up after {job.attempts} attempts: {exc}")
                 return
             delay = pool.backoff.delay(job.attempts)
-            if temporary and exc.delay:  # type: ignore[union-attr]
-                delay = max(delay, exc.delay)  # type: ignore[union-attr]
+            if isinstance(exc, TemporaryError) and exc.delay:
+                delay = max(delay, exc.delay)
             if not temporary:
                 log.exception("job %s (%s) raised; retrying in %.1fs", job.id, job.kind, delay)
             self.queue.retry(job.id, delay=delay, error=f"{type(exc).__name__}: {exc}")

@@ -71,7 +71,9 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
         base = min(self.max_timeout, self.min_timeout * self.factor ** max(0, attempt - 1))
-        return base * random.uniform(1.0, 2.0) if self.randomize else base
+        if not self.randomize:
+            return base
+        return min(self.max_timeout, base * random.uniform(1.0, 2.0))
 
 
 class Queue:

@@ -30,9 +30,7 @@ class Unauthorized(Exception):
     pass
 
 
-def environment_for_key(
-    session: Session, key: str | None, branch: str | None
-) -> Environment:
+def environment_for_key(session: Session, key: str | None, branch: str | None) -> Environment:
     """The environment a secret key (plus ``x-slipway-branch``) designates."""
     if not key or not key.startswith("sk_"):
         raise Unauthorized("a run needs an environment's secret key: Authorization: Bearer sk_…")
@@ -83,6 +81,7 @@ def trigger(
         assert project is not None
         if project.disconnected_at is not None:
             raise Conflict(f"project {project.ref} is disconnected")
+        row: Version | None
         if version:
             row = find_version(session, env, version)
         else:
@@ -96,31 +95,52 @@ def trigger(
         task = next((t for t in row.tasks if t["id"] == task_id), None)
         if task is None:
             known = ", ".join(sorted(t["id"] for t in row.tasks)) or "none"
-            raise NotFound(f"task {task_id!r} does not exist in version {row.version} (tasks: {known})")
+            raise NotFound(
+                f"task {task_id!r} does not exist in version {row.version} (tasks: {known})"
+            )
         schema = task.get("input_schema")
         if schema:
             try:
                 jsonschema.validate(payload, schema)
             except jsonschema.ValidationError as exc:
                 where = "/".join(str(p) for p in exc.absolute_path) or "payload"
-                raise InvalidInput(f"payload does not match {task_id}'s input_schema at {where}: {exc.message}") from exc
+                raise InvalidInput(
+                    f"payload does not match {task_id}'s input_schema at {where}: {exc.message}"
+                ) from exc
             except jsonschema.SchemaError as exc:
-                raise PermanentError(f"{task_id}'s input_schema is not a valid JSON Schema: {exc.message}") from exc
+                raise PermanentError(
+                    f"{task_id}'s input_schema is not a valid JSON Schema: {exc.message}"
+                ) from exc
         spec = spec_for(session, row)
         version_id, version_name = row.id, row.version
         max_duration = task.get("max_duration")
     run_id = new_id("run")
     with db.transaction() as session:
         session.add(
-            Run(id=run_id, environment_id=env.id, version_id=version_id, task_id=task_id,
-                status="running", payload=payload)
+            Run(
+                id=run_id,
+                environment_id=env.id,
+                version_id=version_id,
+                task_id=task_id,
+                status="running",
+                payload=payload,
+            )
         )
     try:
-        result = runtime.run(spec, run_id=run_id, task_id=task_id, payload=payload,
-                             timeout=float(max_duration) if max_duration else None)
+        result = runtime.run(
+            spec,
+            run_id=run_id,
+            task_id=task_id,
+            payload=payload,
+            timeout=float(max_duration) if max_duration else None,
+        )
     except Exception as exc:
-        result = {"status": "failed", "output": None,
-                  "error": {"type": type(exc).__name__, "message": str(exc)}, "logs": ""}
+        result = {
+            "status": "failed",
+            "output": None,
+            "error": {"type": type(exc).__name__, "message": str(exc)},
+            "logs": "",
+        }
     with db.transaction() as session:
         run = session.get(Run, run_id)
         assert run is not None
@@ -142,10 +162,18 @@ def get_run(db: Database, run_id: str, *, key: str | None, admin: bool) -> dict[
             env = session.execute(
                 select(Environment).where(Environment.secret_key_hash == key_hash(key or ""))
             ).scalar_one_or_none()
-            allowed = env is not None and (
-                env.id == run.environment_id
-                or (env.name == "preview" and env.branch is None
-                    and session.get(Environment, run.environment_id).project_id == env.project_id)  # type: ignore[union-attr]
+            run_env = session.get(Environment, run.environment_id)
+            allowed = (
+                env is not None
+                and run_env is not None
+                and (
+                    env.id == run_env.id
+                    or (
+                        env.name == "preview"
+                        and env.branch is None
+                        and run_env.project_id == env.project_id
+                    )
+                )
             )
             if not allowed:
                 raise NotFound(f"run {run_id!r} does not exist")

@@ -57,10 +57,15 @@ class Services:
         self.manager = Manager(
             self.queue,
             [
-                Pool(("route",), self.handle_route, threads=1,
-                     backoff=Backoff(limit=10, min_timeout=1, max_timeout=60)),
-                Pool(("deploy",), self.handle_deploy,
-                     threads=settings.runtime.max_concurrent_builds),
+                Pool(
+                    ("route",),
+                    self.handle_route,
+                    threads=1,
+                    backoff=Backoff(limit=10, min_timeout=1, max_timeout=60),
+                ),
+                Pool(
+                    ("deploy",), self.handle_deploy, threads=settings.runtime.max_concurrent_builds
+                ),
             ],
             resync=[self.resync_deployments, self.resync_runtime],
             resync_interval=settings.runtime.resync_interval,
@@ -111,7 +116,11 @@ class Services:
 
     def retire_environment(self, env_id: int) -> None:
         with self.db.read() as session:
-            ids = session.execute(select(Version.id).where(Version.environment_id == env_id)).scalars().all()
+            ids = (
+                session.execute(select(Version.id).where(Version.environment_id == env_id))
+                .scalars()
+                .all()
+            )
         for version_id in ids:
             if version_id in self.runtime.serving():
                 self.runtime.retire(version_id)
@@ -119,9 +128,11 @@ class Services:
     def after_disconnect(self, ref: str) -> None:
         with self.db.read() as session:
             project = session.execute(select(Project).where(Project.ref == ref)).scalar_one()
-            env_ids = session.execute(
-                select(Environment.id).where(Environment.project_id == project.id)
-            ).scalars().all()
+            env_ids = (
+                session.execute(select(Environment.id).where(Environment.project_id == project.id))
+                .scalars()
+                .all()
+            )
         for env_id in env_ids:
             self.retire_environment(env_id)
 
@@ -138,7 +149,9 @@ class Services:
                     dep.finished_at = utcnow()
                     continue
                 log.info("resync: re-queueing deployment %s", dep.id)
-                Queue.add(session, kind="deploy", key=f"env:{dep.environment_id}", deployment_id=dep.id)
+                Queue.add(
+                    session, kind="deploy", key=f"env:{dep.environment_id}", deployment_id=dep.id
+                )
         self.queue.notify()
 
     def resync_runtime(self) -> None:
@@ -151,13 +164,12 @@ class Services:
                 .where(Environment.status == "active", Project.disconnected_at.is_(None))
             ).all()
             specs = [spec_for(session, version) for _env, version in rows]
-            busy = set(
-                session.execute(
-                    select(Deployment.version_id).where(
-                        Deployment.status.in_(("deploying",)), Deployment.version_id.is_not(None)
-                    )
-                ).scalars()
-            )
+            deploying = session.execute(
+                select(Deployment.version_id).where(
+                    Deployment.status == "deploying", Deployment.version_id.is_not(None)
+                )
+            ).scalars()
+            busy = {version_id for version_id in deploying if version_id is not None}
         wanted = {spec.version_id for spec in specs}
         for spec in specs:
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -133,11 +134,11 @@ def load_settings(**overrides: object) -> Settings:
     return Settings(**built)  # type: ignore[arg-type]
 
 
-ADMIN_TOKEN_FILE = "admin_token"
+ADMIN_TOKEN_FILE = "admin_token"  # noqa: S105 - a file name
 ENCRYPTION_KEY_FILE = "encryption.key"
 
 
-def read_or_create_secret(path: Path, make: callable) -> tuple[str, bool]:  # type: ignore[valid-type]
+def read_or_create_secret(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
     """Return the secret stored at ``path``, creating it (mode 0600) if absent."""
     try:
         return path.read_text().strip(), False
@@ -180,6 +181,8 @@ def prepare(settings: Settings) -> tuple[Settings, list[str]]:
                 "stored environment variables cannot be read."
             )
     return (
-        Settings(server=server, github=settings.github, security=security, runtime=settings.runtime),
+        Settings(
+            server=server, github=settings.github, security=security, runtime=settings.runtime
+        ),
         notices,
     )

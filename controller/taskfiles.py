@@ -273,7 +273,7 @@ def error_entry(exc: BaseException, *, source: Path, path: Path) -> dict[str, An
         return {
             "file": file,
             "type": type(exc).__name__,
-            "message": f"{file}: {message}",
+            "message": message,
             "line": None,
             "traceback": None,
         }

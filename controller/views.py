@@ -93,9 +93,26 @@ def deployment_view(
 
 def deployments_view(session: Session, rows: list[Deployment]) -> list[dict[str, Any]]:
     env_ids = {d.environment_id for d in rows}
-    envs = {e.id: e for e in session.execute(select(Environment).where(Environment.id.in_(env_ids))).scalars()} if env_ids else {}
+    envs = (
+        {
+            e.id: e
+            for e in session.execute(
+                select(Environment).where(Environment.id.in_(env_ids))
+            ).scalars()
+        }
+        if env_ids
+        else {}
+    )
     project_ids = {d.project_id for d in rows}
-    refs = dict(session.execute(select(Project.id, Project.ref).where(Project.id.in_(project_ids))).all()) if project_ids else {}
+    refs = (
+        dict(
+            session.execute(
+                select(Project.id, Project.ref).where(Project.id.in_(project_ids))
+            ).all()
+        )
+        if project_ids
+        else {}
+    )
     versions = version_strings(session, {d.version_id for d in rows})
     return [
         deployment_view(

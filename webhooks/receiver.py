@@ -67,8 +67,11 @@ def make_endpoint(
         try:
             verify(key, body, request.headers.get("x-hub-signature-256"))
         except SignatureError as exc:
-            log.warning("refused webhook delivery %s: %s",
-                        request.headers.get("x-github-delivery", "?"), exc)
+            log.warning(
+                "refused webhook delivery %s: %s",
+                request.headers.get("x-github-delivery", "?"),
+                exc,
+            )
             return _error(401, f"invalid signature: {exc}")
         event = request.headers.get("x-github-event")
         delivery_id = request.headers.get("x-github-delivery")

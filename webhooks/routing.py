@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhooks.events import InstallationChange, PayloadError, Push, PullRequest
+from webhooks.events import InstallationChange, PayloadError, PullRequest, Push
 
 PREVIEW_ACTIONS = frozenset({"opened", "reopened", "synchronize", "ready_for_review"})
 
@@ -129,9 +129,7 @@ def _route_push(push: Push, projects: list[ProjectView]) -> Routed:
             intents.append(Skip(project.id, _not_deploying(project, push.after)))
             continue
         for env in targets:
-            intents.append(
-                Deploy(project.id, env, None, push.after, push.ref, "push")
-            )
+            intents.append(Deploy(project.id, env, None, push.after, push.ref, "push"))
     if not intents:
         return Routed(outcome=f"ignored: {branch} is not a tracked branch")
     return Routed(intents, _summary(intents))

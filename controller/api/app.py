@@ -89,7 +89,9 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
 
     app.add_api_route(
         "/webhooks/github",
-        make_endpoint(secret=lambda: services.settings.webhook_secret, writer=lambda: services.writer),  # type: ignore[arg-type]
+        make_endpoint(
+            secret=lambda: services.settings.webhook_secret, writer=lambda: services.writer
+        ),
         methods=["POST"],
         status_code=202,
         tags=["webhooks"],
@@ -119,10 +121,4 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(deployments.router)
     app.include_router(versions.router)
     app.include_router(runs.router)
-    try:
-        from controller.web import pages
-    except ImportError:  # pages are optional until templates exist
-        pass
-    else:
-        app.include_router(pages.router)
     return app

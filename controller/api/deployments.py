@@ -47,9 +47,13 @@ def list_deployments(
                 Environment.project_id == project.id, Environment.branch == branch
             )
             query = query.where(Deployment.environment_id.in_(ids))
-        rows = session.execute(
-            query.order_by(Deployment.created_at.desc(), Deployment.id.desc()).limit(limit)
-        ).scalars().all()
+        rows = (
+            session.execute(
+                query.order_by(Deployment.created_at.desc(), Deployment.id.desc()).limit(limit)
+            )
+            .scalars()
+            .all()
+        )
         return deployments_view(session, list(rows))
 
 
@@ -87,12 +91,16 @@ def get_deployment(request: Request, deployment_id: str) -> dict[str, Any]:
 def get_logs(request: Request, deployment_id: str, after: int = 0) -> dict[str, Any]:
     with request.app.state.services.db.read() as session:
         dep = _deployment(session, deployment_id)
-        lines = session.execute(
-            select(DeploymentLog)
-            .where(DeploymentLog.deployment_id == dep.id, DeploymentLog.id > after)
-            .order_by(DeploymentLog.id)
-            .limit(5000)
-        ).scalars().all()
+        lines = (
+            session.execute(
+                select(DeploymentLog)
+                .where(DeploymentLog.deployment_id == dep.id, DeploymentLog.id > after)
+                .order_by(DeploymentLog.id)
+                .limit(5000)
+            )
+            .scalars()
+            .all()
+        )
         return {
             "deployment": dep.id,
             "status": dep.status,

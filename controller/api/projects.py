@@ -41,7 +41,7 @@ class ProjectFields(BaseModel):
 
 class ProjectCreate(ProjectFields):
     ref: str
-    repo: str  # type: ignore[assignment]
+    repo: str
 
 
 class ProjectUpdate(ProjectFields):
@@ -105,11 +105,15 @@ def delete_project(request: Request, ref: str) -> dict[str, Any]:
 def list_environments(request: Request, ref: str) -> list[dict[str, Any]]:
     with _services(request).db.read() as session:
         project = get_project(session, ref)
-        envs = session.execute(
-            select(Environment)
-            .where(Environment.project_id == project.id)
-            .order_by(Environment.id)
-        ).scalars().all()
+        envs = (
+            session.execute(
+                select(Environment)
+                .where(Environment.project_id == project.id)
+                .order_by(Environment.id)
+            )
+            .scalars()
+            .all()
+        )
         versions = version_strings(session, {e.current_version_id for e in envs})
         return [environment_view(e, versions.get(e.current_version_id or 0)) for e in envs]
 
@@ -146,14 +150,20 @@ def get_secret_key(
 
 
 @router.get("/projects/{ref}/events")
-def list_events(request: Request, ref: str, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+def list_events(
+    request: Request, ref: str, limit: int = Query(100, ge=1, le=1000)
+) -> list[dict[str, Any]]:
     """Why deliveries did what they did: skipped previews, archived branches, access."""
     with _services(request).db.read() as session:
         project = get_project(session, ref)
-        events = session.execute(
-            select(Event)
-            .where(Event.project_id == project.id)
-            .order_by(Event.id.desc())
-            .limit(limit)
-        ).scalars().all()
+        events = (
+            session.execute(
+                select(Event)
+                .where(Event.project_id == project.id)
+                .order_by(Event.id.desc())
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
         return [event_view(e) for e in events]

@@ -49,10 +49,19 @@ def list_versions(
 ) -> list[dict[str, Any]]:
     with request.app.state.services.db.read() as session:
         _project, environment = _env(session, ref, env, branch or x_slipway_branch)
-        rows = session.execute(
-            select(Version).where(Version.environment_id == environment.id).order_by(Version.id.desc())
-        ).scalars().all()
-        return [version_view(v, environment, current=v.id == environment.current_version_id) for v in rows]
+        rows = (
+            session.execute(
+                select(Version)
+                .where(Version.environment_id == environment.id)
+                .order_by(Version.id.desc())
+            )
+            .scalars()
+            .all()
+        )
+        return [
+            version_view(v, environment, current=v.id == environment.current_version_id)
+            for v in rows
+        ]
 
 
 @router.get("/projects/{ref}/environments/{env}/tasks")
@@ -68,14 +77,18 @@ def list_tasks(
         _project, environment = _env(session, ref, env, branch or x_slipway_branch)
         if version:
             row = session.execute(
-                select(Version).where(Version.environment_id == environment.id, Version.version == version)
+                select(Version).where(
+                    Version.environment_id == environment.id, Version.version == version
+                )
             ).scalar_one_or_none()
         elif environment.current_version_id:
             row = session.get(Version, environment.current_version_id)
         else:
             row = None
         if row is None:
-            raise NotFound("no such version" if version else "this environment has no current version yet")
+            raise NotFound(
+                "no such version" if version else "this environment has no current version yet"
+            )
         return {"version": row.version, "tasks": row.tasks}
 
 
@@ -102,7 +115,10 @@ def post_promote(
     x_slipway_branch: str | None = Header(default=None),
 ) -> dict[str, Any]:
     return _promote(
-        request, ref, env, branch or x_slipway_branch,
+        request,
+        ref,
+        env,
+        branch or x_slipway_branch,
         lambda session, environment: promotable(session, environment, body.version),
     )
 
@@ -116,7 +132,10 @@ def post_rollback(
     x_slipway_branch: str | None = Header(default=None),
 ) -> dict[str, Any]:
     return _promote(
-        request, ref, env, branch or x_slipway_branch,
+        request,
+        ref,
+        env,
+        branch or x_slipway_branch,
         lambda session, environment: promotable(
             session, environment, previous_version(session, environment).version
         ),
@@ -131,7 +150,12 @@ def post_archive(request: Request, ref: str, branch: str) -> dict[str, Any]:
         environment = archive_branch(session, project, branch, "archived by hand")
         if environment is None:
             raise NotFound(f"preview branch {branch!r} does not exist in project {ref}")
-        view = environment_view(environment, version_strings(session, {environment.current_version_id}).get(environment.current_version_id or 0))
+        view = environment_view(
+            environment,
+            version_strings(session, {environment.current_version_id}).get(
+                environment.current_version_id or 0
+            ),
+        )
     services.retire_environment(environment.id)
     return view
 
@@ -169,7 +193,10 @@ async def post_deployment(
     with services.db.transaction() as session:
         project = get_project(session, ref)
         environment = ensure_environment(
-            session, services.cipher, project=project, name=name,
+            session,
+            services.cipher,
+            project=project,
+            name=name,
             branch=branch if name == "preview" else None,
         )
         deployment = request_deployment(
@@ -181,7 +208,10 @@ async def post_deployment(
                 ref="upload",
                 source="upload",
                 upload_path=str(path),
-                options={"skip_promotion": skip_promotion, "skip_sync_env_vars": skip_sync_env_vars},
+                options={
+                    "skip_promotion": skip_promotion,
+                    "skip_sync_env_vars": skip_sync_env_vars,
+                },
             ),
         )
         view = deployments_view(session, [deployment])[0]

@@ -22,7 +22,14 @@ class Builder(Protocol):
         ...
 
     def pre_build(
-        self, root: Path, *, venv: Path, command: str, log: Log, cancel: threading.Event, timeout: float
+        self,
+        root: Path,
+        *,
+        venv: Path,
+        command: str,
+        log: Log,
+        cancel: threading.Event,
+        timeout: float,
     ) -> None: ...
 
     def discover(

@@ -11,6 +11,7 @@ message. On timeout or cancellation the whole process group is killed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -48,7 +49,9 @@ PASSTHROUGH = (
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def minimal_env(*, venv: Path | None, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+def minimal_env(
+    *, venv: Path | None, home: Path, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     env = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
     env.setdefault("LANG", "C.UTF-8")
     path = SYSTEM_PATH
@@ -166,11 +169,7 @@ def run_command(
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass

@@ -75,12 +75,11 @@ def load_config(
         unknown = sorted(set(data) - KNOWN_KEYS)
         if unknown:
             warnings.append(f"{rel}: ignoring unknown keys {', '.join(unknown)}")
-    elif config_path:
-        if not (checkout / root).is_dir():
-            raise BuildFailed(
-                f"config path {config_path!r} does not exist in the repository",
-                hint="fix the project's --config",
-            )
+    elif config_path and not (checkout / root).is_dir():
+        raise BuildFailed(
+            f"config path {config_path!r} does not exist in the repository",
+            hint="fix the project's --config",
+        )
     for key in ("tasks_dir", "install", "pre_build"):
         if key in data and not isinstance(data[key], str):
             raise BuildFailed(f"{rel}: {key} must be a string")

@@ -126,6 +126,7 @@ class VirtualenvBuilder:
         cancel: threading.Event,
         timeout: float,
     ) -> dict[str, Any]:
+        command: str | None
         if install:
             command, why = install, "install command from the project's settings"
         else:
@@ -143,19 +144,37 @@ class VirtualenvBuilder:
                 shutil.rmtree(venv)
             log(f"Creating a virtual environment ({self._python_version.split()[0]})")
             result = run_command(
-                [self.python, "-m", "virtualenv", "--quiet", "--no-download",
-                 "--no-periodic-update", str(venv)],
-                cwd=root, env=self._env(None), timeout=min(timeout, 300), log=log,
-                label="creating the virtual environment", cancel=cancel,
+                [
+                    self.python,
+                    "-m",
+                    "virtualenv",
+                    "--quiet",
+                    "--no-download",
+                    "--no-periodic-update",
+                    str(venv),
+                ],
+                cwd=root,
+                env=self._env(None),
+                timeout=min(timeout, 300),
+                log=log,
+                label="creating the virtual environment",
+                cancel=cancel,
             )
             if result.exit_code != 0:
                 shutil.rmtree(venv, ignore_errors=True)
-                raise BuildFailed("could not create the virtual environment: " + " | ".join(result.tail[-5:]))
+                raise BuildFailed(
+                    "could not create the virtual environment: " + " | ".join(result.tail[-5:])
+                )
             if command:
                 log(f"$ {command}")
                 result = run_command(
-                    command, cwd=root, env=self._env(venv), timeout=timeout, log=log,
-                    label=f"install command `{command}`", cancel=cancel,
+                    command,
+                    cwd=root,
+                    env=self._env(venv),
+                    timeout=timeout,
+                    log=log,
+                    label=f"install command `{command}`",
+                    cancel=cancel,
                 )
                 if result.exit_code != 0:
                     shutil.rmtree(venv, ignore_errors=True)
@@ -180,8 +199,13 @@ class VirtualenvBuilder:
     ) -> None:
         log(f"$ {command}")
         result = run_command(
-            command, cwd=root, env=self._env(venv), timeout=timeout, log=log,
-            label=f"pre-build command `{command}`", cancel=cancel,
+            command,
+            cwd=root,
+            env=self._env(venv),
+            timeout=timeout,
+            log=log,
+            label=f"pre-build command `{command}`",
+            cancel=cancel,
         )
         if result.exit_code != 0:
             raise BuildFailed(
@@ -190,12 +214,26 @@ class VirtualenvBuilder:
                 hint="fix the command or set pre_build in slipway.toml",
             )
 
-    def discover(self, root: Path, *, venv: Path, tasks_dir: str, timeout: float) -> list[dict[str, Any]]:
+    def discover(
+        self, root: Path, *, venv: Path, tasks_dir: str, timeout: float
+    ) -> list[dict[str, Any]]:
         python = venv / "bin" / "python"
         try:
             proc = subprocess.run(
-                [str(python), "-I", "-B", str(DISCOVER), "--source", str(root), "--tasks-dir", tasks_dir],
-                cwd=root, env=self._env(venv), capture_output=True, timeout=timeout,
+                [
+                    str(python),
+                    "-I",
+                    "-B",
+                    str(DISCOVER),
+                    "--source",
+                    str(root),
+                    "--tasks-dir",
+                    tasks_dir,
+                ],
+                cwd=root,
+                env=self._env(venv),
+                capture_output=True,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired as exc:
             raise BuildFailed(
@@ -203,7 +241,7 @@ class VirtualenvBuilder:
                 hint="task modules should not do slow work at import time",
             ) from exc
         try:
-            report = json.loads(proc.stdout[-(8 << 20):] or b"{}")
+            report = json.loads(proc.stdout[-(8 << 20) :] or b"{}")
         except ValueError as exc:
             stderr = proc.stderr.decode("utf-8", "replace")[-2000:]
             raise BuildFailed(f"task discovery crashed (exit {proc.returncode}): {stderr}") from exc

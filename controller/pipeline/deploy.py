@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -110,7 +111,9 @@ class Pipeline:
             journal.log(stop.message, level="warn")
             self._finish(snap, journal, stop.status, stop.message)
         except Interrupted:
-            journal.log("Controller stopping: this deployment resumes when it is back", level="warn")
+            journal.log(
+                "Controller stopping: this deployment resumes when it is back", level="warn"
+            )
             journal.flush()
             raise
         except PermanentError as exc:
@@ -174,7 +177,9 @@ class Pipeline:
             )
             for warning in config.warnings:
                 journal.log(warning, level="warn")
-            journal.log(f"Checked out {digest[:19]}; project root {config.root}, tasks in {config.tasks_dir}/")
+            journal.log(
+                f"Checked out {digest[:19]}; project root {config.root}, tasks in {config.tasks_dir}/"
+            )
             return {"digest": digest, "config": config.to_dict()}
 
         checked = journal.step("checkout", do_checkout)
@@ -185,8 +190,11 @@ class Pipeline:
             if not checkout.is_dir():
                 materialise()
             return self.builder.prepare(
-                checkout / config.root, install=config.install, log=journal.log,
-                cancel=self.stopping, timeout=self._remaining(dep),
+                checkout / config.root,
+                install=config.install,
+                log=journal.log,
+                cancel=self.stopping,
+                timeout=self._remaining(dep),
             )
 
         env_result = journal.step("install", install, retry=Backoff(limit=1))
@@ -202,8 +210,12 @@ class Pipeline:
                 digest = materialise()
             if config.pre_build:
                 self.builder.pre_build(
-                    checkout / config.root, venv=venv, command=config.pre_build,
-                    log=journal.log, cancel=self.stopping, timeout=self._remaining(dep),
+                    checkout / config.root,
+                    venv=venv,
+                    command=config.pre_build,
+                    log=journal.log,
+                    cancel=self.stopping,
+                    timeout=self._remaining(dep),
                 )
             shutil.rmtree(artifact, ignore_errors=True)
             checkout.rename(artifact)
@@ -226,9 +238,14 @@ class Pipeline:
 
         def number(_attempt: int) -> dict[str, Any]:
             version = allocate_version(
-                self.db, deployment=dep, sha=dep.sha, tasks=built["tasks"],
-                artifact_digest=built["digest"], source_path=built["artifact"],
-                venv_path=str(venv), tasks_dir=config.tasks_dir,
+                self.db,
+                deployment=dep,
+                sha=dep.sha,
+                tasks=built["tasks"],
+                artifact_digest=built["digest"],
+                source_path=built["artifact"],
+                venv_path=str(venv),
+                tasks_dir=config.tasks_dir,
                 release_tasks=config.release_tasks,
             )
             journal.log(f"Version {version.version}")
@@ -251,23 +268,33 @@ class Pipeline:
 
         for task_id in config.release_tasks:
             self._guard(snap)
-            journal.step(f"release:{task_id}", lambda _a, t=task_id: self._release_task(t, version_id, journal))
+            journal.step(f"release:{task_id}", self._release_step(task_id, version_id, journal))
 
         self._guard(snap)
         if dep.options.get("skip_promotion"):
-            journal.log(f"Not promoting {version} (--skip-promotion); promote it with "
-                        f"`slipway promote {version}`")
+            journal.log(
+                f"Not promoting {version} (--skip-promotion); promote it with "
+                f"`slipway promote {version}`"
+            )
             self.runtime.retire(version_id)
         else:
+
             def do_promote(_attempt: int) -> dict[str, Any]:
                 new, old = promote(self.db, self.runtime, version_id=version_id)
                 journal.log(f"Promoted {new} to current" + (f" (was {old})" if old else ""))
                 return {"version": new, "previous": old}
 
-            journal.step("promote", do_promote, retry=Backoff(limit=3, min_timeout=1, max_timeout=10))
+            journal.step(
+                "promote", do_promote, retry=Backoff(limit=3, min_timeout=1, max_timeout=10)
+            )
         n = len(built["tasks"])
         journal.log(f"Version {version} deployed with {n} detected task{'s' if n != 1 else ''}")
         self._finish(snap, journal, "deployed", None)
+
+    def _release_step(
+        self, task_id: str, version_id: int, journal: Journal
+    ) -> Callable[[int], dict[str, Any]]:
+        return lambda _attempt: self._release_task(task_id, version_id, journal)
 
     def _release_task(self, task_id: str, version_id: int, journal: Journal) -> dict[str, Any]:
         with self.db.read() as session:
@@ -275,7 +302,9 @@ class Pipeline:
             assert row is not None
             spec = spec_for(session, row)
         journal.log(f"Running release task {task_id} on {spec.version}")
-        result = self.runtime.run(spec, run_id=new_id("run"), task_id=task_id, payload={}, timeout=None)
+        result = self.runtime.run(
+            spec, run_id=new_id("run"), task_id=task_id, payload={}, timeout=None
+        )
         for line in (result.get("logs") or "").splitlines()[-200:]:
             journal.log(f"[{task_id}] {line}")
         if result.get("status") != "completed":
@@ -324,7 +353,9 @@ class Pipeline:
             return self.build_timeout
         left = (started + timedelta(seconds=self.build_timeout) - utcnow()).total_seconds()
         if left <= 0:
-            raise Stop("timed_out", f"timed out: the deployment took longer than {self.build_timeout:.0f}s")
+            raise Stop(
+                "timed_out", f"timed out: the deployment took longer than {self.build_timeout:.0f}s"
+            )
         return left
 
     def _set_status(self, deployment_id: str, status: str) -> None:
@@ -360,6 +391,9 @@ class Pipeline:
 
     def _has_version(self, deployment_id: str) -> bool:
         with self.db.read() as session:
-            return session.execute(
-                select(Version.id).where(Version.deployment_id == deployment_id)
-            ).first() is not None
+            return (
+                session.execute(
+                    select(Version.id).where(Version.deployment_id == deployment_id)
+                ).first()
+                is not None
+            )

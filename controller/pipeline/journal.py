@@ -112,8 +112,10 @@ class Journal:
                         self._end(name, started, error=str(exc))
                         raise
                     delay = max(retry.delay(attempt), exc.delay or 0)
-                    self.log(f"{exc} — retrying in {delay:.1f}s (attempt {attempt}/{retry.limit})",
-                             level="warn")
+                    self.log(
+                        f"{exc} — retrying in {delay:.1f}s (attempt {attempt}/{retry.limit})",
+                        level="warn",
+                    )
                     self.flush()
                     if self.stopping.wait(delay):
                         raise
@@ -145,7 +147,12 @@ class Journal:
             return row.attempts
 
     def _end(
-        self, name: str, started: float, *, result: dict[str, Any] | None = None, error: str | None = None
+        self,
+        name: str,
+        started: float,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
     ) -> None:
         elapsed = (time.monotonic() - started) * 1000
         self.flush()

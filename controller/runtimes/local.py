@@ -14,6 +14,7 @@ then exits; a reaper thread waits for it. The same version can be started again 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -124,7 +125,9 @@ class LocalRuntime:
 
     def _start(self, spec: VersionSpec) -> _Worker:
         if not (spec.venv / "bin" / "python").exists():
-            raise PermanentError(f"the environment of version {spec.version} is missing: {spec.venv}")
+            raise PermanentError(
+                f"the environment of version {spec.version} is missing: {spec.venv}"
+            )
         env = {
             "PATH": f"{spec.venv / 'bin'}:{SYSTEM_PATH}",
             "HOME": str(self.home),
@@ -139,10 +142,20 @@ class LocalRuntime:
         try:
             proc = subprocess.Popen(
                 [
-                    str(spec.venv / "bin" / "python"), "-I", "-B", str(WORKER_MAIN),
-                    "--source", str(spec.source), "--tasks-dir", spec.tasks_dir,
-                    "--context-json", json.dumps(context),
-                    "--host", "127.0.0.1", "--port", "0",
+                    str(spec.venv / "bin" / "python"),
+                    "-I",
+                    "-B",
+                    str(WORKER_MAIN),
+                    "--source",
+                    str(spec.source),
+                    "--tasks-dir",
+                    spec.tasks_dir,
+                    "--context-json",
+                    json.dumps(context),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
                 ],
                 cwd=spec.source,
                 env=env,
@@ -156,15 +169,21 @@ class LocalRuntime:
         finally:
             stderr.close()
         ready = self._read_ready(proc, log_path)
-        worker = _Worker(version_id=spec.version_id, pid=proc.pid, port=int(ready["port"]), proc=proc)
+        worker = _Worker(
+            version_id=spec.version_id, pid=proc.pid, port=int(ready["port"]), proc=proc
+        )
         threading.Thread(target=self._drain_stdout, args=(proc, log_path), daemon=True).start()
         if not self._healthy(worker, spec.version_id):
             self._terminate(worker, wait=5)
-            raise RuntimeUnavailable(f"the worker of version {spec.version} failed its health check")
+            raise RuntimeUnavailable(
+                f"the worker of version {spec.version} failed its health check"
+            )
         (self.registry / f"{spec.version_id}.json").write_text(
             json.dumps({"pid": proc.pid, "port": worker.port, "version": spec.version})
         )
-        log.info("started worker for version %s (pid %s, port %s)", spec.version, proc.pid, worker.port)
+        log.info(
+            "started worker for version %s (pid %s, port %s)", spec.version, proc.pid, worker.port
+        )
         return worker
 
     def _read_ready(self, proc: subprocess.Popen[bytes], log_path: Path) -> dict[str, Any]:
@@ -178,7 +197,9 @@ class LocalRuntime:
                 if remaining <= 0:
                     proc.kill()
                     proc.wait()
-                    raise RuntimeUnavailable(f"the worker did not start within {self.start_timeout:.0f}s")
+                    raise RuntimeUnavailable(
+                        f"the worker did not start within {self.start_timeout:.0f}s"
+                    )
                 if selector.select(timeout=min(remaining, 0.5)):
                     chunk = os.read(proc.stdout.fileno(), 65536)
                     if not chunk:
@@ -197,15 +218,20 @@ class LocalRuntime:
         tail = log_path.read_bytes()[-2000:].decode("utf-8", "replace") if log_path.exists() else ""
         errors = message.get("errors") or []
         if errors:
-            detail = "; ".join(f"{e.get('file')}: {e.get('type')}: {e.get('message')}" for e in errors[:5])
+            detail = "; ".join(
+                f"{e.get('file')}: {e.get('type')}: {e.get('message')}" for e in errors[:5]
+            )
             raise PermanentError(f"the worker could not load the tasks: {detail}")
-        raise RuntimeUnavailable(f"the worker exited with code {proc.returncode}: {tail.strip()[-500:]}")
+        raise RuntimeUnavailable(
+            f"the worker exited with code {proc.returncode}: {tail.strip()[-500:]}"
+        )
 
     @staticmethod
     def _drain_stdout(proc: subprocess.Popen[bytes], log_path: Path) -> None:
         assert proc.stdout is not None
         with proc.stdout, open(log_path, "ab") as out:
-            for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+            stream = proc.stdout
+            for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
                 out.write(chunk)
 
     def _forget(self, version_id: int) -> _Worker | None:
@@ -240,10 +266,8 @@ class LocalRuntime:
             elif not _pid_alive(worker.pid):
                 return
             time.sleep(0.05)
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(worker.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         if worker.proc is not None:
             worker.proc.wait()
 
@@ -272,7 +296,9 @@ class LocalRuntime:
         threads = []
         for worker in workers:
             (self.registry / f"{worker.version_id}.json").unlink(missing_ok=True)
-            thread = threading.Thread(target=self._terminate, args=(worker,), kwargs={"wait": timeout})
+            thread = threading.Thread(
+                target=self._terminate, args=(worker,), kwargs={"wait": timeout}
+            )
             thread.start()
             threads.append(thread)
         for thread in threads + self._reapers:
@@ -294,12 +320,16 @@ class LocalRuntime:
                 timeout=httpx.Timeout(5.0, read=(timeout or 24 * 3600) + 60),
             )
         except httpx.HTTPError as exc:
-            raise RuntimeUnavailable(f"the worker of version {spec.version} is unreachable: {exc}") from exc
+            raise RuntimeUnavailable(
+                f"the worker of version {spec.version} is unreachable: {exc}"
+            ) from exc
         finally:
             worker.in_flight -= 1
             worker.last_used = time.monotonic()
         if response.status_code == 404:
             raise PermanentError(f"task {task_id!r} does not exist in version {spec.version}")
         if response.status_code != 200:
-            raise RuntimeUnavailable(f"the worker answered {response.status_code}: {response.text[:300]}")
+            raise RuntimeUnavailable(
+                f"the worker answered {response.status_code}: {response.text[:300]}"
+            )
         return dict(response.json())

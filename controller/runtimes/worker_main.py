@@ -593,10 +593,17 @@ class Worker:
         try:
             self.spawner.start([request_r, result_w, log_w, control_w])
         except OSError as exc:
-            for fd in (request_r, request_w, result_r, result_w, log_r, log_w):
+            for fd in (
+                request_r,
+                request_w,
+                result_r,
+                result_w,
+                log_r,
+                log_w,
+                control_r,
+                control_w,
+            ):
                 os.close(fd)
-            os.close(control_r)
-            os.close(control_w)
             outcome = _Outcome(spawner_lost=True)
             _log(f"cannot start run {run_id}: {exc}")
         else:
@@ -683,6 +690,9 @@ class _Handler(BaseHTTPRequestHandler):
         if request is None:
             return
         worker = self.server.worker
+        if worker.draining:
+            self._send(503, {"error": "the worker is draining and accepts no new runs"})
+            return
         task_id = request.get("task_id")
         run_id = request.get("run_id") or f"run_{secrets.token_hex(8)}"
         timeout = request.get("timeout")
@@ -737,8 +747,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
+        try:
+            self.wfile.write(data)
+            self.wfile.flush()
+        except ConnectionError:
+            self.close_connection = True
+            _log(f"{self.command} {self.path}: the client went away before the {status} answer")
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
@@ -791,6 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.active_count() > 1:
         _log("a task module started a thread at import; forking the spawner anyway")
 
+    sys.stdout.flush()
+    sys.stderr.flush()
     spawner = Spawner(tasks, close_in_child=[protocol])
     try:
         server_class = _Server6 if ":" in args.host else _Server

@@ -96,8 +96,6 @@ class GitSource:
         for ref in refs:
             _check_ref(ref)
         remote = _parse_remote(clone_url)
-        if remote.local_path is not None and not remote.local_path.exists():
-            raise SourceNotFound(f"repository {remote.name} not found: the path does not exist")
         mirror = self._mirror(remote)
         with self._locked(remote, exclusive=True):
             self._init_mirror(remote, mirror)
@@ -211,6 +209,8 @@ class GitSource:
         refs: Sequence[str],
         auth_header: str | None,
     ) -> str:
+        if remote.local_path is not None and not remote.local_path.exists():
+            raise SourceNotFound(f"repository {remote.name} not found: the path does not exist")
         attempts = [[f"+{sha}:{_PINS}{sha}"]] if len(sha) == 40 else []
         attempts += [[f"+{ref}:{ref}"] for ref in refs]
         attempts.append(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])

@@ -56,7 +56,8 @@ class DeliveryWriter:
         self._thread: threading.Thread | None = None
         insert_fn = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
         self._insert_delivery = (
-            insert_fn(Delivery).on_conflict_do_nothing(index_elements=["delivery_id"])
+            insert_fn(Delivery)
+            .on_conflict_do_nothing(index_elements=["delivery_id"])
             .returning(Delivery.id)
         )
 

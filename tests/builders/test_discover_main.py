@@ -213,7 +213,6 @@ def test_broken_files_are_reported_and_exit_2(tmp_path: Path) -> None:
     assert "importlib" not in missing["traceback"]
 
     assert "run(payload, ctx)" in errors["tasks/norun.py"]["message"]
-    assert "tasks/norun.py" in errors["tasks/norun.py"]["message"]
     assert "`run` must be a function" in errors["tasks/not_callable.py"]["message"]
     assert "`max_duration` must be a positive number" in errors["tasks/wrong_type.py"]["message"]
 

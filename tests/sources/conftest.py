@@ -43,10 +43,10 @@ class Repo:
 
     def write(
         self,
-        files: Mapping[str, str | bytes | None] = {},  # noqa: B006 - read only
+        files: Mapping[str, str | bytes | None] = {},
         *,
         executable: tuple[str, ...] = (),
-        symlinks: Mapping[str, str] = {},  # noqa: B006 - read only
+        symlinks: Mapping[str, str] = {},
     ) -> None:
         for name, content in files.items():
             target = self.path / name
@@ -66,10 +66,10 @@ class Repo:
 
     def commit(
         self,
-        files: Mapping[str, str | bytes | None] = {},  # noqa: B006 - read only
+        files: Mapping[str, str | bytes | None] = {},
         *,
         executable: tuple[str, ...] = (),
-        symlinks: Mapping[str, str] = {},  # noqa: B006 - read only
+        symlinks: Mapping[str, str] = {},
         message: str = "change",
     ) -> str:
         self.write(files, executable=executable, symlinks=symlinks)
@@ -105,16 +105,23 @@ def source(tmp_path: Path) -> GitSource:
 
 
 class ErrorServer:
-    """Answers every request with ``status`` and remembers the headers it was sent."""
+    """Answers every request with ``status`` and remembers the headers it was sent.
+
+    With ``status = None`` it never answers (until closed): a server that hangs.
+    """
 
     def __init__(self) -> None:
-        self.status = 404
+        self.status: int | None = 404
         self.headers: list[dict[str, str]] = []
+        self._closing = threading.Event()
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                owner.headers.append(dict(self.headers.items()))
+                owner.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if owner.status is None:
+                    owner._closing.wait(timeout=60)
+                    return
                 self.send_response(owner.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -123,14 +130,14 @@ class ErrorServer:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
+        self._closing.set()
         self._server.shutdown()
-        self._server.server_close()
+        self._server.server_close()  # joins the request threads
         self._thread.join(timeout=10)
 
 

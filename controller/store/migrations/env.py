@@ -18,8 +18,9 @@ def run() -> None:
         url = context.get_x_argument(as_dictionary=True).get("url", "sqlite:///.slipway/slipway.db")
         engine = create_engine(url)
         with engine.begin() as conn:
-            context.configure(connection=conn, target_metadata=target_metadata,
-                              render_as_batch=True)
+            context.configure(
+                connection=conn, target_metadata=target_metadata, render_as_batch=True
+            )
             context.run_migrations()
         engine.dispose()
         return

@@ -1,0 +1,1 @@
+"""The offline demo: Slipway's main job end to end, without GitHub."""

@@ -1,0 +1,3 @@
+"""Not a task (leading underscore): shared code for the tasks."""
+
+APP_NAME = "demo-app"
