@@ -42,7 +42,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -64,7 +64,7 @@ _MISSING_REF = re.compile(
 )
 _NO_ACCESS = re.compile(
     r"repository not found|repository '[^']*' not found|does not appear to be a git repository"
-    r"|authentication failed|could not read (username|password)|permission denied"
+    r"|authentication failed|could not read (username|password)|permission denied \(publickey"
     r"|returned error: (401|403|404)",
     re.I,
 )
@@ -376,7 +376,7 @@ def _summary(detail: str) -> str:
 
 @dataclass(frozen=True)
 class _Remote:
-    url: str  # what git fetches from
+    url: str = field(repr=False)  # what git fetches from; may hold credentials
     key: str  # the mirror's name: a hash, never the URL
     name: str  # for messages: owner/name or a local path, never credentials
     local_path: Path | None

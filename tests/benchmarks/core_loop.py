@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +252,7 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
         polls = 0
         poll_times: list[float] = []
         t0 = time.monotonic()
+        wall0 = datetime.now(UTC)
         deliver(server, payload)
         posted = time.monotonic() - t0
         deadline = t0 + PUSH_TIMEOUT
@@ -279,6 +280,8 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
         dep = finished(server, sha)
         steps = {s["name"]: s["duration_ms"] for s in dep.get("steps") or []}
         created, started = parse_time(dep.get("created_at")), parse_time(dep.get("started_at"))
+        ended = parse_time(dep.get("finished_at"))
+        served_wall = wall0 + timedelta(seconds=latency)
         sample = {
             "push": i,
             "sha": sha,
@@ -293,6 +296,15 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
             "install_cached": any("reusing cached environment" in ln["message"]
                                   for ln in log_lines(server, dep["id"])),
             "queued_s": (started - created).total_seconds() if created and started else None,
+            # Wall-clock timeline (same host clock): POST → deployment row → pipeline start
+            # → deployment finished; "served" may come before "finished" (promote is the
+            # last step, the status write follows it).
+            "timeline_s": {
+                "post_to_created": (created - wall0).total_seconds() if created else None,
+                "created_to_started": (started - created).total_seconds() if created and started else None,
+                "started_to_finished": (ended - started).total_seconds() if ended and started else None,
+                "finished_to_served": (served_wall - ended).total_seconds() if ended else None,
+            },
         }
         samples.append(sample)
         say(f"  push {i:>2}: {latency:6.2f}s  ({polls} polls, version {served_version}, "
@@ -312,6 +324,11 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
         for name in names
     }
     queued = [s["queued_s"] for s in samples if s["queued_s"] is not None]
+    timeline = {
+        key: statistics.fmean(v for s in samples if (v := s["timeline_s"][key]) is not None)
+        for key in samples[0]["timeline_s"]
+        if any(s["timeline_s"][key] is not None for s in samples)
+    }
     return {
         "pushes": pushes,
         "warmup_s": warm_s,
@@ -324,6 +341,7 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
         "phases_mean_ms": phases,
         "steps_total_mean_ms": statistics.fmean(s["steps_total_ms"] for s in samples),
         "queued_mean_s": statistics.fmean(queued) if queued else None,
+        "timeline_mean_s": timeline,
         "poll_mean_s": statistics.fmean(s["poll_mean_s"] for s in samples),
         "all_install_cached": all(s["install_cached"] for s in samples),
         "samples": samples,
@@ -430,8 +448,15 @@ def report(latency: dict[str, Any], install: dict[str, Any], args: argparse.Name
     overhead = latency["mean_s"] * 1000 - latency["steps_total_mean_ms"]
     out.append(f"     {'other':<12} {overhead:8.0f} ms   (webhook → route → queue → claim, "
                "step bookkeeping, poll granularity)")
-    if latency["queued_mean_s"] is not None:
-        out.append(f"     of which created → started: {latency['queued_mean_s'] * 1000:.0f} ms")
+    labels = {
+        "post_to_created": "webhook POST → deployment created",
+        "created_to_started": "deployment created → pipeline started",
+        "started_to_finished": "pipeline started → deployment finished",
+        "finished_to_served": "deployment finished → new message seen",
+    }
+    out.append("   timeline mean (wall clock, from the deployment's timestamps):")
+    for key, value in latency["timeline_mean_s"].items():
+        out.append(f"     {labels.get(key, key):<40} {value * 1000:8.0f} ms")
     out.append(f"   every push reused the cached environment: {latency['all_install_cached']}")
     out.append("")
     out.append(f"2. Cold install vs cache hit (requirements.txt: requests; "

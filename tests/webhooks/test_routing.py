@@ -288,12 +288,8 @@ def test_pull_request_for_project_not_deploying_is_skipped() -> None:
 
 @pytest.mark.parametrize("action", ["labeled", "assigned", "converted_to_draft", "locked"])
 def test_other_pull_request_actions_do_nothing(action: str) -> None:
-    if payloads.examples("pull_request", action):
-        payload = payloads.example("pull_request", action)
-        view = project(repo=payload["repository"]["full_name"])
-    else:
-        payload, view = pr(action), project()
-    routed = route("pull_request", payload, [view])
+    payload = payloads.example("pull_request", action)
+    routed = route("pull_request", payload, [project(repo=payload["repository"]["full_name"])])
     assert routed.intents == []
     assert routed.outcome == f"ignored: pull_request.{action}"
 
