@@ -106,6 +106,8 @@ def process_delivery(db: Database, cipher: Cipher, delivery_pk: int) -> Applied 
                     session, cipher, projects[intent.project_id], intent, delivery, applied
                 )
             elif isinstance(intent, Archive):
+                if _owned_by_another_pull_request(session, intent):
+                    continue
                 env = archive_branch(
                     session, projects[intent.project_id], intent.branch, intent.reason
                 )
@@ -120,6 +122,22 @@ def process_delivery(db: Database, cipher: Cipher, delivery_pk: int) -> Applied 
         delivery.processed_at = utcnow()
         delivery.outcome = applied.outcome[:4000]
         return applied
+
+
+def _owned_by_another_pull_request(session: Session, intent: Archive) -> bool:
+    """A closed pull request archives only its own preview, not another pull request's
+    preview of the same branch name (e.g. an outsider's fork PR from a branch named
+    like ours)."""
+    if intent.pr_number is None:
+        return False
+    owner = session.execute(
+        select(Environment.pr_number).where(
+            Environment.project_id == intent.project_id,
+            Environment.name == "preview",
+            Environment.branch_key == intent.branch,
+        )
+    ).scalar_one_or_none()
+    return owner is not None and owner != intent.pr_number
 
 
 def _apply_deploy(

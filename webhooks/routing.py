@@ -62,6 +62,7 @@ class Archive:
     project_id: int
     branch: str
     reason: str
+    pr_number: int | None = None  # set: only a preview deployed for this pull request
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,9 @@ def _route_pull_request(pr: PullRequest, projects: list[ProjectView]) -> Routed:
         verb = "merged" if pr.merged else "closed"
         for project in projects:
             intents.append(
-                Archive(project.id, pr.head_ref, f"pull request #{pr.number} was {verb}")
+                Archive(
+                    project.id, pr.head_ref, f"pull request #{pr.number} was {verb}", pr.number
+                )
             )
         return Routed(intents, f"pull request #{pr.number} {verb}: preview archived")
     if pr.action not in PREVIEW_ACTIONS:

@@ -173,7 +173,7 @@ def test_pull_request_lifecycle_creates_and_archives_its_preview(demo: Server) -
         return next((e for e in environments(demo) if e["branch"] == "feature/x"), None)
 
     env = demo.wait_for(preview, timeout=WAIT)
-    assert (env["name"], env["type"], env["status"]) == ("preview", "preview", "active")
+    assert (env["name"], env["status"], env["pull_request"]) == ("preview", "active", 7)
     assert [d["sha"] for d in demo.deployments(env="preview", branch="feature/x")] == [SHA_B]
 
     closed = payloads.pull_request(action="closed", head_ref="feature/x", head_sha=SHA_B)
@@ -314,3 +314,19 @@ def test_server_without_secret_refuses_every_delivery(tmp_path: Path) -> None:
             assert "SLIPWAY_WEBHOOK_SECRET" in response.json()["error"]
     finally:
         server.close()
+
+
+def test_closing_a_fork_pull_request_leaves_a_same_named_preview_alone(demo: Server) -> None:
+    """An outsider's fork PR from a branch called like ours must not archive our preview."""
+    ours = payloads.pull_request(action="opened", number=7, head_ref="feature/x", head_sha=SHA_B)
+    assert demo.deliver("pull_request", ours).status_code == 202
+    deployment_with(demo, SHA_B)
+    for action in ("opened", "closed"):
+        theirs = payloads.pull_request(
+            action=action, number=8, head_ref="feature/x", head_sha=SHA_C, fork_owner="outsider"
+        )
+        assert demo.deliver("pull_request", theirs).status_code == 202
+    settle(demo)
+    (env,) = [e for e in environments(demo) if e["branch"] == "feature/x"]
+    assert (env["status"], env["pull_request"]) == ("active", 7)
+    assert [d["sha"] for d in demo.deployments(env="preview", branch="feature/x")] == [SHA_B]

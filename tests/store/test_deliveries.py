@@ -1,0 +1,298 @@
+"""Webhook deliveries: durable intake with group commit (DeliveryWriter) and turning a
+stored delivery into work exactly once (process_delivery)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
+
+from controller.deployments import env_key
+from controller.dispatch import process_delivery
+from controller.secretstore.crypto import Cipher
+from controller.store.db import Database
+from controller.store.deliveries import MAX_BATCH, DeliveryWriter, Incoming
+from controller.store.tables import Delivery, Deployment, Environment, Event, Job
+from support.payloads import body_of, push
+
+BEFORE = "1" * 40
+AFTER = "a1b2c3d" + "4" * 33
+
+
+@pytest.fixture(scope="module")
+def push_body() -> bytes:
+    """A real push of ``octo-org/demo``'s default branch ``main`` (built once: it is
+    validated against GitHub's schema)."""
+    return body_of(push(repo="octo-org/demo", before=BEFORE, after=AFTER))
+
+
+class Writer:
+    """A DeliveryWriter that is started only once every pending ``record`` has queued its
+    item, so a burst lands in as few batches as the writer allows."""
+
+    def __init__(self, database: Database) -> None:
+        self.commits = 0
+        self.writer = DeliveryWriter(database, on_commit=self._committed)
+
+    def _committed(self) -> None:
+        self.commits += 1
+
+    def record(self, items: Sequence[Incoming]) -> list[bool | BaseException]:
+        async def burst() -> list[bool | BaseException]:
+            tasks = [asyncio.create_task(self.writer.record(item)) for item in items]
+            await asyncio.sleep(0)  # every task has put its item in the inbox
+            self.writer.start()
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+        return asyncio.run(asyncio.wait_for(burst(), timeout=30))
+
+
+@pytest.fixture
+def writer(database: Database) -> Iterator[Writer]:
+    w = Writer(database)
+    try:
+        yield w
+    finally:
+        w.writer.stop()
+    assert w.writer._thread is None
+
+
+def incoming(body: bytes, *, repo: str | None = "octo-org/demo", delivery_id: str = "") -> Incoming:
+    return Incoming(
+        delivery_id=delivery_id or str(uuid.uuid4()),
+        event="push",
+        action=None,
+        repo_lower=repo,
+        body=body,
+    )
+
+
+def count(database: Database, model: type) -> int:
+    with database.read() as session:
+        return session.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+# -- recording ---------------------------------------------------------------------------
+
+
+def test_a_new_delivery_is_recorded_with_its_route_job(
+    database: Database, writer: Writer, push_body: bytes
+) -> None:
+    item = incoming(push_body)
+
+    assert writer.record([item]) == [True]
+
+    with database.read() as session:
+        delivery = session.execute(select(Delivery)).scalar_one()
+        job = session.execute(select(Job)).scalar_one()
+    assert (delivery.delivery_id, delivery.event, delivery.repo_lower) == (
+        item.delivery_id,
+        "push",
+        "octo-org/demo",
+    )
+    assert delivery.body == push_body
+    assert delivery.processed_at is None
+    assert (job.kind, job.key, job.status) == ("route", "repo:octo-org/demo", "queued")
+    assert job.payload == {"delivery": delivery.id}
+    assert writer.commits == 1
+
+
+def test_a_delivery_without_repository_gets_its_own_route_key(
+    database: Database, writer: Writer
+) -> None:
+    item = incoming(b'{"zen":"Design for failure."}', repo=None)
+    assert writer.record([item]) == [True]
+    with database.read() as session:
+        assert session.execute(select(Job.key)).scalar_one() == f"delivery:{item.delivery_id}"
+
+
+def test_a_repeated_delivery_id_adds_nothing(
+    database: Database, writer: Writer, push_body: bytes
+) -> None:
+    first = incoming(push_body)
+    assert writer.record([first]) == [True]
+
+    again = incoming(b'{"different":true}', delivery_id=first.delivery_id)
+    assert writer.record([again]) == [False]
+
+    assert count(database, Delivery) == 1
+    assert count(database, Job) == 1
+    with database.read() as session:
+        assert session.execute(select(Delivery.body)).scalar_one() == push_body
+    assert writer.commits == 1, "nothing new, nobody to wake"
+
+
+def test_a_delivery_id_repeated_within_one_batch_is_recorded_once(
+    database: Database, writer: Writer, push_body: bytes
+) -> None:
+    item = incoming(push_body)
+
+    assert writer.record([item, item, incoming(push_body)]) == [True, False, True]
+
+    assert count(database, Delivery) == 2
+    assert count(database, Job) == 2
+
+
+def test_a_burst_of_300_deliveries_is_group_committed(
+    database: Database, writer: Writer, push_body: bytes
+) -> None:
+    repos = ["octo-org/demo", "octo-org/api", None]
+    items = [incoming(push_body, repo=repos[n % 3]) for n in range(300)]
+
+    results = writer.record(items)
+
+    assert results == [True] * 300
+    assert count(database, Delivery) == 300
+    with database.read() as session:
+        jobs = session.execute(select(Job)).scalars().all()
+        delivery_pks = set(session.execute(select(Delivery.id)).scalars())
+    assert len(jobs) == 300
+    assert {job.payload["delivery"] for job in jobs} == delivery_pks
+    keys = Counter(job.key for job in jobs)
+    assert keys["repo:octo-org/demo"] == 100
+    assert keys["repo:octo-org/api"] == 100
+    assert sum(1 for key in keys if key.startswith("delivery:")) == 100
+    assert writer.commits == -(-300 // MAX_BATCH), "one commit per batch, not per delivery"
+
+
+def test_a_failed_write_reaches_every_waiter_and_leaves_nothing_behind(
+    database: Database, writer: Writer, push_body: bytes
+) -> None:
+    items = [incoming(push_body) for _ in range(20)]
+    # The delivery insert succeeds and the job insert fails: the transaction must undo both.
+    with database.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE jobs RENAME TO jobs_away"))
+
+    results = writer.record(items)
+
+    assert len(results) == 20
+    assert all(isinstance(result, DBAPIError) for result in results), results
+    assert "jobs" in str(results[0])
+    with database.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE jobs_away RENAME TO jobs"))
+    assert count(database, Delivery) == 0
+    assert count(database, Job) == 0
+    assert writer.commits == 0
+
+    # GitHub redelivers after the 503: the same ids are accepted now.
+    assert writer.record(items) == [True] * 20
+    assert count(database, Delivery) == 20
+    assert count(database, Job) == 20
+
+
+# -- processing --------------------------------------------------------------------------
+
+
+def store(database: Database, body: bytes, *, event: str = "push") -> int:
+    with database.transaction() as session:
+        delivery = Delivery(
+            delivery_id=str(uuid.uuid4()),
+            event=event,
+            action=None,
+            repo_lower="octo-org/demo",
+            body=body,
+        )
+        session.add(delivery)
+        session.flush()
+        return delivery.id
+
+
+def test_a_push_to_the_default_branch_deploys_to_production(
+    database: Database, cipher: Cipher, project_id: int, push_body: bytes
+) -> None:
+    pk = store(database, push_body)
+
+    applied = process_delivery(database, cipher, pk)
+
+    assert applied is not None and len(applied.deployments) == 1
+    with database.read() as session:
+        deployment = session.execute(select(Deployment)).scalar_one()
+        environment = session.get(Environment, deployment.environment_id)
+        delivery = session.get(Delivery, pk)
+        job = session.execute(select(Job)).scalar_one()
+    assert deployment.id == applied.deployments[0]
+    assert environment is not None
+    assert (environment.name, environment.branch, environment.project_id) == (
+        "production",
+        None,
+        project_id,
+    )
+    assert (deployment.sha, deployment.ref, deployment.source, deployment.status) == (
+        AFTER,
+        "refs/heads/main",
+        "push",
+        "queued",
+    )
+    assert delivery is not None and deployment.delivery_id == delivery.delivery_id
+    assert (job.kind, job.key, job.deployment_id) == ("deploy", env_key(environment.id), deployment.id)
+    assert delivery.processed_at is not None
+    assert delivery.outcome == applied.outcome
+    assert "production" in applied.outcome and AFTER[:7] in applied.outcome
+
+
+def test_processing_a_delivery_twice_does_nothing_the_second_time(
+    database: Database, cipher: Cipher, project_id: int, writer: Writer, push_body: bytes
+) -> None:
+    assert writer.record([incoming(push_body)]) == [True]
+    with database.read() as session:
+        route_job = session.execute(select(Job).where(Job.kind == "route")).scalar_one()
+    pk = route_job.payload["delivery"]
+
+    first = process_delivery(database, cipher, pk)
+    with database.read() as session:
+        processed_at = session.get(Delivery, pk).processed_at  # type: ignore[union-attr]
+    second = process_delivery(database, cipher, pk)
+
+    assert first is not None and len(first.deployments) == 1
+    assert second is None
+    assert count(database, Deployment) == 1
+    with database.read() as session:
+        assert session.execute(
+            select(func.count()).where(Job.kind == "deploy")
+        ).scalar_one() == 1
+        assert session.get(Delivery, pk).processed_at == processed_at  # type: ignore[union-attr]
+
+
+def test_an_unknown_delivery_is_ignored(database: Database, cipher: Cipher) -> None:
+    assert process_delivery(database, cipher, 424242) is None
+
+
+def _without_ref(body: bytes) -> bytes:
+    payload = json.loads(body)
+    del payload["ref"]
+    return json.dumps(payload).encode()
+
+
+@pytest.mark.parametrize(
+    "make_body",
+    [
+        pytest.param(lambda body: b"this is not json", id="not-json"),
+        pytest.param(lambda body: b"\xff\xfe{}", id="not-utf8"),
+        pytest.param(lambda body: b"[]", id="not-an-object"),
+        pytest.param(_without_ref, id="push-without-ref"),
+    ],
+)
+def test_an_invalid_payload_is_marked_processed_as_rejected(
+    database: Database, cipher: Cipher, project_id: int, push_body: bytes, make_body
+) -> None:
+    pk = store(database, make_body(push_body))
+
+    applied = process_delivery(database, cipher, pk)
+
+    assert applied is not None and applied.outcome.startswith("rejected: ")
+    assert applied.deployments == []
+    with database.read() as session:
+        delivery = session.get(Delivery, pk)
+        assert delivery is not None
+        assert delivery.processed_at is not None
+        assert delivery.outcome == applied.outcome
+    assert count(database, Deployment) == 0
+    assert count(database, Job) == 0
+    assert count(database, Event) == 0
+    assert process_delivery(database, cipher, pk) is None, "rejected once, never retried"

@@ -1,0 +1,302 @@
+"""Domain rules on projects, environments and deployments: keys per environment, input
+checks, newest wins, archived branches and disconnected projects take no work."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from controller.deployments import (
+    DeployRequest,
+    archive_branch,
+    create_project,
+    disconnect_project,
+    ensure_environment,
+    env_key,
+    find_environment,
+    project_not_deploying_reason,
+    request_deployment,
+)
+from controller.errors import Conflict, InvalidInput
+from controller.secretstore.crypto import Cipher, key_hash
+from controller.store.db import Database
+from controller.store.tables import Deployment, Environment, Event, Job, Project, Repository
+
+
+def sha(n: int) -> str:
+    return f"{n:040x}"
+
+
+def deploy(
+    database: Database, project_id: int, name: str, branch: str | None = None, *, n: int = 1
+) -> str:
+    """Request a deployment of commit ``sha(n)`` in its own transaction."""
+    with database.transaction() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        env = find_environment(session, project, name, branch)
+        return request_deployment(
+            session,
+            project=project,
+            environment=env,
+            request=DeployRequest(sha=sha(n), ref="refs/heads/main", source="push"),
+        ).id
+
+
+def deployment(database: Database, deployment_id: str) -> Deployment:
+    with database.read() as session:
+        row = session.get(Deployment, deployment_id)
+        assert row is not None
+        return row
+
+
+def jobs_of(database: Database, environment_id: int) -> list[Job]:
+    with database.read() as session:
+        return list(
+            session.execute(
+                select(Job).where(Job.key == env_key(environment_id)).order_by(Job.id)
+            ).scalars()
+        )
+
+
+def environment_id(database: Database, project_id: int, name: str, branch: str | None = None) -> int:
+    with database.read() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        return find_environment(session, project, name, branch).id
+
+
+def add_preview(database: Database, cipher: Cipher, project_id: int, branch: str) -> int:
+    with database.transaction() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        return ensure_environment(
+            session, cipher, project=project, name="preview", branch=branch, pr_number=7
+        ).id
+
+
+# -- projects ----------------------------------------------------------------------------
+
+
+def test_create_project_makes_three_environments_each_with_its_own_key(
+    database: Database, cipher: Cipher, project_id: int
+) -> None:
+    with database.read() as session:
+        project = session.get(Project, project_id)
+        envs = session.execute(
+            select(Environment).where(Environment.project_id == project_id).order_by(Environment.id)
+        ).scalars().all()
+
+    assert project is not None
+    assert (project.ref, project.repo, project.repo_lower) == ("demo", "octo-org/demo", "octo-org/demo")
+    assert [(e.name, e.branch, e.branch_key, e.status) for e in envs] == [
+        ("production", None, "", "active"),
+        ("staging", None, "", "active"),
+        ("preview", None, "", "active"),
+    ]
+    keys = [cipher.decrypt(e.secret_key_encrypted) for e in envs]
+    assert all(key.startswith("sk_") and len(key) > 20 for key in keys)
+    assert len(set(keys)) == 3, "every environment has its own key"
+    assert [e.secret_key_hash for e in envs] == [key_hash(key) for key in keys]
+    assert all(key not in e.secret_key_encrypted for key, e in zip(keys, envs, strict=True))
+
+
+def test_ensure_environment_returns_the_existing_one(
+    database: Database, cipher: Cipher, project_id: int
+) -> None:
+    first = add_preview(database, cipher, project_id, "feature/login")
+    again = add_preview(database, cipher, project_id, "feature/login")
+    other = add_preview(database, cipher, project_id, "feature/signup")
+
+    assert first == again
+    assert other != first
+    with database.read() as session:
+        assert session.execute(
+            select(func.count()).where(Environment.project_id == project_id)
+        ).scalar_one() == 5
+
+
+INVALID_PROJECTS = [
+    ("Demo", {"repo": "octo-org/demo"}),  # uppercase ref
+    ("-demo", {"repo": "octo-org/demo"}),  # leading dash
+    ("de mo", {"repo": "octo-org/demo"}),
+    ("x" * 64, {"repo": "octo-org/demo"}),  # longer than 63
+    ("demo", {}),  # no repo
+    ("demo", {"repo": "octo-org"}),
+    ("demo", {"repo": "octo-org/demo/extra"}),
+    ("demo", {"repo": "/demo"}),
+    ("demo", {"repo": "octo-org/"}),
+    ("demo", {"repo": "octo-org/demo", "production_branch": "a b"}),
+    ("demo", {"repo": "octo-org/demo", "config_path": "../x.toml"}),
+    ("demo", {"repo": "octo-org/demo", "colour": "red"}),  # unknown field
+]
+
+
+def test_invalid_project_input_is_rejected(database: Database, cipher: Cipher) -> None:
+    for ref, values in INVALID_PROJECTS:
+        with pytest.raises(InvalidInput), database.transaction() as session:
+            create_project(session, cipher, ref=ref, **values)
+    with database.read() as session:
+        assert session.execute(select(func.count()).select_from(Project)).scalar_one() == 0
+        assert session.execute(select(func.count()).select_from(Environment)).scalar_one() == 0
+    with database.transaction() as session:  # the same session-level path accepts a good one
+        create_project(session, cipher, ref="demo-2", repo="octo-org/demo")
+
+
+def test_a_duplicate_ref_is_a_conflict(database: Database, cipher: Cipher, project_id: int) -> None:
+    with pytest.raises(Conflict, match="demo"), database.transaction() as session:
+        create_project(session, cipher, ref="demo", repo="octo-org/other")
+    with database.read() as session:
+        assert session.execute(select(Project.repo)).scalars().all() == ["octo-org/demo"]
+
+
+# -- newest wins -------------------------------------------------------------------------
+
+
+def test_the_newest_request_supersedes_queued_ones(database: Database, project_id: int) -> None:
+    first = deploy(database, project_id, "production", n=1)
+    second = deploy(database, project_id, "production", n=2)
+    third = deploy(database, project_id, "production", n=3)
+    env_id = environment_id(database, project_id, "production")
+
+    older, newer, newest = (deployment(database, d) for d in (first, second, third))
+    assert (older.status, newer.status, newest.status) == ("superseded", "superseded", "queued")
+    assert older.error is not None and second in older.error
+    assert newer.error is not None and third in newer.error
+    assert older.finished_at is not None and newer.finished_at is not None
+    assert newest.error is None and newest.finished_at is None
+
+    jobs = jobs_of(database, env_id)
+    assert [(j.kind, j.deployment_id, j.status) for j in jobs] == [
+        ("deploy", first, "superseded"),
+        ("deploy", second, "superseded"),
+        ("deploy", third, "queued"),
+    ]
+
+
+def test_newest_wins_per_environment_only(database: Database, project_id: int) -> None:
+    production = deploy(database, project_id, "production", n=1)
+    staging = deploy(database, project_id, "staging", n=2)
+    assert deployment(database, production).status == "queued"
+    assert deployment(database, staging).status == "queued"
+
+
+# -- preview branches --------------------------------------------------------------------
+
+
+def test_archiving_a_branch_cancels_its_queued_work_and_records_an_event(
+    database: Database, cipher: Cipher, project_id: int
+) -> None:
+    branch_env = add_preview(database, cipher, project_id, "feature/login")
+    queued = deploy(database, project_id, "preview", "feature/login", n=1)
+    production = deploy(database, project_id, "production", n=2)
+
+    with database.transaction() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        env = archive_branch(session, project, "feature/login", "pull request #7 was closed")
+        assert env is not None and env.id == branch_env
+
+    with database.read() as session:
+        env = session.get(Environment, branch_env)
+        events = session.execute(select(Event).where(Event.project_id == project_id)).scalars().all()
+    assert env is not None
+    assert (env.status, env.status_reason) == ("archived", "pull request #7 was closed")
+    assert env.archived_at is not None
+    canceled = deployment(database, queued)
+    assert canceled.status == "canceled"
+    assert canceled.error is not None and "pull request #7 was closed" in canceled.error
+    assert [j.status for j in jobs_of(database, branch_env)] == ["canceled"]
+    assert deployment(database, production).status == "queued", "other environments keep theirs"
+    assert [(e.kind, "feature/login" in e.message) for e in events] == [("archived", True)]
+
+
+def test_archiving_twice_records_one_event(
+    database: Database, cipher: Cipher, project_id: int
+) -> None:
+    add_preview(database, cipher, project_id, "feature/login")
+    for _ in range(2):
+        with database.transaction() as session:
+            project = session.get(Project, project_id)
+            assert project is not None
+            archive_branch(session, project, "feature/login", "branch deleted")
+    with database.read() as session:
+        assert session.execute(select(func.count()).select_from(Event)).scalar_one() == 1
+
+
+def test_an_archived_branch_takes_no_deployment(
+    database: Database, cipher: Cipher, project_id: int
+) -> None:
+    add_preview(database, cipher, project_id, "feature/login")
+    with database.transaction() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        archive_branch(session, project, "feature/login", "pull request #7 was merged")
+
+    with pytest.raises(Conflict, match="archived"):
+        deploy(database, project_id, "preview", "feature/login")
+    with database.read() as session:
+        assert session.execute(select(func.count()).select_from(Deployment)).scalar_one() == 0
+
+
+# -- projects that stop deploying --------------------------------------------------------
+
+
+def test_disconnecting_cancels_queued_work_and_stops_deploying(
+    database: Database, project_id: int
+) -> None:
+    production = deploy(database, project_id, "production", n=1)
+    staging = deploy(database, project_id, "staging", n=2)
+
+    with database.transaction() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        canceled = disconnect_project(session, project)
+
+    assert sorted(canceled) == sorted([production, staging])
+    for deployment_id in (production, staging):
+        row = deployment(database, deployment_id)
+        assert row.status == "canceled"
+        assert row.error == "the project was disconnected"
+    with database.read() as session:
+        project = session.get(Project, project_id)
+        assert project is not None and project.disconnected_at is not None
+        reason = project_not_deploying_reason(session, project)
+        assert session.execute(
+            select(func.count()).where(Job.status == "queued")
+        ).scalar_one() == 0
+        kinds = session.execute(select(Event.kind)).scalars().all()
+    assert reason is not None and "disconnected" in reason
+    assert kinds == ["disconnected"]
+    with pytest.raises(Conflict, match="not deploying"):
+        deploy(database, project_id, "production", n=3)
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_an_unreachable_repository_stops_deploying(
+    database: Database, project_id: int, reachable: bool
+) -> None:
+    with database.transaction() as session:
+        session.add(
+            Repository(
+                full_name="Octo-Org/Demo",
+                full_name_lower="octo-org/demo",
+                installation_id=4242,
+                reachable=reachable,
+            )
+        )
+
+    with database.read() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        reason = project_not_deploying_reason(session, project)
+
+    if reachable:
+        assert reason is None
+        assert deployment(database, deploy(database, project_id, "production")).status == "queued"
+    else:
+        assert reason is not None and "octo-org/demo" in reason and "no longer reach" in reason
+        with pytest.raises(Conflict, match="no longer reach"):
+            deploy(database, project_id, "production")
+        with database.read() as session:
+            assert session.execute(select(func.count()).select_from(Deployment)).scalar_one() == 0
