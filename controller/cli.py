@@ -623,7 +623,7 @@ def preview_list(ctx: click.Context, project: str) -> None:
     rows = [
         e
         for e in ctx.find_root().obj.get(f"/api/v1/projects/{project}/environments")
-        if e["type"] == "branch"
+        if e["branch"]
     ]
     out(
         ctx,

@@ -36,8 +36,6 @@ def normalise_environment(name: str) -> str:
 
 
 def environment_type(name: str, branch: str | None) -> str:
-    """``environment`` for production/staging, ``preview`` for the preview root (it holds
-    the preview-wide key), ``branch`` for a preview branch."""
-    if name != "preview":
-        return "environment"
-    return "branch" if branch else "preview"
+    """As Trigger.dev's environment types: a preview branch is of type ``preview`` like the
+    preview root (which holds the preview-wide key); ``branch`` tells them apart."""
+    return name

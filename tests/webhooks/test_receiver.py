@@ -93,13 +93,12 @@ def settle(server: Server) -> None:
     )
     delivery = f"barrier-{number}"
     assert server.deliver("pull_request", payload, delivery=delivery).status_code == 202
-    server.wait_for(
-        lambda: any(e["delivery"] == delivery for e in events(server)), timeout=WAIT
-    )
+    server.wait_for(lambda: any(e["delivery"] == delivery for e in events(server)), timeout=WAIT)
 
 
-def assert_refused_and_not_recorded(server: Server, response: httpx.Response, delivery: str,
-                                    status: int) -> None:
+def assert_refused_and_not_recorded(
+    server: Server, response: httpx.Response, delivery: str, status: int
+) -> None:
     """``status``, and the id was never recorded: a later valid delivery of it is new."""
     assert response.status_code == status, response.text
     again = server.deliver("push", push_main(SHA_C), delivery=delivery)
@@ -182,9 +181,7 @@ def test_pull_request_lifecycle_creates_and_archives_its_preview(demo: Server) -
         lambda: (e := preview()) is not None and e["status"] == "archived" and e, timeout=WAIT
     )
     assert "closed" in (archived["status_reason"] or "")
-    assert any(
-        e["kind"] == "archived" and "feature/x" in e["message"] for e in events(demo)
-    )
+    assert any(e["kind"] == "archived" and "feature/x" in e["message"] for e in events(demo))
 
 
 def test_fork_pull_request_deploys_nothing_and_says_why(demo: Server) -> None:

@@ -108,9 +108,7 @@ def test_production_branch_overrides_the_default_branch() -> None:
 
 def test_push_to_staging_branch_deploys_staging() -> None:
     routed = route("push", push_to("develop"), [project(staging_branch="develop")])
-    assert routed.intents == [
-        Deploy(1, "staging", None, SHA_B, "refs/heads/develop", "push")
-    ]
+    assert routed.intents == [Deploy(1, "staging", None, SHA_B, "refs/heads/develop", "push")]
 
 
 def test_branch_configured_for_both_deploys_both() -> None:
@@ -158,7 +156,7 @@ def test_deleted_branch_archives_only_its_active_preview() -> None:
     assert len(routed.intents) == 1
     archive = routed.intents[0]
     assert isinstance(archive, Archive)
-    assert (archive.project_id, archive.branch) == (1, "feature/x")
+    assert (archive.project_id, archive.branch, archive.pr_number) == (1, "feature/x", None)
     assert "deleted" in archive.reason
 
 
@@ -213,7 +211,7 @@ def test_closed_pull_request_archives_its_preview(merged: bool, word: str) -> No
     assert len(routed.intents) == 1
     archive = routed.intents[0]
     assert isinstance(archive, Archive)
-    assert (archive.project_id, archive.branch) == (1, "feature/x")
+    assert (archive.project_id, archive.branch, archive.pr_number) == (1, "feature/x", 7)
     assert word in archive.reason
     if not merged:
         assert "merged" not in archive.reason
@@ -256,9 +254,7 @@ def test_pull_request_from_a_deleted_fork_counts_as_a_fork() -> None:
 def test_head_repository_differing_only_in_case_is_not_a_fork() -> None:
     payload = pr("opened")
     payload["pull_request"]["head"]["repo"]["full_name"] = REPO.upper()
-    assert route("pull_request", payload, [project()]).intents == [
-        preview(head_repo=REPO.upper())
-    ]
+    assert route("pull_request", payload, [project()]).intents == [preview(head_repo=REPO.upper())]
 
 
 def test_previews_off_skips() -> None:

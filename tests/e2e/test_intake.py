@@ -1,0 +1,59 @@
+"""Issue: webhook intake — newest wins, and an acknowledged delivery survives SIGKILL."""
+
+from __future__ import annotations
+
+from conftest import REPO, Flow
+from support import payloads
+from support.server import Server
+
+
+def test_three_quick_pushes_the_middle_one_is_superseded(server: Server, task_repo) -> None:  # type: ignore[no-untyped-def]
+    flow = Flow(server, task_repo)
+    # A slow pre-build keeps the first deployment busy while the next two arrive.
+    flow.connect(pre_build_command="sleep 2")
+    shas = [task_repo.head(), task_repo.set_message("v2"), task_repo.set_message("v3")]
+    before = "0" * 40
+    for sha in shas:
+        response = server.deliver("push", payloads.push(repo=REPO, before=before, after=sha))
+        assert response.status_code == 202
+        before = sha
+    deps = {d["sha"]: d for d in (flow.deployment_for(sha) for sha in shas)}
+    last = server.wait_deployment(deps[shas[2]]["id"], timeout=120)
+    assert last["status"] == "deployed"
+    middle = server.ok("GET", f"/api/v1/deployments/{deps[shas[1]]['id']}")
+    assert middle["status"] == "superseded"
+    assert deps[shas[2]]["id"] in middle["error"]
+    assert flow.run()["output"]["message"] == "v3"
+
+
+def test_delivery_acknowledged_before_sigkill_is_processed_after_restart(
+    server: Server, task_repo
+) -> None:  # type: ignore[no-untyped-def]
+    flow = Flow(server, task_repo)
+    flow.connect()
+    sha = task_repo.head()
+    response = server.deliver(
+        "push", payloads.push(repo=REPO, after=sha, before="0" * 40), delivery="kill-me"
+    )
+    assert response.status_code == 202
+    server.kill()  # right after the 202: the delivery is on disk, its routing may not have run
+    server.start()
+    final = flow.deployed(sha)
+    assert final["delivery"] == "kill-me"
+    assert len([d for d in server.deployments() if d["sha"] == sha]) == 1
+    # redelivering the same id after the restart is still processed once
+    again = server.deliver(
+        "push", payloads.push(repo=REPO, after=sha, before="0" * 40), delivery="kill-me"
+    )
+    assert again.status_code == 202 and again.json()["duplicate"] is True
+    assert len([d for d in server.deployments() if d["sha"] == sha]) == 1
+
+
+def test_unsigned_delivery_leaves_no_trace(server: Server, task_repo) -> None:  # type: ignore[no-untyped-def]
+    flow = Flow(server, task_repo)
+    flow.connect()
+    body = payloads.push(repo=REPO, after=task_repo.head(), before="0" * 40)
+    assert server.deliver("push", body, secret="").status_code == 401
+    assert server.deliver("push", body, signature="sha256=" + "0" * 64).status_code == 401
+    assert server.deployments() == []
+    assert server.ok("GET", "/api/v1/projects/demo/events") == []
