@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,11 +24,22 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+def redact_url(url: str | None) -> str | None:
+    """Hide credentials a clone URL may carry (``https://user:token@host/...``)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return url
+
+
 def project_view(project: Project, *, not_deploying: str | None = None) -> dict[str, Any]:
     return {
         "ref": project.ref,
         "repo": project.repo,
-        "clone_url": project.clone_url,
+        "clone_url": redact_url(project.clone_url),
         "production_branch": project.production_branch,
         "staging_branch": project.staging_branch,
         "previews": project.previews,
