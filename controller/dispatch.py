@@ -150,6 +150,29 @@ def _apply_deploy(
 ) -> None:
     attrs: dict[str, object] = {}
     if intent.environment == "preview":
+        holder = session.execute(
+            select(Environment).where(
+                Environment.project_id == project.id,
+                Environment.name == "preview",
+                Environment.branch_key == intent.branch,
+            )
+        ).scalar_one_or_none()
+        if (
+            holder is not None
+            and holder.status == "active"
+            and holder.pr_number is not None
+            and holder.pr_number != intent.pr_number
+        ):
+            record_event(
+                session,
+                project.id,
+                "skipped",
+                f"no preview for pull request #{intent.pr_number}: preview branch "
+                f"{intent.branch} belongs to pull request #{holder.pr_number}, which is still "
+                "open; rename the branch or close the other pull request",
+                delivery.delivery_id,
+            )
+            return
         attrs = {
             "pr_number": intent.pr_number,
             "head_repo": intent.head_repo,

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,13 @@ class Interrupt(Exception):
     pass
 
 
-def _on_sigterm(signum: int, _frame: Any) -> None:
+_INTERRUPTED: list[int] = []
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    # A terminal's Ctrl-C also reaches the servers (same process group), so a request may
+    # fail with a connection error before this handler runs: remember that it happened.
+    _INTERRUPTED.append(signum)
     raise Interrupt(f"signal {signum}")
 
 
@@ -130,10 +136,8 @@ class Bench:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
-                try:
+                with suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
         if not self.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
         return [f"{pid}: {cmd}" for pid, cmd in leaked]
@@ -201,8 +205,10 @@ def finished(server: Server, sha: str, timeout: float = DEPLOY_TIMEOUT) -> dict[
     if done["status"] != "deployed":
         logs = server.ok("GET", f"/api/v1/deployments/{dep['id']}/logs")
         tail = "\n".join(f"  [{ln['step']}] {ln['message']}" for ln in logs["lines"][-40:])
-        raise RuntimeError(f"deployment {dep['id']} of {sha[:12]} ended {done['status']}: "
-                           f"{done.get('error')}\n{tail}")
+        raise RuntimeError(
+            f"deployment {dep['id']} of {sha[:12]} ended {done['status']}: "
+            f"{done.get('error')}\n{tail}"
+        )
     return done
 
 
@@ -237,8 +243,10 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
     deliver(server, push_payload(repo_parent(repo), first))
     warm = finished(server, first)
     warm_s = time.monotonic() - warm_started
-    say(f"  warm-up (cold install) deployed in {warm_s:.1f}s "
-        f"(install step {step_ms(warm, 'install') or 0:.0f} ms)")
+    say(
+        f"  warm-up (cold install) deployed in {warm_s:.1f}s "
+        f"(install step {step_ms(warm, 'install') or 0:.0f} ms)"
+    )
     check = server.trigger(PROJECT, "production", "hello")
     if check.status_code != 200 or check.json()["output"]["message"] != "v0":
         raise RuntimeError(f"warm-up version does not serve v0: {check.status_code} {check.text}")
@@ -275,7 +283,9 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
                 raise RuntimeError(f"trigger answered {response.status_code}: {response.text}")
             time.sleep(POLL_INTERVAL)
         if served_at is None:
-            raise RuntimeError(f"push {i} ({sha[:12]}) did not serve {want!r} within {PUSH_TIMEOUT:.0f}s")
+            raise RuntimeError(
+                f"push {i} ({sha[:12]}) did not serve {want!r} within {PUSH_TIMEOUT:.0f}s"
+            )
         latency = served_at - t0
         dep = finished(server, sha)
         steps = {s["name"]: s["duration_ms"] for s in dep.get("steps") or []}
@@ -293,22 +303,29 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
             "poll_mean_s": statistics.fmean(poll_times),
             "steps_ms": steps,
             "steps_total_ms": sum(v for v in steps.values() if v is not None),
-            "install_cached": any("reusing cached environment" in ln["message"]
-                                  for ln in log_lines(server, dep["id"])),
+            "install_cached": any(
+                "reusing cached environment" in ln["message"] for ln in log_lines(server, dep["id"])
+            ),
             "queued_s": (started - created).total_seconds() if created and started else None,
             # Wall-clock timeline (same host clock): POST → deployment row → pipeline start
             # → deployment finished; "served" may come before "finished" (promote is the
             # last step, the status write follows it).
             "timeline_s": {
                 "post_to_created": (created - wall0).total_seconds() if created else None,
-                "created_to_started": (started - created).total_seconds() if created and started else None,
-                "started_to_finished": (ended - started).total_seconds() if ended and started else None,
+                "created_to_started": (started - created).total_seconds()
+                if created and started
+                else None,
+                "started_to_finished": (ended - started).total_seconds()
+                if ended and started
+                else None,
                 "finished_to_served": (served_wall - ended).total_seconds() if ended else None,
             },
         }
         samples.append(sample)
-        say(f"  push {i:>2}: {latency:6.2f}s  ({polls} polls, version {served_version}, "
-            f"steps {sample['steps_total_ms']:.0f} ms)")
+        say(
+            f"  push {i:>2}: {latency:6.2f}s  ({polls} polls, version {served_version}, "
+            f"steps {sample['steps_total_ms']:.0f} ms)"
+        )
         before = sha
     bench.close_server(server)
 
@@ -319,8 +336,9 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
             if name not in names:
                 names.append(name)
     phases = {
-        name: statistics.fmean(s["steps_ms"][name] for s in samples
-                               if s["steps_ms"].get(name) is not None)
+        name: statistics.fmean(
+            s["steps_ms"][name] for s in samples if s["steps_ms"].get(name) is not None
+        )
         for name in names
     }
     queued = [s["queued_s"] for s in samples if s["queued_s"] is not None]
@@ -374,8 +392,12 @@ def bench_install_cache(bench: Bench, repetitions: int) -> dict[str, Any]:
         downloaded = [m for m in cold_messages if m.lstrip().startswith("Downloading ")]
         pip_cached = [m for m in cold_messages if "Using cached" in m]
         pip_seconds = next(
-            (float(m.split()[-1].rstrip("s")) for m in cold_messages
-             if m.startswith("Installed dependencies in")), None
+            (
+                float(m.split()[-1].rstrip("s"))
+                for m in cold_messages
+                if m.startswith("Installed dependencies in")
+            ),
+            None,
         )
 
         hit_sha = repo.set_message("cache-hit")  # requirements.txt unchanged
@@ -384,8 +406,10 @@ def bench_install_cache(bench: Bench, repetitions: int) -> dict[str, Any]:
         hit_messages = [ln["message"] for ln in log_lines(server, hit["id"])]
         reused = [m for m in hit_messages if "reusing cached environment" in m]
         if not reused:
-            raise RuntimeError("the second deployment did not reuse the cached environment:\n"
-                               + "\n".join(hit_messages[-20:]))
+            raise RuntimeError(
+                "the second deployment did not reuse the cached environment:\n"
+                + "\n".join(hit_messages[-20:])
+            )
         cold_ms, hit_ms = step_ms(cold, "install"), step_ms(hit, "install")
         assert cold_ms is not None and hit_ms is not None
         rep = {
@@ -401,9 +425,11 @@ def bench_install_cache(bench: Bench, repetitions: int) -> dict[str, Any]:
             "hit_steps_ms": {s["name"]: s["duration_ms"] for s in hit.get("steps") or []},
         }
         reps.append(rep)
-        say(f"  rep {r}: cold install {cold_ms:.0f} ms ({len(downloaded)} downloads, "
+        say(
+            f"  rep {r}: cold install {cold_ms:.0f} ms ({len(downloaded)} downloads, "
             f"{len(pip_cached)} pip-cache hits), cache hit {hit_ms:.0f} ms, "
-            f"{rep['speedup']:.0f}×")
+            f"{rep['speedup']:.0f}x"
+        )
         bench.close_server(server)
 
     cold_median = statistics.median(r["cold_install_ms"] for r in reps)
@@ -421,33 +447,53 @@ def bench_install_cache(bench: Bench, repetitions: int) -> dict[str, Any]:
 # --- report --------------------------------------------------------------------------
 
 
-def report(latency: dict[str, Any], install: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def report(
+    latency: dict[str, Any], install: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
     rows = [
-        ("push → serving p50", f"{latency['p50_s']:.2f} s", f"< {TARGET_P50_S:.0f} s",
-         latency["p50_s"] < TARGET_P50_S),
-        ("cache hit speedup (install step)", f"{install['speedup']:.1f}×",
-         f"≥ {TARGET_CACHE_SPEEDUP:.0f}×", install["speedup"] >= TARGET_CACHE_SPEEDUP),
+        (
+            "push → serving p50",
+            f"{latency['p50_s']:.2f} s",
+            f"< {TARGET_P50_S:.0f} s",
+            latency["p50_s"] < TARGET_P50_S,
+        ),
+        (
+            "cache hit speedup (install step)",
+            f"{install['speedup']:.1f}x",
+            f"≥ {TARGET_CACHE_SPEEDUP:.0f}x",
+            install["speedup"] >= TARGET_CACHE_SPEEDUP,
+        ),
     ]
     out = []
     out.append("")
-    out.append(f"Slipway core loop — {datetime.now(UTC):%Y-%m-%d %H:%M UTC}, "
-               f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs")
+    out.append(
+        f"Slipway core loop — {datetime.now(UTC):%Y-%m-%d %H:%M UTC}, "
+        f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs"
+    )
     out.append("")
-    out.append(f"1. Push → serving latency ({latency['pushes']} pushes, after a warm-up push "
-               f"whose cold install took {latency['warmup_s']:.1f} s)")
-    out.append(f"   measured: webhook POST → trigger(\"{PROJECT}\", \"production\", \"hello\") "
-               f"returns the new message; polled every {POLL_INTERVAL * 1000:.0f} ms, "
-               f"each poll a real run (mean {latency['poll_mean_s'] * 1000:.0f} ms)")
-    out.append(f"   p50 {latency['p50_s']:.2f} s   p95 {latency['p95_s']:.2f} s   "
-               f"min {latency['min_s']:.2f} s   max {latency['max_s']:.2f} s   "
-               f"mean {latency['mean_s']:.2f} s")
+    out.append(
+        f"1. Push → serving latency ({latency['pushes']} pushes, after a warm-up push "
+        f"whose cold install took {latency['warmup_s']:.1f} s)"
+    )
+    out.append(
+        f'   measured: webhook POST → trigger("{PROJECT}", "production", "hello") '
+        f"returns the new message; polled every {POLL_INTERVAL * 1000:.0f} ms, "
+        f"each poll a real run (mean {latency['poll_mean_s'] * 1000:.0f} ms)"
+    )
+    out.append(
+        f"   p50 {latency['p50_s']:.2f} s   p95 {latency['p95_s']:.2f} s   "
+        f"min {latency['min_s']:.2f} s   max {latency['max_s']:.2f} s   "
+        f"mean {latency['mean_s']:.2f} s"
+    )
     out.append("   per-phase mean (deployment steps, duration_ms):")
     for name, ms in latency["phases_mean_ms"].items():
         out.append(f"     {name:<12} {ms:8.0f} ms")
     out.append(f"     {'(sum)':<12} {latency['steps_total_mean_ms']:8.0f} ms")
     overhead = latency["mean_s"] * 1000 - latency["steps_total_mean_ms"]
-    out.append(f"     {'other':<12} {overhead:8.0f} ms   (webhook → route → queue → claim, "
-               "step bookkeeping, poll granularity)")
+    out.append(
+        f"     {'other':<12} {overhead:8.0f} ms   (webhook → route → queue → claim, "
+        "step bookkeeping, poll granularity)"
+    )
     labels = {
         "post_to_created": "webhook POST → deployment created",
         "created_to_started": "deployment created → pipeline started",
@@ -459,22 +505,35 @@ def report(latency: dict[str, Any], install: dict[str, Any], args: argparse.Name
         out.append(f"     {labels.get(key, key):<40} {value * 1000:8.0f} ms")
     out.append(f"   every push reused the cached environment: {latency['all_install_cached']}")
     out.append("")
-    out.append(f"2. Cold install vs cache hit (requirements.txt: requests; "
-               f"{install['repetitions']} repetition(s), median)")
-    out.append("   cold: fresh data dir each time, so the dependency cache AND pip's cache "
-               "(<data>/envs/_pip-cache) start empty;")
-    out.append("         pip downloads from the configured index (PyPI): "
-               + ("verified (Downloading lines, no 'Using cached')" if install["cold_truly_cold"]
-                  else "NOT verified (see reps in the JSON)"))
+    out.append(
+        f"2. Cold install vs cache hit (requirements.txt: requests; "
+        f"{install['repetitions']} repetition(s), median)"
+    )
+    out.append(
+        "   cold: fresh data dir each time, so the dependency cache AND pip's cache "
+        "(<data>/envs/_pip-cache) start empty;"
+    )
+    out.append(
+        "         pip downloads from the configured index (PyPI): "
+        + (
+            "verified (Downloading lines, no 'Using cached')"
+            if install["cold_truly_cold"]
+            else "NOT verified (see reps in the JSON)"
+        )
+    )
     for rep in install["reps"]:
-        out.append(f"   rep {rep['repetition']}: cold {rep['cold_install_ms']:7.0f} ms "
-                   f"(pip {rep['cold_pip_install_s'] or 0:.1f} s, {len(rep['cold_downloaded'])} "
-                   f"downloads)   cache hit {rep['cache_hit_install_ms']:5.0f} ms   "
-                   f"{rep['speedup']:.0f}×")
+        out.append(
+            f"   rep {rep['repetition']}: cold {rep['cold_install_ms']:7.0f} ms "
+            f"(pip {rep['cold_pip_install_s'] or 0:.1f} s, {len(rep['cold_downloaded'])} "
+            f"downloads)   cache hit {rep['cache_hit_install_ms']:5.0f} ms   "
+            f"{rep['speedup']:.0f}x"
+        )
     out.append(f"   median cold install  {install['cold_install_ms_median']:8.0f} ms")
-    out.append(f"   median cache hit     {install['cache_hit_install_ms_median']:8.0f} ms   "
-               f"(log: \"{install['reps'][0]['cache_hit_log']}\")")
-    out.append(f"   ratio                {install['speedup']:8.1f}×")
+    out.append(
+        f"   median cache hit     {install['cache_hit_install_ms_median']:8.0f} ms   "
+        f'(log: "{install["reps"][0]["cache_hit_log"]}")'
+    )
+    out.append(f"   ratio                {install['speedup']:8.1f}x")
     out.append("")
     width = max(len(r[0]) for r in rows)
     out.append(f"   {'figure':<{width}}  {'measured':>10}  {'target':>8}  result")
@@ -485,10 +544,18 @@ def report(latency: dict[str, Any], install: dict[str, Any], args: argparse.Name
     return {
         "generated_at": datetime.now(UTC).isoformat(),
         "command": "tests/benchmarks/core_loop.py " + " ".join(sys.argv[1:]),
-        "settings": {"pushes": args.pushes, "cold_repetitions": args.repetitions,
-                     "poll_interval_s": POLL_INTERVAL, "requirements": REQUIREMENTS.strip()},
-        "machine": {"python": platform.python_version(), "machine": platform.machine(),
-                    "cpus": os.cpu_count(), "platform": platform.platform()},
+        "settings": {
+            "pushes": args.pushes,
+            "cold_repetitions": args.repetitions,
+            "poll_interval_s": POLL_INTERVAL,
+            "requirements": REQUIREMENTS.strip(),
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "targets": [{"figure": n, "measured": m, "target": t, "pass": ok} for n, m, t, ok in rows],
         "push_to_serving": latency,
         "install_cache": install,
@@ -497,18 +564,23 @@ def report(latency: dict[str, Any], install: dict[str, Any], args: argparse.Name
 
 @contextmanager
 def signals() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pushes", type=int, default=12, help="timed pushes (default 12)")
-    parser.add_argument("--repetitions", type=int, default=3,
-                        help="cold-install repetitions, fresh data dir each (default 3)")
+    parser.add_argument(
+        "--repetitions",
+        type=int,
+        default=3,
+        help="cold-install repetitions, fresh data dir each (default 3)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 pushes, 1 cold install")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
     args = parser.parse_args(argv)
@@ -536,10 +608,14 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted: stopping servers")
         code = 130
     except Exception as exc:
-        say(f"benchmark failed: {type(exc).__name__}: {exc}")
-        for server in bench.servers:
-            say(f"--- server log ({server.log_path}) ---\n{server.log()[-4000:]}")
-        code = 1
+        if _INTERRUPTED:
+            say(f"interrupted ({type(exc).__name__} while stopping): stopping servers")
+            code = 130
+        else:
+            code = 1
+            say(f"benchmark failed: {type(exc).__name__}: {exc}")
+            for server in bench.servers:
+                say(f"--- server log ({server.log_path}) ---\n{server.log()[-4000:]}")
     finally:
         # Ctrl-C during cleanup must not leave processes behind either.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

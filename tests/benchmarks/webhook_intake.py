@@ -169,12 +169,38 @@ def http(method: str, url: str, *, body: bytes | None = None, headers: dict[str,
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of one process (not its children), from /proc."""
+    """User + system CPU time of a process and of its children it has waited for."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(max_wait: float, threshold: float) -> float:
+    """Wait (up to ``max_wait`` s) until the machine's own load — nothing of ours runs
+    between two runs — is under ``threshold`` % of one core. Returns the last reading."""
+    deadline = time.monotonic() + max_wait
+    told = False
+    while True:
+        before, start = machine_busy_seconds(), time.monotonic()
+        time.sleep(1.0)
+        busy = 100 * (machine_busy_seconds() - before) / (time.monotonic() - start)
+        if busy < threshold or time.monotonic() >= deadline:
+            if told:
+                print(f" {busy:.0f}%", end="", flush=True)
+            return busy
+        if not told:
+            print(f" [others use {busy:.0f}% CPU: waiting up to {max_wait:.0f} s for quiet]",
+                  end="", flush=True)
+            told = True
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -358,11 +384,11 @@ def drive(procs: Processes, server: Server, scenario: Scenario, args: argparse.N
         if server.data_dir:
             time.sleep(0.5)  # warm-up requests still in flight are committed before counting
         before = db_counts(server.data_dir) if server.data_dir else None
-        cpu_before = cpu_seconds(server.proc.pid)
+        cpu_before, machine_before = cpu_seconds(server.proc.pid), machine_busy_seconds()
         assert load.stdin is not None
         load.stdin.write(b"go\n")
         result: dict[str, Any] = json.loads(lines.readline(args.duration + 60))
-        cpu_after = cpu_seconds(server.proc.pid)
+        cpu_after, machine_after = cpu_seconds(server.proc.pid), machine_busy_seconds()
         load.wait(timeout=10)
     finally:
         procs.stop(load, grace=2.0)
@@ -371,6 +397,12 @@ def drive(procs: Processes, server: Server, scenario: Scenario, args: argparse.N
     seconds = result["duration_s"]
     if cpu_before is not None and cpu_after is not None:
         result["server_cpu_pct"] = round(100 * (cpu_after - cpu_before) / seconds, 1)
+        # What the rest of the machine used meanwhile: the 2 cores are shared with it.
+        machine = 100 * (machine_after - machine_before) / seconds
+        result["machine_cpu_pct"] = round(machine, 1)
+        result["loadgen_cpu_pct"] = round(100 * result["loadgen_cpu_s"] / seconds, 1)
+        result["others_cpu_pct"] = round(
+            max(0.0, machine - result["server_cpu_pct"] - result["loadgen_cpu_pct"]), 1)
     if server.data_dir is not None and before is not None:
         time.sleep(1.0)  # requests still in flight when the load stopped get committed
         after = db_counts(server.data_dir)
@@ -399,7 +431,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 COLUMNS = [("scenario", 9, "<"), ("server", 8, "<"), ("p50 ms", 8, ">"), ("p99 ms", 8, ">"),
            ("p99* ms", 8, ">"), ("rate/s", 9, ">"), ("2xx/total", 15, ">"),
-           ("durable/s", 10, ">"), ("srv CPU", 8, ">")]
+           ("durable/s", 10, ">"), ("srv CPU", 8, ">"), ("bg CPU", 7, ">")]
 
 
 def row(cells: list[str]) -> str:
@@ -410,7 +442,9 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any], quick: bool) -> tup
     out = [
         f"Webhook intake: {meta['payload']['bytes']:,} B signed push delivery "
         f"({meta['payload']['example']}, {meta['payload']['commits']} commit(s)), "
-        f"{meta['duration_s']:g} s per run after {meta['warmup_s']:g} s warm-up, "
+        f"{meta['duration_s']:g} s per run after {meta['warmup_s']:g} s warm-up"
+        + (" (servers reused across scenarios)" if meta["reuse_servers"] else
+           " (fresh servers per run)") + ", "
         f"load: {meta['load_tool']} (pacing: {meta['pacing']}), {meta['cpus']} CPUs",
         f"Slipway project for {meta['payload']['repo']}: "
         + ("CREATED (clone_url /nonexistent: each delivery is routed to a production "
@@ -434,6 +468,8 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any], quick: bool) -> tup
                 f"{r['ok_2xx']:,}/{r['sent']:,}",
                 fmt(r.get("durable_per_s")) if server == "slipway" else "-",
                 fmt(r.get("server_cpu_pct"), 0, "%"),
+                fmt(r.get("others_cpu_pct"), 0, "%")
+                + ("!" if (r.get("others_cpu_pct") or 0) > meta["quiet_threshold_pct"] else ""),
             ]))
         s, n = by_key.get((name, "slipway")), by_key.get((name, "node"))
         if s and n:
@@ -445,6 +481,7 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any], quick: bool) -> tup
                 ratio(s["ok_2xx"] / max(1, s["sent"]), n["ok_2xx"] / max(1, n["sent"])),
                 ratio(s.get("durable_per_s"), n["ok_rate"]),
                 ratio(s.get("server_cpu_pct"), n.get("server_cpu_pct")),
+                "",
             ]))
     out += [
         "",
@@ -452,8 +489,9 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any], quick: bool) -> tup
         "it was due (fixed-rate runs: includes waiting when the server fell behind).",
         "rate/s: 2xx answers per second. durable/s: rows added to Slipway's deliveries "
         "table per second (ratio row: against Node's 2xx/s — Node stores nothing).",
-        "srv CPU: the server process's CPU time / wall time (200% = both cores); the load "
-        "generator shares the machine.",
+        "srv CPU: the server's CPU time / wall time (200% = both cores; the load generator "
+        "shares them). bg CPU: what everything else on the machine used meanwhile "
+        f"('!' = over {meta['quiet_threshold_pct']:g}%: the run was disturbed).",
     ]
     backlog = [r for r in runs if r["server"] == "slipway" and r.get("db_after")]
     if backlog:
@@ -464,9 +502,13 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any], quick: bool) -> tup
     targets: list[dict[str, Any]] = []
     at200 = by_key.get(("200/s", "slipway"))
     if at200:
-        p99 = max(at200["latency_ms"]["p99"] or 0, at200["schedule_latency_ms"]["p99"] or 0)
-        targets.append({"target": f"p99 < {TARGET_P99_MS_AT_200:g} ms at 200/s",
-                        "value": p99, "unit": "ms", "pass": p99 < TARGET_P99_MS_AT_200})
+        measured = [v for v in (at200["latency_ms"]["p99"], at200["schedule_latency_ms"]["p99"])
+                    if v is not None]
+        p99 = max(measured) if measured else None  # None: not one 2xx answer
+        targets.append({"target": f"p99 < {TARGET_P99_MS_AT_200:g} ms at 200/s (the larger of "
+                                  "p99 and p99*)",
+                        "value": p99, "unit": "ms",
+                        "pass": p99 is not None and p99 < TARGET_P99_MS_AT_200})
     top = by_key.get(("max", "slipway"))
     if top and top.get("durable_per_s") is not None:
         targets.append({"target": f">= {TARGET_DURABLE_PER_S:,.0f} durable deliveries/s "
@@ -476,18 +518,22 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any], quick: bool) -> tup
     if targets:
         out += ["", "Targets (Slipway)" + (" — quick run, indicative only" if quick else "") + ":"]
         for t in targets:
-            out.append(f"  {'PASS' if t['pass'] else 'MISS'}  {t['target']}: "
-                       f"{t['value']:,.1f} {t['unit']}")
-    problems = [f"{r['scenario']} {r['server']}: {p}" for r in runs for p in r.get("problems", [])]
-    if problems:
-        out += ["", "PROBLEMS:"] + [f"  {p}" for p in problems]
+            value = "no 2xx answer" if t["value"] is None else f"{t['value']:,.1f} {t['unit']}"
+            out.append(f"  {'PASS' if t['pass'] else 'MISS'}  {t['target']}: {value}")
+    for title, key in (("PROBLEMS", "problems"), ("Warnings", "warnings")):
+        found = [f"{r['scenario']} {r['server']}: {p}" for r in runs for p in r.get(key, [])]
+        if found:
+            out += ["", f"{title}:"] + [f"  {p}" for p in found]
     return "\n".join(out), targets
 
 
-def sanity(result: dict[str, Any]) -> None:
+def sanity(result: dict[str, Any], quick: bool) -> None:
+    """Wrong answers, dropped connections and acknowledged-but-missing deliveries fail the
+    benchmark. So does a run without a single 2xx — except a quick run on a busy machine,
+    where that is slowness, not a bug (the preflight has already seen a 202)."""
     problems = result.setdefault("problems", [])
     if result["ok_2xx"] == 0:
-        problems.append("no 2xx answer at all")
+        (result.setdefault("warnings", []) if quick else problems).append("no 2xx answer at all")
     if result["non_2xx"]:
         problems.append(f"{result['non_2xx']} non-2xx answers: {result['status_counts']}")
     if result["errors"]:
@@ -516,9 +562,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=30.0,
                         help="seconds of measured load per scenario and server (default 30)")
     parser.add_argument("--warmup", type=float, default=None,
-                        help="unmeasured seconds of load before each run (default 3; quick 0.5)")
+                        help="unmeasured seconds of load before each run (default 3; quick 0)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run for CI: 1 s per run (about 20 s in all)")
+                        help="smoke run for CI: 1 s per run, no warm-up, one server of each "
+                             "kind for all runs, no waiting for quiet (10-20 s in all)")
+    parser.add_argument("--reuse-servers", action="store_true",
+                        help="start each server once, not once per scenario (implied by --quick)")
     parser.add_argument("--scenarios", default="200,500,max",
                         help="comma-separated: 200, 500 (fixed rates), max (default: all)")
     parser.add_argument("--servers", default="slipway,node", help="default: slipway,node")
@@ -530,15 +579,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="fixed-rate pacing (see load.mjs; default even)")
     parser.add_argument("--no-project", action="store_true",
                         help="do not create a Slipway project for the payload's repository")
+    parser.add_argument("--quiet-wait", type=float, default=None,
+                        help="before each run, wait up to this many seconds for the rest of the "
+                             "machine to use less than --quiet-threshold CPU (default 120; quick 0)")
+    parser.add_argument("--quiet-threshold", type=float, default=25.0,
+                        help="%% of one core (default 25)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"default {RESULTS}")
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary data dirs")
     parser.add_argument("--fail-on-miss", action="store_true",
                         help="exit 1 when Slipway misses a target (default: only on errors)")
     args = parser.parse_args(argv)
     if args.quick:
+        # autocannon ends a run on its 1 s tick: shorter runs would still last 1 s.
         args.duration = min(args.duration, 1.0)
+        args.reuse_servers = True
     if args.warmup is None:
-        args.warmup = 0.5 if args.quick else 3.0
+        args.warmup = 0.0 if args.quick else 3.0
+    if args.quiet_wait is None:
+        args.quiet_wait = 0.0 if args.quick else 120.0
     return args
 
 
@@ -594,35 +652,48 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "payload": payload_info,
             "project_created": not args.no_project,
+            "quiet_threshold_pct": args.quiet_threshold,
+            "reuse_servers": args.reuse_servers,
         }
         print(f"payload: {payload_info['bytes']:,} B, {payload_info['example']}; Slipway project "
               + ("created (routing creates deployments that fail to fetch: realistic background work)"
                  if not args.no_project else "not created (--no-project)"), flush=True)
+        reusable: dict[str, Server] = {}  # --reuse-servers (quick): one of each for all runs
         for scenario in scenarios_from(args):
             for kind in servers:
                 label = f"{scenario.name.replace('/', '_')}-{kind}"
                 print(f"  {scenario.name:>6} {kind:<8} ...", end="", flush=True)
-                if kind == "slipway":
-                    server = start_slipway(procs, workdir, secret, label)
-                    if not args.no_project:
-                        create_project(server, payload_info["repo"])
-                elif kind == "node":
-                    server = start_node(procs, workdir, secret, label)
-                else:
-                    raise BenchmarkError(f"unknown server {kind!r}")
+                if args.quiet_wait > 0:
+                    wait_for_quiet(args.quiet_wait, args.quiet_threshold)
+                server = reusable.get(kind)
+                if server is None:
+                    if kind == "slipway":
+                        server = start_slipway(procs, workdir, secret, label)
+                        if not args.no_project:
+                            create_project(server, payload_info["repo"])
+                    elif kind == "node":
+                        server = start_node(procs, workdir, secret, label)
+                    else:
+                        raise BenchmarkError(f"unknown server {kind!r}")
+                    if args.reuse_servers:
+                        reusable[kind] = server
                 try:
                     preflight(server, body, headers)
                     result = drive(procs, server, scenario, args, body_file, headers, workdir)
                 finally:
-                    procs.stop(server.proc)
+                    if not args.reuse_servers:
+                        procs.stop(server.proc)
                 result |= {"scenario": scenario.name, "server": kind}
-                sanity(result)
+                sanity(result, args.quick)
                 runs.append(result)
                 lat = result["latency_ms"]
                 print(f" p50 {fmt(lat['p50'], 2)} ms, p99 {fmt(lat['p99'], 2)} ms, "
                       f"{fmt(result['ok_rate'])} 2xx/s"
-                      + (f", {fmt(result.get('durable_per_s'))} durable/s" if kind == "slipway" else ""),
+                      + (f", {fmt(result.get('durable_per_s'))} durable/s" if kind == "slipway" else "")
+                      + f" (others: {fmt(result.get('others_cpu_pct'), 0, '% CPU')})",
                       flush=True)
+        for server in reusable.values():
+            procs.stop(server.proc)
         text, targets = report(runs, meta, args.quick)
         print()
         print(text)

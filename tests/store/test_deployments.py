@@ -160,6 +160,7 @@ def test_a_duplicate_ref_is_a_conflict(database: Database, cipher: Cipher, proje
 
 
 def test_the_newest_request_supersedes_queued_ones(database: Database, project_id: int) -> None:
+    staging = deploy(database, project_id, "staging", n=9)
     first = deploy(database, project_id, "production", n=1)
     second = deploy(database, project_id, "production", n=2)
     third = deploy(database, project_id, "production", n=3)
@@ -178,13 +179,7 @@ def test_the_newest_request_supersedes_queued_ones(database: Database, project_i
         ("deploy", second, "superseded"),
         ("deploy", third, "queued"),
     ]
-
-
-def test_newest_wins_per_environment_only(database: Database, project_id: int) -> None:
-    production = deploy(database, project_id, "production", n=1)
-    staging = deploy(database, project_id, "staging", n=2)
-    assert deployment(database, production).status == "queued"
-    assert deployment(database, staging).status == "queued"
+    assert deployment(database, staging).status == "queued", "newest wins per environment"
 
 
 # -- preview branches --------------------------------------------------------------------
@@ -217,32 +212,26 @@ def test_archiving_a_branch_cancels_its_queued_work_and_records_an_event(
     assert [(e.kind, "feature/login" in e.message) for e in events] == [("archived", True)]
 
 
-def test_archiving_twice_records_one_event(
-    database: Database, cipher: Cipher, project_id: int
-) -> None:
-    add_preview(database, cipher, project_id, "feature/login")
-    for _ in range(2):
-        with database.transaction() as session:
-            project = session.get(Project, project_id)
-            assert project is not None
-            archive_branch(session, project, "feature/login", "branch deleted")
-    with database.read() as session:
-        assert session.execute(select(func.count()).select_from(Event)).scalar_one() == 1
-
-
 def test_an_archived_branch_takes_no_deployment(
     database: Database, cipher: Cipher, project_id: int
 ) -> None:
     add_preview(database, cipher, project_id, "feature/login")
-    with database.transaction() as session:
-        project = session.get(Project, project_id)
-        assert project is not None
-        archive_branch(session, project, "feature/login", "pull request #7 was merged")
+    for reason in ("pull request #7 was merged", "branch feature/login was deleted"):
+        with database.transaction() as session:
+            project = session.get(Project, project_id)
+            assert project is not None
+            archive_branch(session, project, "feature/login", reason)
 
     with pytest.raises(Conflict, match="archived"):
         deploy(database, project_id, "preview", "feature/login")
     with database.read() as session:
         assert session.execute(select(func.count()).select_from(Deployment)).scalar_one() == 0
+        reasons = session.execute(
+            select(Environment.status_reason).where(Environment.branch == "feature/login")
+        ).scalars().all()
+        events = session.execute(select(func.count()).select_from(Event)).scalar_one()
+    assert reasons == ["pull request #7 was merged"], "archiving again changes nothing"
+    assert events == 1
 
 
 # -- projects that stop deploying --------------------------------------------------------
@@ -278,31 +267,37 @@ def test_disconnecting_cancels_queued_work_and_stops_deploying(
         deploy(database, project_id, "production", n=3)
 
 
-@pytest.mark.parametrize("reachable", [True, False])
-def test_an_unreachable_repository_stops_deploying(
-    database: Database, project_id: int, reachable: bool
-) -> None:
+def set_reachable(database: Database, reachable: bool) -> None:
     with database.transaction() as session:
-        session.add(
-            Repository(
-                full_name="Octo-Org/Demo",
-                full_name_lower="octo-org/demo",
-                installation_id=4242,
-                reachable=reachable,
+        repo = session.execute(
+            select(Repository).where(Repository.full_name_lower == "octo-org/demo")
+        ).scalar_one_or_none()
+        if repo is None:
+            repo = Repository(
+                full_name="Octo-Org/Demo", full_name_lower="octo-org/demo", installation_id=4242
             )
-        )
+            session.add(repo)
+        repo.reachable = reachable
 
+
+def not_deploying_reason(database: Database, project_id: int) -> str | None:
     with database.read() as session:
         project = session.get(Project, project_id)
         assert project is not None
-        reason = project_not_deploying_reason(session, project)
+        return project_not_deploying_reason(session, project)
 
-    if reachable:
-        assert reason is None
-        assert deployment(database, deploy(database, project_id, "production")).status == "queued"
-    else:
-        assert reason is not None and "octo-org/demo" in reason and "no longer reach" in reason
-        with pytest.raises(Conflict, match="no longer reach"):
-            deploy(database, project_id, "production")
-        with database.read() as session:
-            assert session.execute(select(func.count()).select_from(Deployment)).scalar_one() == 0
+
+def test_an_unreachable_repository_stops_deploying(database: Database, project_id: int) -> None:
+    set_reachable(database, True)
+    assert not_deploying_reason(database, project_id) is None
+    reachable = deploy(database, project_id, "production", n=1)
+    assert deployment(database, reachable).status == "queued"
+
+    set_reachable(database, False)
+
+    reason = not_deploying_reason(database, project_id)
+    assert reason is not None and "octo-org/demo" in reason and "no longer reach" in reason
+    with pytest.raises(Conflict, match="no longer reach"):
+        deploy(database, project_id, "production", n=2)
+    with database.read() as session:
+        assert session.execute(select(Deployment.id)).scalars().all() == [reachable]

@@ -230,30 +230,32 @@ def test_uppercase_signature_is_401(demo: Server) -> None:
     assert_refused_and_not_recorded(demo, response, "upper", 401)
 
 
-@pytest.mark.parametrize(
-    "body",
-    [b"this is not json", b'{"ref": "refs/heads/main"', b"\xff\xfe\x00", b""],
-    ids=["text", "truncated", "binary", "empty"],
-)
-def test_signed_non_json_is_400(demo: Server, body: bytes) -> None:
-    response = demo.deliver("push", body, delivery="not-json")
-    assert_refused_and_not_recorded(demo, response, "not-json", 400)
+NOT_JSON = [b"this is not json", b'{"ref": "refs/heads/main"', b"\xff\xfe\x00", b""]
+NOT_AN_OBJECT = [b"[]", b'[{"ref": "refs/heads/main"}]', b'"push"', b"42", b"null"]
 
 
-@pytest.mark.parametrize("body", [b"[]", b'[{"ref": "refs/heads/main"}]', b'"push"', b"42"])
-def test_signed_json_that_is_not_an_object_is_400(demo: Server, body: bytes) -> None:
-    response = demo.deliver("push", body, delivery="array")
-    assert_refused_and_not_recorded(demo, response, "array", 400)
+def test_signed_non_json_is_400(demo: Server) -> None:
+    for index, body in enumerate(NOT_JSON):
+        response = demo.deliver("push", body, delivery=f"not-json-{index}")
+        assert response.json()["error"] == "body is not JSON"
+        assert_refused_and_not_recorded(demo, response, f"not-json-{index}", 400)
 
 
-@pytest.mark.parametrize("missing", ["X-GitHub-Event", "X-GitHub-Delivery"])
-def test_missing_github_header_is_400(demo: Server, missing: str) -> None:
+def test_signed_json_array_or_scalar_is_400(demo: Server) -> None:
+    for index, body in enumerate(NOT_AN_OBJECT):
+        response = demo.deliver("push", body, delivery=f"array-{index}")
+        assert_refused_and_not_recorded(demo, response, f"array-{index}", 400)
+
+
+def test_missing_github_header_is_400(demo: Server) -> None:
     body = body_of(push_main(SHA_B))
-    hdrs = headers("push", body, secret=demo.secret)
-    delivery = hdrs["X-GitHub-Delivery"]
-    del hdrs[missing]
-    response = post(demo, body, hdrs)
-    assert_refused_and_not_recorded(demo, response, delivery, 400)
+    for missing in ("X-GitHub-Event", "X-GitHub-Delivery"):
+        hdrs = headers("push", body, secret=demo.secret)
+        delivery = hdrs["X-GitHub-Delivery"]
+        del hdrs[missing]
+        response = post(demo, body, hdrs)
+        assert missing in response.json()["error"]
+        assert_refused_and_not_recorded(demo, response, delivery, 400)
 
 
 def _oversized(demo: Server, content: Any) -> httpx.Response:
