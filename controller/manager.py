@@ -94,6 +94,7 @@ class Manager:
 
     def _work(self, pool: Pool) -> None:
         while not self.stopping.is_set():
+            seen = self.queue.generation
             try:
                 job = self.queue.claim(pool.kinds)
             except Exception:
@@ -101,7 +102,7 @@ class Manager:
                 self.stopping.wait(self.poll_interval)
                 continue
             if job is None:
-                self.queue.wait(self.poll_interval)
+                self.queue.wait(self.poll_interval, since=seen)
                 continue
             self._run(pool, job)
 

@@ -90,6 +90,7 @@ class Queue:
         self.limits = dict(limits or {})
         self.lease_seconds = lease_seconds
         self._wakeup = threading.Condition()
+        self._generation = 0
 
     # -- producing -----------------------------------------------------------------------
 
@@ -149,11 +150,20 @@ class Queue:
     def notify(self) -> None:
         """Wake local workers (call after the enqueuing transaction committed)."""
         with self._wakeup:
+            self._generation += 1
             self._wakeup.notify_all()
 
-    def wait(self, timeout: float) -> None:
+    @property
+    def generation(self) -> int:
+        """Read before :meth:`claim`; pass to :meth:`wait` so no notify is lost in between."""
+        return self._generation
+
+    def wait(self, timeout: float, since: int | None = None) -> None:
         with self._wakeup:
-            self._wakeup.wait(timeout)
+            if since is None:
+                self._wakeup.wait(timeout)
+            else:
+                self._wakeup.wait_for(lambda: self._generation != since, timeout)
 
     # -- consuming -----------------------------------------------------------------------
 

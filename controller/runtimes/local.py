@@ -89,16 +89,18 @@ class LocalRuntime:
 
     def ensure(self, spec: VersionSpec) -> None:
         with self._version_lock(spec.version_id):
-            worker = self._workers.get(spec.version_id)
-            if worker is not None and self._healthy(worker, spec.version_id):
-                return
-            if worker is not None:
-                self._forget(spec.version_id)
-            adopted = self._adopt(spec.version_id)
-            if adopted is not None:
-                self._workers[spec.version_id] = adopted
-                return
-            self._workers[spec.version_id] = self._start(spec)
+            self._ensure_locked(spec)
+
+    def _ensure_locked(self, spec: VersionSpec) -> _Worker:
+        worker = self._workers.get(spec.version_id)
+        if worker is not None and self._healthy(worker, spec.version_id):
+            return worker
+        if worker is not None:
+            self._forget(spec.version_id)
+        adopted = self._adopt(spec.version_id)
+        worker = adopted if adopted is not None else self._start(spec)
+        self._workers[spec.version_id] = worker
+        return worker
 
     def _healthy(self, worker: _Worker, version_id: int) -> bool:
         if worker.proc is not None and worker.proc.poll() is not None:
@@ -254,6 +256,10 @@ class LocalRuntime:
         self._reapers = [t for t in self._reapers if t.is_alive()] + [reaper]
 
     def _terminate(self, worker: _Worker, *, wait: float) -> None:
+        # Runs this controller already handed to the worker finish before it drains.
+        deadline = time.monotonic() + wait
+        while worker.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
         try:
             os.kill(worker.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -310,9 +316,10 @@ class LocalRuntime:
     def run(
         self, spec: VersionSpec, *, run_id: str, task_id: str, payload: Any, timeout: float | None
     ) -> dict[str, Any]:
-        self.ensure(spec)
-        worker = self._workers[spec.version_id]
-        worker.in_flight += 1
+        with self._version_lock(spec.version_id):
+            # Registered under the lock: a concurrent retire() waits for this run.
+            worker = self._ensure_locked(spec)
+            worker.in_flight += 1
         try:
             response = self._client.post(
                 worker.url + "/runs",
@@ -324,8 +331,9 @@ class LocalRuntime:
                 f"the worker of version {spec.version} is unreachable: {exc}"
             ) from exc
         finally:
-            worker.in_flight -= 1
-            worker.last_used = time.monotonic()
+            with self._version_lock(spec.version_id):
+                worker.in_flight -= 1
+                worker.last_used = time.monotonic()
         if response.status_code == 404:
             raise PermanentError(f"task {task_id!r} does not exist in version {spec.version}")
         if response.status_code != 200:
