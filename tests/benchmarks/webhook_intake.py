@@ -50,6 +50,8 @@ EXAMPLES = NODE_DIR / "node_modules" / "@octokit" / "webhooks-examples" / "api.g
 RESULTS = HERE / "results" / "webhook_intake.json"
 
 sys.path.insert(0, str(ROOT))
+import contextlib
+
 from webhooks.signatures import sign  # noqa: E402  (the repo's own signer)
 
 TARGET_BODY_BYTES = 7 * 1024
@@ -129,20 +131,16 @@ class Processes:
         # The group id is the child's own pid (start_new_session): this reaches the
         # server and anything it started (git, workers), and nothing else.
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
             try:
                 proc.wait(timeout=wait)
                 break
             except subprocess.TimeoutExpired:
                 continue
         # Leftovers of the group (a child that outlived its parent) go too.
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
@@ -435,7 +433,7 @@ COLUMNS = [("scenario", 9, "<"), ("server", 8, "<"), ("p50 ms", 8, ">"), ("p99 m
 
 
 def row(cells: list[str]) -> str:
-    return "  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, COLUMNS))
+    return "  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, COLUMNS, strict=False))
 
 
 def report(runs: list[dict[str, Any]], meta: dict[str, Any], quick: bool) -> tuple[str, list[dict[str, Any]]]:
@@ -639,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         servers = [s.strip() for s in args.servers.split(",") if s.strip()]
         node_version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
         meta = {
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": git_describe(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
