@@ -22,6 +22,7 @@ on exit, Ctrl-C and SIGTERM included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -50,8 +51,6 @@ EXAMPLES = NODE_DIR / "node_modules" / "@octokit" / "webhooks-examples" / "api.g
 RESULTS = HERE / "results" / "webhook_intake.json"
 
 sys.path.insert(0, str(ROOT))
-import contextlib
-
 from webhooks.signatures import sign  # noqa: E402  (the repo's own signer)
 
 TARGET_BODY_BYTES = 7 * 1024
