@@ -170,12 +170,31 @@ class Queue:
     def claim(self, kinds: Iterable[str]) -> Claimed | None:
         """Take the oldest runnable job of ``kinds`` whose key is free, or None."""
         kinds = list(kinds)
+        if not self._claimable(kinds):
+            return None
         try:
             with self.db.transaction() as session:
                 return self._claim(session, kinds)
         except IntegrityError:
             # Another replica claimed a job of the same key between our read and write.
             return None
+
+    def _claimable(self, kinds: list[str]) -> bool:
+        """A read-only probe, so idle workers never take the database's write lock (on
+        SQLite that lock is shared with the webhook writer)."""
+        now = utcnow()
+        with self.db.read() as session:
+            row = session.execute(
+                select(Job.id)
+                .where(
+                    or_(
+                        and_(Job.status == "queued", Job.kind.in_(kinds), Job.run_after <= now),
+                        and_(Job.status == "running", Job.lease_expires_at < now),
+                    )
+                )
+                .limit(1)
+            ).first()
+        return row is not None
 
     def _claim(self, session: Session, kinds: list[str]) -> Claimed | None:
         now = utcnow()

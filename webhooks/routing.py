@@ -144,9 +144,7 @@ def _route_pull_request(pr: PullRequest, projects: list[ProjectView]) -> Routed:
         verb = "merged" if pr.merged else "closed"
         for project in projects:
             intents.append(
-                Archive(
-                    project.id, pr.head_ref, f"pull request #{pr.number} was {verb}", pr.number
-                )
+                Archive(project.id, pr.head_ref, f"pull request #{pr.number} was {verb}", pr.number)
             )
         return Routed(intents, f"pull request #{pr.number} {verb}: preview archived")
     if pr.action not in PREVIEW_ACTIONS:
