@@ -254,10 +254,16 @@ class DeployRequest:
 
 
 def request_deployment(
-    session: Session, *, project: Project, environment: Environment, request: DeployRequest
+    session: Session,
+    *,
+    project: Project,
+    environment: Environment,
+    request: DeployRequest,
+    supersede: bool = True,
 ) -> Deployment:
     """Queue a deployment. Older queued deployments of the environment are superseded:
-    the newest request wins."""
+    the newest request wins (``supersede=False`` only when the caller just queued the
+    one that starts first, in the same transaction)."""
     if environment.status == "archived":
         raise Conflict(
             f"preview branch {environment.branch!r} is archived; "
@@ -278,7 +284,9 @@ def request_deployment(
         pr_number=request.pr_number,
         upload_path=request.upload_path,
     )
-    superseded = Queue.supersede(session, key=env_key(environment.id), kind="deploy")
+    superseded = (
+        Queue.supersede(session, key=env_key(environment.id), kind="deploy") if supersede else []
+    )
     if superseded:
         session.execute(
             update(Deployment)

@@ -42,6 +42,7 @@ class Pool:
     kinds: tuple[str, ...]
     handler: Handler
     threads: int = 1
+    pause: float = 0.0  # seconds to wait after each job, so bursts batch up
     backoff: Backoff = field(
         default_factory=lambda: Backoff(limit=20, min_timeout=1.0, max_timeout=60.0)
     )
@@ -94,7 +95,7 @@ class Manager:
 
     def _work(self, pool: Pool) -> None:
         while not self.stopping.is_set():
-            seen = self.queue.generation
+            seen = self.queue.generation(pool.kinds)
             try:
                 job = self.queue.claim(pool.kinds)
             except Exception:
@@ -102,9 +103,11 @@ class Manager:
                 self.stopping.wait(self.poll_interval)
                 continue
             if job is None:
-                self.queue.wait(self.poll_interval, since=seen)
+                self.queue.wait(self.poll_interval, since=seen, kinds=pool.kinds)
                 continue
             self._run(pool, job)
+            if pool.pause:
+                self.stopping.wait(pool.pause)
 
     def _run(self, pool: Pool, job: Claimed) -> None:
         try:

@@ -90,7 +90,7 @@ class Queue:
         self.limits = dict(limits or {})
         self.lease_seconds = lease_seconds
         self._wakeup = threading.Condition()
-        self._generation = 0
+        self._generations: dict[str | None, int] = {}
 
     # -- producing -----------------------------------------------------------------------
 
@@ -147,23 +147,25 @@ class Queue:
             )
         return [r.deployment_id for r in rows if r.deployment_id]
 
-    def notify(self) -> None:
-        """Wake local workers (call after the enqueuing transaction committed)."""
+    def notify(self, kind: str | None = None) -> None:
+        """Wake local workers of ``kind`` (all when None) once the enqueuing transaction
+        committed. Webhook intake wakes only the routers, not the deploy threads."""
         with self._wakeup:
-            self._generation += 1
+            self._generations[kind] = self._generations.get(kind, 0) + 1
             self._wakeup.notify_all()
 
-    @property
-    def generation(self) -> int:
+    def generation(self, kinds: Iterable[str]) -> int:
         """Read before :meth:`claim`; pass to :meth:`wait` so no notify is lost in between."""
-        return self._generation
+        g = self._generations
+        return g.get(None, 0) + sum(g.get(kind, 0) for kind in kinds)
 
-    def wait(self, timeout: float, since: int | None = None) -> None:
+    def wait(self, timeout: float, since: int | None = None, kinds: Iterable[str] = ()) -> None:
+        kinds = tuple(kinds)
         with self._wakeup:
             if since is None:
                 self._wakeup.wait(timeout)
             else:
-                self._wakeup.wait_for(lambda: self._generation != since, timeout)
+                self._wakeup.wait_for(lambda: self.generation(kinds) != since, timeout)
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -184,13 +186,27 @@ class Queue:
         SQLite that lock is shared with the webhook writer)."""
         now = utcnow()
         with self.db.read() as session:
+            expired = session.execute(
+                select(Job.id).where(Job.status == "running", Job.lease_expires_at < now).limit(1)
+            ).first()
+            if expired is not None:
+                return True
+            running = session.execute(
+                select(Job.kind, Job.key).where(Job.status == "running")
+            ).all()
+            busy: dict[str, int] = {}
+            for kind, _key in running:
+                busy[kind] = busy.get(kind, 0) + 1
+            allowed = [k for k in kinds if busy.get(k, 0) < self.limits.get(k, 1_000_000)]
+            if not allowed:
+                return False
             row = session.execute(
                 select(Job.id)
                 .where(
-                    or_(
-                        and_(Job.status == "queued", Job.kind.in_(kinds), Job.run_after <= now),
-                        and_(Job.status == "running", Job.lease_expires_at < now),
-                    )
+                    Job.status == "queued",
+                    Job.kind.in_(allowed),
+                    Job.run_after <= now,
+                    Job.key.not_in([key for _kind, key in running]),
                 )
                 .limit(1)
             ).first()

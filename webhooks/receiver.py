@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -53,7 +53,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def make_endpoint(
     *, secret: Callable[[], str | None], writer: Callable[[], DeliveryWriter]
-) -> Callable[[Request], object]:
+) -> Callable[[Request], Awaitable[JSONResponse]]:
     async def receive(request: Request) -> JSONResponse:
         key = secret()
         if not key:

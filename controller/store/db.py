@@ -7,12 +7,16 @@ differences are handled here and nowhere else:
   every write transaction starts with ``BEGIN IMMEDIATE``, so read-then-write transactions
   (claiming a job, numbering a version) serialise instead of failing on lock upgrade.
   Reads use a plain deferred ``BEGIN`` and never block on writers.
+* SQLite has one writer at a time. Waiting on its busy handler means sleeping in steps of
+  up to 100 ms, so within the process write transactions queue on :class:`WriteLock`
+  instead, which hands the lock over at once and lets the webhook writer go first.
 * PostgreSQL uses ``READ COMMITTED`` with row locks (``FOR UPDATE SKIP LOCKED``) in the
   queue; see :mod:`controller.queue`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +29,44 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+log = logging.getLogger(__name__)
+
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class WriteLock:
+    """A reentrant lock whose urgent waiters (the webhook writer) go before the others."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._owner: int | None = None
+        self._depth = 0
+        self._urgent = 0
+
+    @contextmanager
+    def hold(self, *, urgent: bool = False) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+            else:
+                if urgent:
+                    self._urgent += 1
+                try:
+                    while self._owner is not None or (not urgent and self._urgent):
+                        self._cond.wait()
+                finally:
+                    if urgent:
+                        self._urgent -= 1
+                self._owner, self._depth = me, 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._owner = None
+                    self._cond.notify_all()
 
 
 class Database:
@@ -49,15 +90,27 @@ class Database:
             self.engine.execution_options(sqlite_deferred=True), expire_on_commit=False
         )
         self._migrated = threading.Lock()
+        self._write_lock = WriteLock()
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     @contextmanager
+    def writing(self, *, urgent: bool = False) -> Iterator[None]:
+        """Hold this process's turn to write (SQLite only; PostgreSQL locks rows)."""
+        if not self.is_sqlite:
+            yield
+            return
+        with self._write_lock.hold(urgent=urgent):
+            yield
+
+    @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A write transaction: committed on success, rolled back on any exception."""
-        with self._writer() as session, session.begin():
+        with self.writing(), self._writer() as session, session.begin():
             yield session
 
     @contextmanager
@@ -68,7 +121,7 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent, safe on every start)."""
-        with self._migrated, self.engine.begin() as connection:
+        with self._migrated, self.writing(), self.engine.begin() as connection:
             if not self.is_sqlite:
                 # Several replicas may start at once: one migrates, the others wait.
                 connection.execute(text("SELECT pg_advisory_xact_lock(7432001)"))
@@ -76,7 +129,35 @@ class Database:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
+    def start_checkpointer(self, interval: float = 0.5) -> None:
+        """SQLite: copy the write-ahead log back into the database in the background
+        (PASSIVE: it never blocks a writer), so no commit pays for a checkpoint."""
+        if not self.is_sqlite or self._checkpointer is not None:
+            return
+        self._stop_checkpoints.clear()
+
+        def loop() -> None:
+            while not self._stop_checkpoints.wait(interval):
+                try:
+                    with self.engine.connect() as conn:
+                        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                except Exception as exc:  # a busy database: try again next time
+                    log.debug("checkpoint skipped: %s", exc)
+
+        self._checkpointer = threading.Thread(target=loop, name="sqlite-checkpoint", daemon=True)
+        self._checkpointer.start()
+
     def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
+            self._checkpointer.join(5)
+            self._checkpointer = None
+        if self.is_sqlite:
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            except Exception:  # noqa: S110 - best effort on the way out
+                pass
         self.engine.dispose()
 
 
@@ -94,6 +175,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
+        # Checkpoints run in Database's own thread, not inside some request's commit.
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()

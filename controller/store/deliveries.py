@@ -58,7 +58,7 @@ class DeliveryWriter:
         self._insert_delivery = (
             insert_fn(Delivery)
             .on_conflict_do_nothing(index_elements=["delivery_id"])
-            .returning(Delivery.id)
+            .returning(Delivery.id, Delivery.delivery_id)
         )
 
     def start(self) -> None:
@@ -102,13 +102,19 @@ class DeliveryWriter:
     def _write(
         self, batch: list[tuple[Incoming, asyncio.AbstractEventLoop, asyncio.Future[bool]]]
     ) -> None:
-        results: list[bool] = []
+        """One multi-row insert for the deliveries, one for their routing jobs."""
+        created: set[str] = set()
         try:
             now = utcnow()
-            with self.db.engine.begin() as conn:
-                for item, _loop, _future in batch:
-                    row = conn.execute(
-                        self._insert_delivery,
+            fresh: dict[str, Incoming] = {}
+            for item, _loop, _future in batch:
+                fresh.setdefault(item.delivery_id, item)  # first of a repeated id wins
+            with self.db.writing(urgent=True), self.db.engine.begin() as conn:
+                # executemany of one cached statement: SQLAlchemy sends it as batched
+                # multi-row INSERTs with RETURNING, without compiling SQL per batch size.
+                rows = conn.execute(
+                    self._insert_delivery,
+                    [
                         {
                             "delivery_id": item.delivery_id,
                             "event": item.event,
@@ -116,34 +122,43 @@ class DeliveryWriter:
                             "repo_lower": item.repo_lower,
                             "body": item.body,
                             "received_at": now,
-                        },
-                    ).first()
-                    if row is None:
-                        results.append(False)
-                        continue
+                        }
+                        for item in fresh.values()
+                    ],
+                ).all()
+                ids = {delivery_id: pk for pk, delivery_id in rows}
+                if ids:
                     conn.execute(
                         insert(Job),
-                        {
-                            "kind": "route",
-                            "key": route_key(item.repo_lower, item.delivery_id),
-                            "status": "queued",
-                            "payload": {"delivery": row[0]},
-                            "attempts": 0,
-                            "max_attempts": 10,
-                            "run_after": now,
-                            "created_at": now,
-                            "updated_at": now,
-                        },
+                        [
+                            {
+                                "kind": "route",
+                                "key": route_key(item.repo_lower, item.delivery_id),
+                                "status": "queued",
+                                "payload": {"delivery": ids[item.delivery_id]},
+                                "attempts": 0,
+                                "max_attempts": 10,
+                                "run_after": now,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                            # in arrival order, so a repository's deliveries route in order
+                            for item in fresh.values()
+                            if item.delivery_id in ids
+                        ],
                     )
-                    results.append(True)
+                created = set(ids)
         except Exception as exc:  # every waiter learns of it; GitHub will redeliver
             log.exception("could not record %d webhook deliveries", len(batch))
             for _item, loop, future in batch:
                 loop.call_soon_threadsafe(_set_exception, future, exc)
             return
-        for (_item, loop, future), created in zip(batch, results, strict=True):
-            loop.call_soon_threadsafe(_set_result, future, created)
-        if self.on_commit and any(results):
+        answered: set[str] = set()
+        for item, loop, future in batch:
+            new = item.delivery_id in created and item.delivery_id not in answered
+            answered.add(item.delivery_id)
+            loop.call_soon_threadsafe(_set_result, future, new)
+        if self.on_commit and created:
             self.on_commit()
 
 

@@ -184,7 +184,9 @@ class Job(Base):
             sqlite_where=text("status = 'running'"),
             postgresql_where=text("status = 'running'"),
         ),
-        Index("ix_jobs_claim", "status", "kind", "run_after"),
+        # Claims walk queued jobs of a kind in id order without sorting the backlog.
+        Index("ix_jobs_claim_order", "status", "kind", "id"),
+        Index("ix_jobs_key_status", "key", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
