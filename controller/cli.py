@@ -174,7 +174,7 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings, notices = prepare(load_settings(**overrides))
-        services = Services(settings)
+        services = Services(settings, role="web", log_level=log_level)
     except Exception as exc:  # settings or database errors: one clear line
         fail(f"cannot start: {exc}")
     for notice in notices:
@@ -196,6 +196,25 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
         log_level=log_level.lower(),
         access_log=False,
     )
+
+
+@main.command(hidden=True)
+@click.option("--log-level", default="warning")
+@click.option("--parent", type=int, default=None)
+def controller(log_level: str, parent: int | None) -> None:
+    """The controller process `slipway serve` supervises (routing, builds, resync)."""
+    import logging
+
+    from controller.services import Services
+    from controller.settings import load_settings, prepare
+    from controller.supervisor import run_controller
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s controller %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings, _notices = prepare(load_settings())
+    run_controller(Services(settings, role="controller"), parent=parent)
 
 
 # -- projects --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controller.deployments import (
@@ -30,6 +30,7 @@ from controller.deployments import (
 )
 from controller.errors import Conflict
 from controller.ids import new_id
+from controller.queue import Backoff
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 from controller.store.tables import (
@@ -98,43 +99,67 @@ def process_delivery(db: Database, cipher: Cipher, delivery_pk: int) -> Applied 
         return _process(session, cipher, delivery_pk)
 
 
-def process_batch(
-    db: Database,
-    cipher: Cipher,
-    *,
-    job_id: int,
-    key: str,
-    delivery_pk: int,
-    limit: int = 32,
-    budget: float = 0.02,
-) -> list[Applied]:
-    """Route the claimed delivery and younger queued ones of the same repository, in
-    arrival order, in one short transaction (at most ``limit`` deliveries or ``budget``
-    seconds of work), marking their jobs done with it.
+def route_pending(
+    db: Database, cipher: Cipher, *, limit: int = 32, budget: float = 0.005
+) -> list[Applied] | None:
+    """Route the oldest queued deliveries of one repository in one transaction, and mark
+    their routing jobs done in it: no lease, no separate claim or ack, so a crash simply
+    rolls the batch back. Returns None when nothing is queued.
 
-    A burst then costs one transaction instead of three per delivery, and the budget keeps
-    the write lock free for the webhook writer. Pushes to the same environment within a
-    batch collapse: the newest is queued and the older ones are recorded ``superseded``
-    directly, which is what newest-wins would have made of them a moment later.
+    On PostgreSQL several replicas may drain at once; a transaction-scoped advisory lock
+    per repository keeps each repository's deliveries in order.
     """
+    now = utcnow()
+    with db.read() as session:
+        keys = list(
+            dict.fromkeys(
+                session.execute(
+                    select(Job.key)
+                    .where(Job.kind == "route", Job.status == "queued", Job.run_after <= now)
+                    .order_by(Job.id)
+                    .limit(16)
+                ).scalars()
+            )
+        )
+    if not keys:
+        return None
+    try:
+        return _route_key(db, cipher, keys, limit=limit, budget=budget)
+    except Exception:
+        log.warning("routing a batch failed; routing its first delivery alone", exc_info=True)
+        return _route_first_alone(db, cipher, keys[0])
+
+
+def _route_key(
+    db: Database, cipher: Cipher, keys: list[str], *, limit: int, budget: float
+) -> list[Applied]:
     started = time.monotonic()
     with db.transaction() as session:
+        key = keys[0]
+        if db.dialect == "postgresql":
+            for candidate in keys:
+                if session.execute(
+                    select(func.pg_try_advisory_xact_lock(func.hashtext(candidate)))
+                ).scalar():
+                    key = candidate
+                    break
+            else:
+                return []
         query = (
             select(Job)
             .where(
                 Job.kind == "route",
                 Job.key == key,
                 Job.status == "queued",
-                Job.id > job_id,
                 Job.run_after <= utcnow(),
             )
             .order_by(Job.id)
-            .limit(limit - 1)
+            .limit(limit)
         )
         if db.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        more = list(session.execute(query).scalars())
-        pks = [delivery_pk, *(int(job.payload["delivery"]) for job in more)]
+        jobs = list(session.execute(query).scalars())
+        pks = [int(job.payload["delivery"]) for job in jobs]
         deliveries = {
             d.id: d for d in session.execute(select(Delivery).where(Delivery.id.in_(pks))).scalars()
         }
@@ -149,9 +174,45 @@ def process_batch(
             done += 1
         batch.flush_deploys()
         now = utcnow()
-        for job in more[: done - 1]:
-            job.status, job.updated_at = "done", now
+        for job in jobs[:done]:
+            job.status, job.updated_at, job.attempts = "done", now, job.attempts + 1
         return batch.results
+
+
+def _route_first_alone(db: Database, cipher: Cipher, key: str) -> list[Applied]:
+    """Isolate a failing delivery: route it alone, or record the failure and retry it
+    later with backoff (failing it for good after its job's attempts run out)."""
+    with db.read() as session:
+        job = session.execute(
+            select(Job)
+            .where(Job.kind == "route", Job.key == key, Job.status == "queued")
+            .order_by(Job.id)
+            .limit(1)
+        ).scalar_one_or_none()
+    if job is None:
+        return []
+    try:
+        with db.transaction() as session:
+            applied = _process(session, cipher, int(job.payload["delivery"]))
+            row = session.get(Job, job.id)
+            assert row is not None
+            row.status, row.updated_at = "done", utcnow()
+            return [applied] if applied is not None else []
+    except Exception as exc:
+        log.exception("routing delivery %s failed", job.payload.get("delivery"))
+        with db.transaction() as session:
+            row = session.get(Job, job.id)
+            assert row is not None
+            row.attempts += 1
+            row.last_error = f"{type(exc).__name__}: {exc}"[:4000]
+            if row.attempts >= row.max_attempts:
+                row.status = "failed"
+            else:
+                delay = Backoff(limit=row.max_attempts, min_timeout=1, max_timeout=60).delay(
+                    row.attempts
+                )
+                row.run_after = utcnow() + timedelta(seconds=delay)
+        return []
 
 
 def _process(session: Session, cipher: Cipher, delivery_pk: int) -> Applied | None:

@@ -48,6 +48,17 @@ class Pool:
     )
 
 
+@dataclass
+class Drain:
+    """A loop that does its own transactional work: ``fn`` returns whether it did any.
+    Woken by notifications of ``kinds``; after work it pauses so bursts batch up."""
+
+    name: str
+    kinds: tuple[str, ...]
+    fn: Callable[[], bool]
+    pause: float = 0.0
+
+
 class Manager:
     def __init__(
         self,
@@ -55,12 +66,14 @@ class Manager:
         pools: list[Pool],
         *,
         resync: list[Callable[[], None]] | None = None,
+        drains: list[Drain] | None = None,
         resync_interval: float = 60.0,
         poll_interval: float = 1.0,
     ) -> None:
         self.queue = queue
         self.pools = pools
         self.resync_callbacks = resync or []
+        self.drains = drains or []
         self.resync_interval = resync_interval
         self.poll_interval = poll_interval
         self.stopping = threading.Event()
@@ -74,6 +87,8 @@ class Manager:
         for pool in self.pools:
             for n in range(pool.threads):
                 self._spawn(f"worker-{pool.kinds[0]}-{n}", self._work, pool)
+        for drain in self.drains:
+            self._spawn(f"drain-{drain.name}", self._drain, drain)
         self._spawn("lease-heartbeat", self._heartbeat)
         self._spawn("resync", self._resync_loop)
 
@@ -133,6 +148,21 @@ class Manager:
             self.queue.retry(job.id, delay=delay, error=f"{type(exc).__name__}: {exc}")
         else:
             self.queue.ack(job.id)
+
+    def _drain(self, drain: Drain) -> None:
+        while not self.stopping.is_set():
+            seen = self.queue.generation(drain.kinds)
+            try:
+                worked = drain.fn()
+            except Exception:
+                log.exception("%s failed; trying again shortly", drain.name)
+                self.stopping.wait(self.poll_interval)
+                continue
+            if worked:
+                if drain.pause:
+                    self.stopping.wait(drain.pause)
+                continue
+            self.queue.wait(self.poll_interval, since=seen, kinds=drain.kinds)
 
     def _heartbeat(self) -> None:
         interval = self.queue.lease_seconds / 3

@@ -28,7 +28,7 @@ import os
 import random
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -91,6 +91,8 @@ class Queue:
         self.lease_seconds = lease_seconds
         self._wakeup = threading.Condition()
         self._generations: dict[str | None, int] = {}
+        # Called on notify() too: wakes workers in other processes (the controller child).
+        self.listeners: list[Callable[[str | None], None]] = []
 
     # -- producing -----------------------------------------------------------------------
 
@@ -153,6 +155,8 @@ class Queue:
         with self._wakeup:
             self._generations[kind] = self._generations.get(kind, 0) + 1
             self._wakeup.notify_all()
+        for listener in self.listeners:
+            listener(kind)
 
     def generation(self, kinds: Iterable[str]) -> int:
         """Read before :meth:`claim`; pass to :meth:`wait` so no notify is lost in between."""

@@ -12,11 +12,11 @@ from sqlalchemy import select
 
 from controller.builders.venv import VirtualenvBuilder
 from controller.deployments import DeployRequest, orphaned_queued_deployments
-from controller.dispatch import process_batch, process_delivery
+from controller.dispatch import route_pending
 from controller.errors import PermanentError
-from controller.manager import Manager, Pool
+from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
-from controller.queue import Backoff, Claimed, Queue
+from controller.queue import Claimed, Queue
 from controller.runtimes.base import Runtime
 from controller.runtimes.local import LocalRuntime
 from controller.secretstore.crypto import Cipher
@@ -25,6 +25,7 @@ from controller.sources.git import GitSource
 from controller.store.db import Database
 from controller.store.deliveries import DeliveryWriter
 from controller.store.tables import Deployment, Environment, Job, Project, Version, utcnow
+from controller.supervisor import ControllerProcess
 from controller.versions import spec_for
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,15 @@ def make_runtime(settings: Settings) -> Runtime:
 
 
 class Services:
-    def __init__(self, settings: Settings) -> None:
+    """``role``: ``all`` (everything in this process), ``web`` (HTTP: intake, API, runs;
+    the controller runs in a supervised child process) or ``controller`` (that child)."""
+
+    def __init__(
+        self, settings: Settings, *, role: str = "all", log_level: str = "warning"
+    ) -> None:
         self.settings = settings
+        self.role = role
+        self.child = ControllerProcess(log_level=log_level) if role == "web" else None
         data: Path = settings.data_dir
         self.db = Database(settings.database_url)
         self.cipher = Cipher(settings.encryption_keys)
@@ -58,16 +66,13 @@ class Services:
             self.queue,
             [
                 Pool(
-                    ("route",),
-                    self.handle_route,
-                    threads=1,
-                    # Let a burst gather: one batch per 20 ms instead of one per commit.
-                    pause=0.02,
-                    backoff=Backoff(limit=10, min_timeout=1, max_timeout=60),
-                ),
-                Pool(
                     ("deploy",), self.handle_deploy, threads=settings.runtime.max_concurrent_builds
                 ),
+            ],
+            drains=[
+                # Routing drains queued deliveries in short single-transaction batches,
+                # pausing 50 ms after each so a burst batches up.
+                Drain("route", ("route",), self.route_deliveries, pause=0.05),
             ],
             resync=[self.resync_deployments, self.resync_runtime],
             resync_interval=settings.runtime.resync_interval,
@@ -87,42 +92,45 @@ class Services:
 
     def start(self) -> None:
         self.db.migrate()
-        self.db.start_checkpointer()
-        self.writer.start()
-        self.manager.start()
+        if self.role != "controller":
+            self.db.start_checkpointer()
+            self.writer.start()
+        if self.child is not None:
+            self.queue.listeners.append(self.child.notify)
+            self.child.start()
+        else:
+            self.manager.start()
         self._started = True
 
     def stop(self) -> None:
-        self.manager.stop()
+        if self.child is not None:
+            self.child.stop()
+        else:
+            self.manager.stop()
         self.writer.stop()
         self.runtime.close()
         self.db.dispose()
         self._started = False
 
     def readiness_problems(self) -> list[str]:
-        return [] if self._started else ["controller not started"]
+        if not self._started:
+            return ["controller not started"]
+        if self.child is not None and not self.child.alive:
+            return ["the controller process is not running (it is being restarted)"]
+        return []
 
     # -- job handlers ---------------------------------------------------------------------
 
-    def handle_route(self, job: Claimed) -> None:
-        pk = int(job.payload["delivery"])
-        try:
-            results = process_batch(
-                self.db, self.cipher, job_id=job.id, key=job.key, delivery_pk=pk
-            )
-        except Exception:
-            # Isolate the claimed delivery: if it is the one that fails, the queue retries
-            # it alone and the rest of the repository's deliveries are routed meanwhile.
-            log.warning(
-                "routing a batch from job %s failed; routing it alone", job.id, exc_info=True
-            )
-            single = process_delivery(self.db, self.cipher, pk)
-            results = [single] if single is not None else []
+    def route_deliveries(self) -> bool:
+        results = route_pending(self.db, self.cipher)
+        if results is None:
+            return False
         if any(applied.deployments for applied in results):
             self.queue.notify("deploy")
         for applied in results:
             for env_id in applied.archived_env_ids:
                 self.retire_environment(env_id)
+        return True
 
     def handle_deploy(self, job: Claimed) -> None:
         self.pipeline.handle(job)

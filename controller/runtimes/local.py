@@ -316,12 +316,34 @@ class LocalRuntime:
     def run(
         self, spec: VersionSpec, *, run_id: str, task_id: str, payload: Any, timeout: float | None
     ) -> dict[str, Any]:
+        for attempt in (1, 2):
+            response = self._post_run(
+                spec, run_id=run_id, task_id=task_id, payload=payload, timeout=timeout
+            )
+            if response.status_code == 503 and attempt == 1:
+                # Retired (by this or another controller process) after we picked it: the
+                # worker refused the run before starting it, so start the version again.
+                with self._version_lock(spec.version_id):
+                    self._forget(spec.version_id)
+                continue
+            break
+        if response.status_code == 404:
+            raise PermanentError(f"task {task_id!r} does not exist in version {spec.version}")
+        if response.status_code != 200:
+            raise RuntimeUnavailable(
+                f"the worker answered {response.status_code}: {response.text[:300]}"
+            )
+        return dict(response.json())
+
+    def _post_run(
+        self, spec: VersionSpec, *, run_id: str, task_id: str, payload: Any, timeout: float | None
+    ) -> httpx.Response:
         with self._version_lock(spec.version_id):
             # Registered under the lock: a concurrent retire() waits for this run.
             worker = self._ensure_locked(spec)
             worker.in_flight += 1
         try:
-            response = self._client.post(
+            return self._client.post(
                 worker.url + "/runs",
                 json={"run_id": run_id, "task_id": task_id, "payload": payload, "timeout": timeout},
                 timeout=httpx.Timeout(5.0, read=(timeout or 24 * 3600) + 60),
@@ -334,10 +356,3 @@ class LocalRuntime:
             with self._version_lock(spec.version_id):
                 worker.in_flight -= 1
                 worker.last_used = time.monotonic()
-        if response.status_code == 404:
-            raise PermanentError(f"task {task_id!r} does not exist in version {spec.version}")
-        if response.status_code != 200:
-            raise RuntimeUnavailable(
-                f"the worker answered {response.status_code}: {response.text[:300]}"
-            )
-        return dict(response.json())

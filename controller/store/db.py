@@ -16,7 +16,9 @@ differences are handled here and nowhere else:
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +27,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,9 +37,16 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 class WriteLock:
-    """A reentrant lock whose urgent waiters (the webhook writer) go before the others."""
+    """A reentrant lock whose urgent waiters (the webhook writer) go before the others.
 
-    def __init__(self) -> None:
+    With ``path``, the outermost holder also takes an exclusive ``flock`` on that file, so
+    write transactions of several processes on one SQLite file (``slipway serve`` and its
+    controller process) queue in the kernel, which wakes the next one at once, instead of
+    sleep-polling in SQLite's busy handler.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path is not None else None
         self._cond = threading.Condition()
         self._owner: int | None = None
         self._depth = 0
@@ -49,6 +58,7 @@ class WriteLock:
         with self._cond:
             if self._owner == me:
                 self._depth += 1
+                outermost = False
             else:
                 if urgent:
                     self._urgent += 1
@@ -59,14 +69,31 @@ class WriteLock:
                     if urgent:
                         self._urgent -= 1
                 self._owner, self._depth = me, 1
+                outermost = True
+        if outermost and self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._release()
+                raise
         try:
             yield
         finally:
-            with self._cond:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._owner = None
-                    self._cond.notify_all()
+            if outermost and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._release()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class Database:
@@ -90,7 +117,7 @@ class Database:
             self.engine.execution_options(sqlite_deferred=True), expire_on_commit=False
         )
         self._migrated = threading.Lock()
-        self._write_lock = WriteLock()
+        self._write_lock = WriteLock(_sqlite_lock_path(url) if self.is_sqlite else None)
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
 
@@ -159,6 +186,14 @@ class Database:
             except Exception:  # noqa: S110 - best effort on the way out
                 pass
         self.engine.dispose()
+        self._write_lock.close()
+
+
+def _sqlite_lock_path(url: str) -> Path | None:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    return Path(database + ".writelock")
 
 
 def alembic_config() -> Config:

@@ -232,7 +232,11 @@ def test_a_push_to_the_default_branch_deploys_to_production(
         "queued",
     )
     assert delivery is not None and deployment.delivery_id == delivery.delivery_id
-    assert (job.kind, job.key, job.deployment_id) == ("deploy", env_key(environment.id), deployment.id)
+    assert (job.kind, job.key, job.deployment_id) == (
+        "deploy",
+        env_key(environment.id),
+        deployment.id,
+    )
     assert delivery.processed_at is not None
     assert delivery.outcome == applied.outcome
     assert "production" in applied.outcome and AFTER[:7] in applied.outcome
@@ -255,9 +259,7 @@ def test_processing_a_delivery_twice_does_nothing_the_second_time(
     assert process_delivery(database, cipher, pk + 1000) is None, "unknown delivery"
     assert count(database, Deployment) == 1
     with database.read() as session:
-        assert session.execute(
-            select(func.count()).where(Job.kind == "deploy")
-        ).scalar_one() == 1
+        assert session.execute(select(func.count()).where(Job.kind == "deploy")).scalar_one() == 1
     assert processed_at is not None and processed(database, pk) == processed_at
 
 

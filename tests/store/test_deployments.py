@@ -59,7 +59,9 @@ def jobs_of(database: Database, environment_id: int) -> list[Job]:
         )
 
 
-def environment_id(database: Database, project_id: int, name: str, branch: str | None = None) -> int:
+def environment_id(
+    database: Database, project_id: int, name: str, branch: str | None = None
+) -> int:
     with database.read() as session:
         project = session.get(Project, project_id)
         assert project is not None
@@ -83,12 +85,22 @@ def test_create_project_makes_three_environments_each_with_its_own_key(
 ) -> None:
     with database.read() as session:
         project = session.get(Project, project_id)
-        envs = session.execute(
-            select(Environment).where(Environment.project_id == project_id).order_by(Environment.id)
-        ).scalars().all()
+        envs = (
+            session.execute(
+                select(Environment)
+                .where(Environment.project_id == project_id)
+                .order_by(Environment.id)
+            )
+            .scalars()
+            .all()
+        )
 
     assert project is not None
-    assert (project.ref, project.repo, project.repo_lower) == ("demo", "octo-org/demo", "octo-org/demo")
+    assert (project.ref, project.repo, project.repo_lower) == (
+        "demo",
+        "octo-org/demo",
+        "octo-org/demo",
+    )
     assert [(e.name, e.branch, e.branch_key, e.status) for e in envs] == [
         ("production", None, "", "active"),
         ("staging", None, "", "active"),
@@ -111,9 +123,12 @@ def test_ensure_environment_returns_the_existing_one(
     assert first == again
     assert other != first
     with database.read() as session:
-        assert session.execute(
-            select(func.count()).where(Environment.project_id == project_id)
-        ).scalar_one() == 5
+        assert (
+            session.execute(
+                select(func.count()).where(Environment.project_id == project_id)
+            ).scalar_one()
+            == 5
+        )
 
 
 INVALID_PROJECTS = [
@@ -200,7 +215,9 @@ def test_archiving_a_branch_cancels_its_queued_work_and_records_an_event(
 
     with database.read() as session:
         env = session.get(Environment, branch_env)
-        events = session.execute(select(Event).where(Event.project_id == project_id)).scalars().all()
+        events = (
+            session.execute(select(Event).where(Event.project_id == project_id)).scalars().all()
+        )
     assert env is not None
     assert (env.status, env.status_reason) == ("archived", "pull request #7 was closed")
     assert env.archived_at is not None
@@ -226,9 +243,13 @@ def test_an_archived_branch_takes_no_deployment(
         deploy(database, project_id, "preview", "feature/login")
     with database.read() as session:
         assert session.execute(select(func.count()).select_from(Deployment)).scalar_one() == 0
-        reasons = session.execute(
-            select(Environment.status_reason).where(Environment.branch == "feature/login")
-        ).scalars().all()
+        reasons = (
+            session.execute(
+                select(Environment.status_reason).where(Environment.branch == "feature/login")
+            )
+            .scalars()
+            .all()
+        )
         events = session.execute(select(func.count()).select_from(Event)).scalar_one()
     assert reasons == ["pull request #7 was merged"], "archiving again changes nothing"
     assert events == 1
@@ -257,9 +278,7 @@ def test_disconnecting_cancels_queued_work_and_stops_deploying(
         project = session.get(Project, project_id)
         assert project is not None and project.disconnected_at is not None
         reason = project_not_deploying_reason(session, project)
-        assert session.execute(
-            select(func.count()).where(Job.status == "queued")
-        ).scalar_one() == 0
+        assert session.execute(select(func.count()).where(Job.status == "queued")).scalar_one() == 0
         kinds = session.execute(select(Event.kind)).scalars().all()
     assert reason is not None and "disconnected" in reason
     assert kinds == ["disconnected"]

@@ -69,7 +69,12 @@ def test_claim_takes_the_oldest_job_of_the_requested_kinds_first(database: Datab
     assert [c.id for c in claimed if c] == ids
     first = claimed[0]
     assert first is not None
-    assert (first.kind, first.key, first.payload, first.attempts) == ("route", "repo:a", {"n": 0}, 1)
+    assert (first.kind, first.key, first.payload, first.attempts) == (
+        "route",
+        "repo:a",
+        {"n": 0},
+        1,
+    )
     assert queue.claim(["route"]) is None
     row = job(database, ids[0])
     assert row.status == "running"

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from support import payloads
 
 from controller.deployments import create_project
-from controller.dispatch import process_batch
+from controller.dispatch import route_pending
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 from controller.store.deliveries import route_key
@@ -55,10 +55,9 @@ def _deployments(db: Database) -> dict[str, Deployment]:
 def test_idle_environment_first_push_starts_middle_ones_are_superseded(database: Database) -> None:
     cipher = _setup(database)
     shas = [f"{n}" * 40 for n in range(1, 6)]
-    jobs = _queue_pushes(database, shas)
-    results = process_batch(
-        database, cipher, job_id=jobs[0][0], key=route_key(REPO, ""), delivery_pk=jobs[0][1]
-    )
+    _queue_pushes(database, shas)
+    results = route_pending(database, cipher, budget=30.0)
+    assert results is not None
     assert len(results) == 5
     deps = _deployments(database)
     assert deps[shas[0]].status == "queued"
@@ -76,30 +75,21 @@ def test_idle_environment_first_push_starts_middle_ones_are_superseded(database:
             .all()
         )
         processed = session.execute(select(Delivery.processed_at)).scalars().all()
-    assert route_jobs.count("queued") == 1  # the claimed one; the manager acks it
+    assert route_jobs == ["done"] * 5
     assert sorted(deploy_jobs) == sorted([deps[shas[0]].id, deps[shas[-1]].id])
     assert all(processed)
-    # a second run over the same deliveries changes nothing
-    assert (
-        process_batch(
-            database, cipher, job_id=jobs[0][0], key=route_key(REPO, ""), delivery_pk=jobs[0][1]
-        )
-        == []
-    )
+    # nothing is left to route, and nothing new is made
+    assert route_pending(database, cipher) is None
     assert len(_deployments(database)) == 5
 
 
 def test_busy_environment_only_the_newest_waits(database: Database) -> None:
     cipher = _setup(database)
-    first = _queue_pushes(database, ["a" * 40])
-    process_batch(
-        database, cipher, job_id=first[0][0], key=route_key(REPO, ""), delivery_pk=first[0][1]
-    )
+    _queue_pushes(database, ["a" * 40])
+    route_pending(database, cipher, budget=30.0)
     shas = ["b" * 40, "c" * 40, "d" * 40]
-    jobs = _queue_pushes(database, shas)
-    process_batch(
-        database, cipher, job_id=jobs[0][0], key=route_key(REPO, ""), delivery_pk=jobs[0][1]
-    )
+    _queue_pushes(database, shas)
+    route_pending(database, cipher, budget=30.0)
     deps = _deployments(database)
     assert deps["a" * 40].status == "superseded"  # still queued when the newer ones came
     assert [deps[s].status for s in shas] == ["superseded", "superseded", "queued"]
