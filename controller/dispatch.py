@@ -99,9 +99,15 @@ def process_delivery(db: Database, cipher: Cipher, delivery_pk: int) -> Applied 
         return _process(session, cipher, delivery_pk)
 
 
+class Routed(list[Applied]):
+    """The outcomes of one routing batch; ``backlog`` says more deliveries are waiting."""
+
+    backlog: bool = False
+
+
 def route_pending(
-    db: Database, cipher: Cipher, *, limit: int = 32, budget: float = 0.005
-) -> list[Applied] | None:
+    db: Database, cipher: Cipher, *, limit: int = 32, budget: float = 0.02
+) -> Routed | None:
     """Route the oldest queued deliveries of one repository in one transaction, and mark
     their routing jobs done in it: no lease, no separate claim or ack, so a crash simply
     rolls the batch back. Returns None when nothing is queued.
@@ -127,12 +133,14 @@ def route_pending(
         return _route_key(db, cipher, keys, limit=limit, budget=budget)
     except Exception:
         log.warning("routing a batch failed; routing its first delivery alone", exc_info=True)
-        return _route_first_alone(db, cipher, keys[0])
+        routed = Routed(_route_first_alone(db, cipher, keys[0]))
+        routed.backlog = True
+        return routed
 
 
 def _route_key(
     db: Database, cipher: Cipher, keys: list[str], *, limit: int, budget: float
-) -> list[Applied]:
+) -> Routed:
     started = time.monotonic()
     with db.transaction() as session:
         key = keys[0]
@@ -144,7 +152,7 @@ def _route_key(
                     key = candidate
                     break
             else:
-                return []
+                return Routed()
         query = (
             select(Job)
             .where(
@@ -176,7 +184,9 @@ def _route_key(
         now = utcnow()
         for job in jobs[:done]:
             job.status, job.updated_at, job.attempts = "done", now, job.attempts + 1
-        return batch.results
+        routed = Routed(batch.results)
+        routed.backlog = done < len(jobs) or len(jobs) == limit or len(keys) > 1
+        return routed
 
 
 def _route_first_alone(db: Database, cipher: Cipher, key: str) -> list[Applied]:

@@ -50,12 +50,13 @@ class Pool:
 
 @dataclass
 class Drain:
-    """A loop that does its own transactional work: ``fn`` returns whether it did any.
-    Woken by notifications of ``kinds``; after work it pauses so bursts batch up."""
+    """A loop that does its own transactional work. ``fn`` returns None when there was
+    nothing to do (wait for a notification of ``kinds``), True when more is waiting (go on
+    at once), False when it caught up (pause, so the next burst batches up)."""
 
     name: str
     kinds: tuple[str, ...]
-    fn: Callable[[], bool]
+    fn: Callable[[], bool | None]
     pause: float = 0.0
 
 
@@ -158,7 +159,9 @@ class Manager:
                 log.exception("%s failed; trying again shortly", drain.name)
                 self.stopping.wait(self.poll_interval)
                 continue
-            if worked:
+            if worked is True:
+                continue
+            if worked is False:
                 if drain.pause:
                     self.stopping.wait(drain.pause)
                 continue

@@ -121,16 +121,16 @@ class Services:
 
     # -- job handlers ---------------------------------------------------------------------
 
-    def route_deliveries(self) -> bool:
+    def route_deliveries(self) -> bool | None:
         results = route_pending(self.db, self.cipher)
         if results is None:
-            return False
+            return None
         if any(applied.deployments for applied in results):
             self.queue.notify("deploy")
         for applied in results:
             for env_id in applied.archived_env_ids:
                 self.retire_environment(env_id)
-        return True
+        return results.backlog
 
     def handle_deploy(self, job: Claimed) -> None:
         self.pipeline.handle(job)
