@@ -18,12 +18,11 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from controller.models import FINAL_STATUSES as FINAL
 from controller.models import normalise_environment
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-FINAL = {"deployed", "failed", "canceled", "superseded", "timed_out"}
 
 
 class CliError(click.ClickException):

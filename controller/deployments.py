@@ -7,6 +7,7 @@ live in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -300,6 +301,37 @@ def request_deployment(
     session.add(deployment)
     session.flush()
     Queue.add(session, kind="deploy", key=env_key(environment.id), deployment_id=deployment.id)
+    return deployment
+
+
+def record_superseded(
+    session: Session,
+    *,
+    project: Project,
+    environment: Environment,
+    request: DeployRequest,
+    winner: str,
+    created_at: datetime,
+) -> Deployment:
+    """Record a request that a newer one already replaced (a collapsed push): it never
+    queues, and says which deployment won."""
+    now = utcnow()
+    deployment = Deployment(
+        id=new_id("dep"),
+        project_id=project.id,
+        environment_id=environment.id,
+        sha=request.sha,
+        ref=request.ref,
+        source=request.source,
+        status="superseded",
+        error=f"superseded by {winner}",
+        options=request.options or {},
+        delivery_id=request.delivery_id,
+        pr_number=request.pr_number,
+        created_at=created_at,
+        finished_at=now,
+    )
+    session.add(deployment)
     return deployment
 
 

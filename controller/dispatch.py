@@ -26,16 +26,15 @@ from controller.deployments import (
     find_environment,
     project_not_deploying_reason,
     record_event,
+    record_superseded,
     request_deployment,
 )
 from controller.errors import Conflict
-from controller.ids import new_id
 from controller.queue import Backoff
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 from controller.store.tables import (
     Delivery,
-    Deployment,
     Environment,
     Installation,
     Job,
@@ -328,21 +327,19 @@ class _Batch:
             now = utcnow()
             older = items[:-1]
             for n, (intent, delivery, applied) in enumerate(older):
-                dep = Deployment(
-                    id=new_id("dep"),
-                    project_id=project.id,
-                    environment_id=env.id,
-                    sha=intent.sha,
-                    ref=intent.ref,
-                    source=intent.source,
-                    status="superseded",
-                    error=f"superseded by {winner}",
-                    delivery_id=delivery.delivery_id,
-                    options={},
+                dep = record_superseded(
+                    self.session,
+                    project=project,
+                    environment=env,
+                    request=DeployRequest(
+                        sha=intent.sha,
+                        ref=intent.ref,
+                        source=intent.source,
+                        delivery_id=delivery.delivery_id,
+                    ),
+                    winner=winner,
                     created_at=now - timedelta(microseconds=len(older) - n),
-                    finished_at=now,
                 )
-                self.session.add(dep)
                 applied.deployments.append(dep.id)
 
 

@@ -42,7 +42,6 @@ class Pool:
     kinds: tuple[str, ...]
     handler: Handler
     threads: int = 1
-    pause: float = 0.0  # seconds to wait after each job, so bursts batch up
     backoff: Backoff = field(
         default_factory=lambda: Backoff(limit=20, min_timeout=1.0, max_timeout=60.0)
     )
@@ -122,8 +121,6 @@ class Manager:
                 self.queue.wait(self.poll_interval, since=seen, kinds=pool.kinds)
                 continue
             self._run(pool, job)
-            if pool.pause:
-                self.stopping.wait(pool.pause)
 
     def _run(self, pool: Pool, job: Claimed) -> None:
         try:

@@ -20,7 +20,6 @@ DEPLOYMENT_STATUSES = (
 )
 ACTIVE_STATUSES = frozenset({"queued", "installing", "building", "deploying"})
 FINAL_STATUSES = frozenset(DEPLOYMENT_STATUSES) - ACTIVE_STATUSES
-RUN_STATUSES = ("running", "completed", "failed", "timed_out")
 
 REF_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 BRANCH_PATTERN = re.compile(r"^[^\x00-\x20~^:?*\[\\]{1,255}$")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -195,26 +195,31 @@ class Queue:
             ).first()
             if expired is not None:
                 return True
-            running = session.execute(
-                select(Job.kind, Job.key).where(Job.status == "running")
-            ).all()
-            busy: dict[str, int] = {}
-            for kind, _key in running:
-                busy[kind] = busy.get(kind, 0) + 1
-            allowed = [k for k in kinds if busy.get(k, 0) < self.limits.get(k, 1_000_000)]
-            if not allowed:
-                return False
-            row = session.execute(
-                select(Job.id)
-                .where(
-                    Job.status == "queued",
-                    Job.kind.in_(allowed),
-                    Job.run_after <= now,
-                    Job.key.not_in([key for _kind, key in running]),
-                )
-                .limit(1)
-            ).first()
-        return row is not None
+            query = self._next_query(session, kinds, now)
+            return query is not None and session.execute(query).first() is not None
+
+    def _next_query(self, session: Session, kinds: list[str], now: datetime) -> Select[Any] | None:
+        """The oldest runnable job of ``kinds``: queued, due, its key not running, its kind
+        under its limit. None when every kind is at its limit."""
+        running = session.execute(
+            select(Job.kind, func.count()).where(Job.status == "running").group_by(Job.kind)
+        ).all()
+        busy = {kind: count for kind, count in running}
+        allowed = [k for k in kinds if busy.get(k, 0) < self.limits.get(k, 1_000_000)]
+        if not allowed:
+            return None
+        running_keys = select(Job.key).where(Job.status == "running").scalar_subquery()
+        return (
+            select(Job)
+            .where(
+                Job.status == "queued",
+                Job.kind.in_(allowed),
+                Job.run_after <= now,
+                Job.key.not_in(running_keys),
+            )
+            .order_by(Job.id)
+            .limit(1)
+        )
 
     def _claim(self, session: Session, kinds: list[str]) -> Claimed | None:
         now = utcnow()
@@ -226,25 +231,9 @@ class Queue:
             .where(Job.status == "running", Job.lease_expires_at < now)
             .values(status="queued", lease_owner=None, lease_expires_at=None)
         )
-        running = session.execute(
-            select(Job.kind, func.count()).where(Job.status == "running").group_by(Job.kind)
-        ).all()
-        busy = {kind: count for kind, count in running}
-        allowed = [k for k in kinds if busy.get(k, 0) < self.limits.get(k, 1_000_000)]
-        if not allowed:
+        query = self._next_query(session, kinds, now)
+        if query is None:
             return None
-        running_keys = select(Job.key).where(Job.status == "running").scalar_subquery()
-        query = (
-            select(Job)
-            .where(
-                Job.status == "queued",
-                Job.kind.in_(allowed),
-                Job.run_after <= now,
-                Job.key.not_in(running_keys),
-            )
-            .order_by(Job.id)
-            .limit(1)
-        )
         if self.db.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
         job = session.execute(query).scalar_one_or_none()
@@ -319,19 +308,10 @@ class Queue:
         return len(dead)
 
     def counts(self) -> dict[str, int]:
+        """Jobs per status (for tests and diagnostics)."""
         with self.db.read() as session:
             rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
         return {status: count for status, count in rows}
-
-    def pending(self, kinds: Iterable[str]) -> int:
-        kinds = list(kinds)
-        with self.db.read() as session:
-            return session.execute(
-                select(func.count()).where(
-                    Job.kind.in_(kinds),
-                    or_(Job.status == "running", and_(Job.status == "queued")),
-                )
-            ).scalar_one()
 
 
 def _owner_alive(owner: str | None, me: str) -> bool:

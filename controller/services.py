@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from controller.builders.venv import VirtualenvBuilder
-from controller.deployments import DeployRequest, orphaned_queued_deployments
+from controller.deployments import orphaned_queued_deployments
 from controller.dispatch import route_pending
 from controller.errors import PermanentError
 from controller.manager import Drain, Manager, Pool
@@ -203,8 +203,3 @@ class Services:
         for version_id in self.runtime.serving() - wanted - busy:
             if self.runtime.idle_for(version_id) > IDLE_RETIRE_SECONDS:
                 self.runtime.retire(version_id)
-
-    # -- helpers used by the API -----------------------------------------------------------
-
-    def deploy_request(self, **kwargs: object) -> DeployRequest:
-        return DeployRequest(**kwargs)  # type: ignore[arg-type]

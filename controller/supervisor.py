@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 log = logging.getLogger(__name__)
 
@@ -143,4 +142,3 @@ def run_controller(services: object, *, parent: int | None) -> None:
         if parent is not None and os.getppid() != parent:
             break
     services.stop()  # type: ignore[attr-defined]
-    time.sleep(0)

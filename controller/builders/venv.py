@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.builders.base import Log
-from controller.builders.commands import minimal_env, run_command
+from controller.builders.commands import CommandResult, minimal_env, run_command
 from controller.errors import BuildFailed
 
 DEPENDENCY_FILES = ("pyproject.toml", "uv.lock", "poetry.lock", "setup.py", "setup.cfg")
@@ -69,6 +69,14 @@ def detect_install(root: Path) -> tuple[str | None, str]:
             return "pip install " + shlex.join(deps), why
     why = "; ".join([*notes, "no dependency file found: no dependencies to install"])
     return None, why
+
+
+def command_failed(label: str, result: CommandResult, *, hint: str) -> BuildFailed:
+    return BuildFailed(
+        f"{label} exited with code {result.exit_code}. "
+        "Last lines of its output:\n" + "\n".join(result.tail[-20:]),
+        hint=hint,
+    )
 
 
 def dependency_files(root: Path) -> list[Path]:
@@ -178,9 +186,9 @@ class VirtualenvBuilder:
                 )
                 if result.exit_code != 0:
                     shutil.rmtree(venv, ignore_errors=True)
-                    raise BuildFailed(
-                        f"install command `{command}` exited with code {result.exit_code}. "
-                        "Last lines of its output:\n" + "\n".join(result.tail[-20:]),
+                    raise command_failed(
+                        f"install command `{command}`",
+                        result,
                         hint="fix the dependencies or set --install-command / install in slipway.toml",
                     )
                 log(f"Installed dependencies in {result.duration:.1f}s")
@@ -208,9 +216,9 @@ class VirtualenvBuilder:
             cancel=cancel,
         )
         if result.exit_code != 0:
-            raise BuildFailed(
-                f"pre-build command `{command}` exited with code {result.exit_code}. "
-                "Last lines of its output:\n" + "\n".join(result.tail[-20:]),
+            raise command_failed(
+                f"pre-build command `{command}`",
+                result,
                 hint="fix the command or set pre_build in slipway.toml",
             )
 
