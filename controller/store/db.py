@@ -16,11 +16,12 @@ differences are handled here and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -156,23 +157,38 @@ class Database:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-    def start_checkpointer(self, interval: float = 0.5) -> None:
+    def start_checkpointer(
+        self, interval: float = 0.5, *, also: Sequence[Callable[[], None]] = ()
+    ) -> None:
         """SQLite: copy the write-ahead log back into the database in the background
-        (PASSIVE: it never blocks a writer), so no commit pays for a checkpoint."""
+        (PASSIVE: it never blocks a writer), so no commit pays for a checkpoint. ``also``:
+        more checkpoints to run in the same thread (the webhook inbox)."""
         if not self.is_sqlite or self._checkpointer is not None:
             return
         self._stop_checkpoints.clear()
 
+        def main() -> None:
+            self._checkpoint("PASSIVE")
+
         def loop() -> None:
             while not self._stop_checkpoints.wait(interval):
-                try:
-                    with self.engine.connect() as conn:
-                        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-                except Exception as exc:  # a busy database: try again next time
-                    log.debug("checkpoint skipped: %s", exc)
+                for checkpoint in (main, *also):
+                    try:
+                        checkpoint()
+                    except Exception as exc:  # a busy database: try again next time
+                        log.debug("checkpoint skipped: %s", exc)
 
         self._checkpointer = threading.Thread(target=loop, name="sqlite-checkpoint", daemon=True)
         self._checkpointer.start()
+
+    def _checkpoint(self, mode: str) -> None:
+        # On the DB-API connection, outside any transaction: SQLAlchemy's autobegin would
+        # issue our BEGIN IMMEDIATE first, and SQLite refuses a checkpoint inside it.
+        raw = self.engine.raw_connection()
+        try:
+            raw.driver_connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()  # type: ignore[union-attr]
+        finally:
+            raw.close()
 
     def dispose(self) -> None:
         if self._checkpointer is not None:
@@ -180,11 +196,8 @@ class Database:
             self._checkpointer.join(5)
             self._checkpointer = None
         if self.is_sqlite:
-            try:
-                with self.engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            except Exception:  # noqa: S110 - best effort on the way out
-                pass
+            with contextlib.suppress(Exception):  # best effort on the way out
+                self._checkpoint("TRUNCATE")
         self.engine.dispose()
         self._write_lock.close()
 
