@@ -23,7 +23,8 @@ from controller.secretstore.crypto import Cipher
 from controller.settings import Settings
 from controller.sources.git import GitSource
 from controller.store.db import Database
-from controller.store.deliveries import DeliveryWriter
+from controller.store.deliveries import MAX_BATCH, DeliveryWriter, move_from_inbox
+from controller.store.inbox import Inbox
 from controller.store.tables import Deployment, Environment, Job, Project, Version, utcnow
 from controller.supervisor import ControllerProcess
 from controller.versions import spec_for
@@ -56,7 +57,11 @@ class Services:
         self.db = Database(settings.database_url)
         self.cipher = Cipher(settings.encryption_keys)
         self.queue = Queue(self.db, limits={"deploy": settings.runtime.max_concurrent_builds})
-        self.writer = DeliveryWriter(self.db, on_commit=lambda: self.queue.notify("route"))
+        # SQLite: intake writes to an inbox file of its own (see controller.store.inbox).
+        self.inbox = Inbox.beside(settings.database_url)
+        self.writer = DeliveryWriter(
+            self.db, inbox=self.inbox, on_commit=lambda: self.queue.notify("route")
+        )
         self.runtime = make_runtime(settings)
         self.source = GitSource(data / "git")
         self.builder = VirtualenvBuilder(cache_dir=data / "envs", home_dir=data / "home")
@@ -93,7 +98,7 @@ class Services:
     def start(self) -> None:
         self.db.migrate()
         if self.role != "controller":
-            self.db.start_checkpointer()
+            self.db.start_checkpointer(also=[self.inbox.checkpoint] if self.inbox else [])
             self.writer.start()
         if self.child is not None:
             self.queue.listeners.append(self.child.notify)
@@ -110,6 +115,8 @@ class Services:
         self.writer.stop()
         self.runtime.close()
         self.db.dispose()
+        if self.inbox is not None:
+            self.inbox.close()
         self._started = False
 
     def readiness_problems(self) -> list[str]:
@@ -122,15 +129,16 @@ class Services:
     # -- job handlers ---------------------------------------------------------------------
 
     def route_deliveries(self) -> bool | None:
+        moved = move_from_inbox(self.db, self.inbox) if self.inbox is not None else 0
         results = route_pending(self.db, self.cipher)
         if results is None:
-            return None
+            return True if moved == MAX_BATCH else None
         if any(applied.deployments for applied in results):
             self.queue.notify("deploy")
         for applied in results:
             for env_id in applied.archived_env_ids:
                 self.retire_environment(env_id)
-        return results.backlog
+        return results.backlog or moved == MAX_BATCH
 
     def handle_deploy(self, job: Claimed) -> None:
         self.pipeline.handle(job)

@@ -1,10 +1,19 @@
 """Durable intake of webhook deliveries, with group commit.
 
-``POST /webhooks/github`` must answer 202 only once the delivery *and* its routing job
-are committed, and must do so in milliseconds under bursts. One transaction (and one
-fsync) per request would cap throughput at the disk's sync rate, so a single writer
-thread takes every delivery waiting at that moment and commits them together: each
-request still waits for its own commit, but a burst of 200 shares one fsync.
+``POST /webhooks/github`` must answer 202 only once the delivery is committed, and must do
+so in milliseconds under bursts. One transaction (and one fsync) per request would cap
+throughput at the disk's sync rate, so a single writer thread takes every delivery
+waiting at that moment and commits them together: each request still waits for its own
+commit, but a burst of 200 shares one fsync.
+
+Where it is committed depends on the database:
+
+* PostgreSQL: the delivery rows and their routing jobs, in one transaction.
+* SQLite: the delivery rows, in the inbox file beside the database
+  (:mod:`controller.store.inbox`), so a 202 never waits for the controller's write lock;
+  the router moves them into ``deliveries`` plus routing jobs (:func:`move_from_inbox`).
+  Each row in the inbox stands for "record this delivery and route it", so the delivery
+  and its routing are still made durable by one commit.
 
 A delivery id seen before inserts nothing (``ON CONFLICT DO NOTHING``) and reports
 ``duplicate``; the first recording stays the one that is processed. If the commit fails,
@@ -15,16 +24,19 @@ was acknowledged is ever lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue as stdqueue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 from sqlalchemy.dialects import postgresql, sqlite
 
 from controller.store.db import Database
+from controller.store.inbox import Entry, Inbox
 from controller.store.tables import Delivery, Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -46,20 +58,90 @@ def route_key(repo_lower: str | None, delivery_id: str) -> str:
     return f"repo:{repo_lower}" if repo_lower else f"delivery:{delivery_id}"
 
 
+@functools.cache
+def _insert_delivery(dialect: str) -> Any:
+    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert_fn(Delivery)
+        .on_conflict_do_nothing(index_elements=["delivery_id"])
+        .returning(Delivery.id, Delivery.delivery_id)
+    )
+
+
+def insert_deliveries(conn: Connection, entries: Sequence[Entry]) -> set[str]:
+    """Insert deliveries not seen before, each with its routing job, in arrival order;
+    returns the delivery ids that were new. Runs inside the caller's transaction."""
+    if not entries:
+        return set()
+    # executemany of one cached statement: SQLAlchemy sends it as batched multi-row
+    # INSERTs with RETURNING, without compiling SQL per batch size.
+    rows = conn.execute(
+        _insert_delivery(conn.dialect.name),
+        [
+            {
+                "delivery_id": e.delivery_id,
+                "event": e.event,
+                "action": e.action,
+                "repo_lower": e.repo_lower,
+                "body": e.body,
+                "received_at": e.received_at,
+            }
+            for e in entries
+        ],
+    ).all()
+    ids = {delivery_id: pk for pk, delivery_id in rows}
+    if ids:
+        now = utcnow()
+        conn.execute(
+            insert(Job),
+            [
+                {
+                    "kind": "route",
+                    "key": route_key(e.repo_lower, e.delivery_id),
+                    "status": "queued",
+                    "payload": {"delivery": ids[e.delivery_id]},
+                    "attempts": 0,
+                    "max_attempts": 10,
+                    "run_after": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                # in arrival order, so a repository's deliveries route in order
+                for e in entries
+                if e.delivery_id in ids
+            ],
+        )
+    return set(ids)
+
+
+def move_from_inbox(db: Database, inbox: Inbox, *, limit: int = MAX_BATCH) -> int:
+    """Move the oldest waiting inbox entries into ``deliveries`` and routing jobs (one
+    main-database transaction), then forget them in the inbox. Returns how many were
+    taken; a crash in between only means moving them again, which inserts nothing."""
+    entries = inbox.oldest(limit)
+    if not entries:
+        return 0
+    with db.writing(), db.engine.begin() as conn:
+        insert_deliveries(conn, entries)
+    inbox.forget(through=entries[-1].seq)
+    return len(entries)
+
+
 class DeliveryWriter:
-    def __init__(self, db: Database, *, on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        inbox: Inbox | None = None,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
+        self.inbox = inbox
         self.on_commit = on_commit
-        self._inbox: stdqueue.SimpleQueue[
+        self._queue: stdqueue.SimpleQueue[
             tuple[Incoming, asyncio.AbstractEventLoop, asyncio.Future[bool]] | None
         ] = stdqueue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        insert_fn = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
-        self._insert_delivery = (
-            insert_fn(Delivery)
-            .on_conflict_do_nothing(index_elements=["delivery_id"])
-            .returning(Delivery.id, Delivery.delivery_id)
-        )
 
     def start(self) -> None:
         if self._thread is None:
@@ -68,7 +150,7 @@ class DeliveryWriter:
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._inbox.put(None)
+            self._queue.put(None)
             self._thread.join(timeout=10)
             self._thread = None
 
@@ -76,19 +158,19 @@ class DeliveryWriter:
         """Durably record ``item``; True if new, False for a repeated delivery id."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        self._inbox.put((item, loop, future))
+        self._queue.put((item, loop, future))
         return await future
 
     def _loop(self) -> None:
         while True:
-            first = self._inbox.get()
+            first = self._queue.get()
             if first is None:
                 return
             batch = [first]
             stop = False
             while len(batch) < MAX_BATCH:
                 try:
-                    nxt = self._inbox.get_nowait()
+                    nxt = self._queue.get_nowait()
                 except stdqueue.Empty:
                     break
                 if nxt is None:
@@ -99,55 +181,35 @@ class DeliveryWriter:
             if stop:
                 return
 
+    def _commit(self, entries: list[Entry]) -> set[str]:
+        """Commit ``entries``; returns the delivery ids never recorded before."""
+        if self.inbox is None:
+            with self.db.writing(urgent=True), self.db.engine.begin() as conn:
+                return insert_deliveries(conn, entries)
+        new = self.inbox.append(entries)
+        if not new:
+            return new
+        # New to the inbox, but maybe moved out of it already: then it is a repeat.
+        return new - self.inbox.recorded(new)
+
     def _write(
         self, batch: list[tuple[Incoming, asyncio.AbstractEventLoop, asyncio.Future[bool]]]
     ) -> None:
-        """One multi-row insert for the deliveries, one for their routing jobs."""
-        created: set[str] = set()
+        now = utcnow()
+        fresh: dict[str, Entry] = {}
+        for item, _loop, _future in batch:
+            if item.delivery_id not in fresh:  # first of a repeated id wins
+                fresh[item.delivery_id] = Entry(
+                    seq=0,
+                    delivery_id=item.delivery_id,
+                    event=item.event,
+                    action=item.action,
+                    repo_lower=item.repo_lower,
+                    body=item.body,
+                    received_at=now,
+                )
         try:
-            now = utcnow()
-            fresh: dict[str, Incoming] = {}
-            for item, _loop, _future in batch:
-                fresh.setdefault(item.delivery_id, item)  # first of a repeated id wins
-            with self.db.writing(urgent=True), self.db.engine.begin() as conn:
-                # executemany of one cached statement: SQLAlchemy sends it as batched
-                # multi-row INSERTs with RETURNING, without compiling SQL per batch size.
-                rows = conn.execute(
-                    self._insert_delivery,
-                    [
-                        {
-                            "delivery_id": item.delivery_id,
-                            "event": item.event,
-                            "action": item.action,
-                            "repo_lower": item.repo_lower,
-                            "body": item.body,
-                            "received_at": now,
-                        }
-                        for item in fresh.values()
-                    ],
-                ).all()
-                ids = {delivery_id: pk for pk, delivery_id in rows}
-                if ids:
-                    conn.execute(
-                        insert(Job),
-                        [
-                            {
-                                "kind": "route",
-                                "key": route_key(item.repo_lower, item.delivery_id),
-                                "status": "queued",
-                                "payload": {"delivery": ids[item.delivery_id]},
-                                "attempts": 0,
-                                "max_attempts": 10,
-                                "run_after": now,
-                                "created_at": now,
-                                "updated_at": now,
-                            }
-                            # in arrival order, so a repository's deliveries route in order
-                            for item in fresh.values()
-                            if item.delivery_id in ids
-                        ],
-                    )
-                created = set(ids)
+            created = self._commit(list(fresh.values()))
         except Exception as exc:  # every waiter learns of it; GitHub will redeliver
             log.exception("could not record %d webhook deliveries", len(batch))
             for _item, loop, future in batch:

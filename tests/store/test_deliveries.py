@@ -1,14 +1,17 @@
-"""Webhook deliveries: durable intake with group commit (DeliveryWriter) and turning a
-stored delivery into work exactly once (process_delivery)."""
+"""Webhook deliveries: durable intake with group commit (DeliveryWriter), the SQLite inbox
+and its move into the main database, and turning a stored delivery into work exactly once
+(process_delivery)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
@@ -19,7 +22,8 @@ from controller.deployments import env_key
 from controller.dispatch import process_delivery
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
-from controller.store.deliveries import MAX_BATCH, DeliveryWriter, Incoming
+from controller.store.deliveries import MAX_BATCH, DeliveryWriter, Incoming, move_from_inbox
+from controller.store.inbox import Inbox
 from controller.store.tables import Delivery, Deployment, Environment, Event, Job
 
 BEFORE = "1" * 40
@@ -34,24 +38,41 @@ def push_body() -> bytes:
 
 
 class Writer:
-    """A DeliveryWriter that is started only once every pending ``record`` has queued its
-    item, so a burst lands in as few batches as the writer allows."""
+    """A DeliveryWriter set up as ``slipway serve`` sets it up (on SQLite, with the inbox),
+    started only once every pending ``record`` has queued its item, so a burst lands in as
+    few batches as the writer allows. ``record`` then moves the inbox into the main
+    database, as the router does, unless ``move=False``."""
 
     def __init__(self, database: Database) -> None:
+        self.database = database
         self.commits = 0
-        self.writer = DeliveryWriter(database, on_commit=self._committed)
+        self.inbox = Inbox.beside(database.url)
+        self.writer = DeliveryWriter(database, inbox=self.inbox, on_commit=self._committed)
 
     def _committed(self) -> None:
         self.commits += 1
 
-    def record(self, items: Sequence[Incoming]) -> list[bool | BaseException]:
+    def record(self, items: Sequence[Incoming], *, move: bool = True) -> list[bool | BaseException]:
         async def burst() -> list[bool | BaseException]:
             tasks = [asyncio.create_task(self.writer.record(item)) for item in items]
-            await asyncio.sleep(0)  # every task has put its item in the inbox
+            await asyncio.sleep(0)  # every task has put its item in the writer's queue
             self.writer.start()
             return await asyncio.gather(*tasks, return_exceptions=True)
 
-        return asyncio.run(asyncio.wait_for(burst(), timeout=30))
+        results = asyncio.run(asyncio.wait_for(burst(), timeout=30))
+        self.writer.stop()
+        if move:
+            self.move()
+        return results
+
+    def move(self) -> None:
+        while self.inbox is not None and move_from_inbox(self.database, self.inbox):
+            pass
+
+    def close(self) -> None:
+        self.writer.stop()
+        if self.inbox is not None:
+            self.inbox.close()
 
 
 @pytest.fixture
@@ -60,7 +81,7 @@ def writer(database: Database) -> Iterator[Writer]:
     try:
         yield w
     finally:
-        w.writer.stop()
+        w.close()
     assert w.writer._thread is None
 
 
@@ -159,6 +180,8 @@ def test_a_burst_of_300_deliveries_is_group_committed(
 def test_a_failed_write_reaches_every_waiter_and_leaves_nothing_behind(
     database: Database, writer: Writer, push_body: bytes
 ) -> None:
+    if writer.inbox is not None:
+        pytest.skip("SQLite records into the inbox: see the inbox tests below")
     items = [incoming(push_body) for _ in range(20)]
     # The delivery insert succeeds and the job insert fails: the transaction must undo both.
     with database.engine.begin() as conn:
@@ -179,6 +202,163 @@ def test_a_failed_write_reaches_every_waiter_and_leaves_nothing_behind(
     assert writer.record(items) == [True] * 20
     assert count(database, Delivery) == 20
     assert count(database, Job) == 20
+
+
+# -- the SQLite inbox --------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_writer(database: Database, writer: Writer) -> Writer:
+    if writer.inbox is None:
+        pytest.skip("PostgreSQL records deliveries and jobs directly: there is no inbox")
+    return writer
+
+
+def inbox_ids(inbox: Inbox) -> list[str]:
+    return [entry.delivery_id for entry in inbox.oldest(10_000)]
+
+
+def test_sqlite_acknowledges_once_the_delivery_is_in_the_inbox_file(
+    database: Database, sqlite_writer: Writer, push_body: bytes, tmp_path: Path
+) -> None:
+    items = [incoming(push_body) for _ in range(3)]
+
+    assert sqlite_writer.record(items, move=False) == [True] * 3
+
+    assert sqlite_writer.inbox is not None
+    assert sqlite_writer.inbox.path == tmp_path / "slipway.inbox.db"
+    # Committed: another connection (another process, after a crash) sees the rows.
+    other = sqlite3.connect(sqlite_writer.inbox.path)
+    try:
+        stored = other.execute("SELECT delivery_id, body FROM inbox ORDER BY seq").fetchall()
+    finally:
+        other.close()
+    assert stored == [(item.delivery_id, push_body) for item in items]
+    assert count(database, Delivery) == 0, "the main database is the router's to write"
+
+
+def test_moving_the_inbox_keeps_arrival_order_and_empties_it(
+    database: Database, sqlite_writer: Writer, push_body: bytes
+) -> None:
+    items = [incoming(push_body) for _ in range(MAX_BATCH + 10)]
+    assert sqlite_writer.record(items, move=False) == [True] * len(items)
+    inbox = sqlite_writer.inbox
+    assert inbox is not None
+
+    assert move_from_inbox(database, inbox) == MAX_BATCH, "one bounded batch at a time"
+    assert move_from_inbox(database, inbox) == 10
+    assert move_from_inbox(database, inbox) == 0
+
+    assert inbox.count() == 0
+    with database.read() as session:
+        moved = session.execute(select(Delivery.delivery_id).order_by(Delivery.id)).scalars()
+        jobs = session.execute(select(Job).order_by(Job.id)).scalars().all()
+        pks = {d: pk for d, pk in session.execute(select(Delivery.delivery_id, Delivery.id))}
+        assert list(moved) == [item.delivery_id for item in items]
+    assert [job.payload["delivery"] for job in jobs] == [pks[i.delivery_id] for i in items]
+    assert {job.status for job in jobs} == {"queued"}
+
+
+def test_a_move_interrupted_before_the_inbox_forgets_is_not_routed_twice(
+    database: Database, sqlite_writer: Writer, push_body: bytes
+) -> None:
+    items = [incoming(push_body) for _ in range(5)]
+    assert sqlite_writer.record(items, move=False) == [True] * 5
+    inbox = sqlite_writer.inbox
+    assert inbox is not None
+
+    class Crash(Exception):
+        pass
+
+    def crash(*, through: int) -> None:
+        raise Crash  # the main database committed; the process died before the delete
+
+    real_forget, inbox.forget = inbox.forget, crash  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        move_from_inbox(database, inbox)
+    inbox.forget = real_forget  # type: ignore[method-assign]
+    assert inbox.count() == 5
+
+    assert move_from_inbox(database, inbox) == 5, "moved again..."
+    assert count(database, Delivery) == 5, "...inserting nothing the second time"
+    assert count(database, Job) == 5
+    assert inbox.count() == 0
+
+
+def test_a_failed_move_keeps_every_delivery_in_the_inbox(
+    database: Database, sqlite_writer: Writer, push_body: bytes
+) -> None:
+    items = [incoming(push_body) for _ in range(20)]
+    assert sqlite_writer.record(items, move=False) == [True] * 20
+    inbox = sqlite_writer.inbox
+    assert inbox is not None
+    # The delivery insert succeeds and the job insert fails: the main transaction undoes both.
+    with database.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE jobs RENAME TO jobs_away"))
+
+    with pytest.raises(DBAPIError, match="jobs"):
+        move_from_inbox(database, inbox)
+
+    with database.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE jobs_away RENAME TO jobs"))
+    assert count(database, Delivery) == 0
+    assert inbox_ids(inbox) == [item.delivery_id for item in items]
+    assert move_from_inbox(database, inbox) == 20
+    assert count(database, Delivery) == 20
+    assert count(database, Job) == 20
+
+
+def test_a_failed_inbox_write_reaches_every_waiter_and_records_nothing(
+    database: Database, sqlite_writer: Writer, push_body: bytes
+) -> None:
+    items = [incoming(push_body) for _ in range(20)]
+    inbox = sqlite_writer.inbox
+    assert inbox is not None
+    other = sqlite3.connect(inbox.path, isolation_level=None)
+    other.execute("ALTER TABLE inbox RENAME TO inbox_away")
+
+    results = sqlite_writer.record(items, move=False)
+
+    assert len(results) == 20
+    assert all(isinstance(result, sqlite3.OperationalError) for result in results), results
+    assert sqlite_writer.commits == 0
+    other.execute("ALTER TABLE inbox_away RENAME TO inbox")
+    other.close()
+    assert inbox.count() == 0
+
+    # GitHub redelivers after the 503: the same ids are accepted now.
+    assert sqlite_writer.record(items) == [True] * 20
+    assert count(database, Delivery) == 20
+
+
+def test_an_id_repeated_while_its_first_delivery_is_still_in_the_inbox_is_a_duplicate(
+    database: Database, sqlite_writer: Writer, push_body: bytes
+) -> None:
+    item = incoming(push_body)
+    assert sqlite_writer.record([item], move=False) == [True]
+    assert sqlite_writer.record([item], move=False) == [False]
+    sqlite_writer.move()
+    assert sqlite_writer.record([item]) == [False], "and once it has moved on"
+    assert count(database, Delivery) == 1
+    assert count(database, Job) == 1
+
+
+def test_a_newer_inbox_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "slipway.inbox.db"
+    Inbox(path).close()
+    other = sqlite3.connect(path)
+    other.execute("PRAGMA user_version = 99")
+    other.close()
+
+    with pytest.raises(RuntimeError, match="newer Slipway"):
+        Inbox(path)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://slipway@127.0.0.1/slipway", "sqlite://", "sqlite:///:memory:"]
+)
+def test_only_a_sqlite_file_gets_an_inbox(url: str) -> None:
+    assert Inbox.beside(url) is None
 
 
 # -- processing --------------------------------------------------------------------------

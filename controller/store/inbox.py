@@ -1,0 +1,236 @@
+"""SQLite only: the webhook inbox, a database file of its own that only intake writes to.
+
+SQLite has one writer per database file. When intake shared the file with the controller,
+a 202 waited for whatever routing or deploy transaction held the lock at that moment — up
+to tens of milliseconds under load, which was the whole p99 of the intake benchmark. So
+on SQLite, intake appends deliveries to ``<database>.inbox.db`` beside the main file (WAL,
+``synchronous=FULL``: a committed row survives a crash or power loss like the main
+database does), and the controller's router *moves* them: into ``deliveries`` plus a
+route job in the main database, in one transaction there, then deletes them here.
+
+* Moving is idempotent. ``deliveries.delivery_id`` is unique, so rows moved by a
+  controller that died after its main commit, before the delete here, insert nothing
+  the second time: every delivery is routed once.
+* A delivery id is always in at least one of the two files (the main commit comes before
+  the delete here). Intake therefore tells a repeated id by its insert conflicting here,
+  or else by finding it in the main database — a read, which never waits for a writer.
+* The inbox is a buffer, not a record: once moved, a delivery lives in the main database
+  only, so backups and every reader need nothing but the main file.
+
+PostgreSQL has row-level concurrency and no such lock, so there intake writes
+``deliveries`` and jobs directly (see :mod:`controller.store.deliveries`).
+
+The stdlib ``sqlite3`` module is used directly: this is one append-only table on the
+hot path of every 202, owned by this module alone, and has no migrations to manage —
+the schema is created if missing and versioned with ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import make_url
+
+from controller.store.db import WriteLock
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY,
+    delivery_id TEXT NOT NULL UNIQUE,
+    event TEXT NOT NULL,
+    action TEXT,
+    repo_lower TEXT,
+    body BLOB NOT NULL,
+    received_at TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One delivery waiting in the inbox, oldest first by ``seq``."""
+
+    seq: int
+    delivery_id: str
+    event: str
+    action: str | None
+    repo_lower: str | None
+    body: bytes
+    received_at: datetime
+
+
+class Inbox:
+    """Appends (intake's writer thread), and reads then forgets (the controller's router).
+
+    Each process opens its own :class:`Inbox`; write transactions of both processes
+    queue on a ``flock`` beside the file (:class:`~controller.store.db.WriteLock`), as the
+    main database's do, instead of sleep-polling in SQLite's busy handler.
+    """
+
+    def __init__(self, path: Path, *, main: Path | None = None) -> None:
+        self.path = path
+        self.main = main
+        self._lock = WriteLock(path.with_name(path.name + ".writelock"))
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        with self._writing() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{path} was written by a newer Slipway (inbox schema {version}); "
+                    "upgrade Slipway or move the file away once it is empty"
+                )
+            conn.execute(_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @classmethod
+    def beside(cls, database_url: str) -> Inbox | None:
+        """The inbox for a SQLite database file; None for PostgreSQL or ``:memory:``."""
+        url = make_url(database_url)
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        main = Path(url.database)
+        return cls(main.with_name(main.stem + ".inbox.db"), main=main)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # Autocommit mode: transactions are begun explicitly below.
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            # Checkpoints run in the server's checkpoint thread, never inside a commit.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._local.conn = conn
+            with self._guard:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _writing(self, *, urgent: bool = True) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        with self._lock.hold(urgent=urgent):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def append(self, entries: Iterable[Entry]) -> set[str]:
+        """Add entries in one transaction; returns the delivery ids that were new here."""
+        rows = [
+            (e.delivery_id, e.event, e.action, e.repo_lower, e.body, e.received_at.isoformat())
+            for e in entries
+        ]
+        with self._writing() as conn:
+            before = conn.total_changes
+            new: set[str] = set()
+            for row in rows:
+                conn.execute(
+                    "INSERT INTO inbox (delivery_id, event, action, repo_lower, body, received_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
+                    row,
+                )
+                if conn.total_changes != before:
+                    new.add(row[0])
+                    before = conn.total_changes
+        return new
+
+    def recorded(self, delivery_ids: set[str]) -> set[str]:
+        """Which of ``delivery_ids`` the main database has already (moved out of here).
+
+        A plain read on a read-only connection: in WAL mode it never waits for the
+        controller's writes, and costs microseconds where a pooled SQLAlchemy connection
+        costs half a millisecond on every commit."""
+        if self.main is None or not delivery_ids:
+            return set()
+        conn: sqlite3.Connection | None = getattr(self._local, "main", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                f"{self.main.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                timeout=30,
+                check_same_thread=False,
+            )
+            self._local.main = conn
+            with self._guard:
+                self._connections.append(conn)
+        ids = sorted(delivery_ids)
+        marks = ",".join("?" * len(ids))
+        query = f"SELECT delivery_id FROM deliveries WHERE delivery_id IN ({marks})"  # noqa: S608 - placeholders only
+        return {row[0] for row in conn.execute(query, ids)}
+
+    # -- the router -----------------------------------------------------------------------
+
+    def oldest(self, limit: int) -> list[Entry]:
+        """Up to ``limit`` waiting entries, in arrival order (a read: never blocks)."""
+        conn = self._connection()
+        rows = conn.execute(
+            "SELECT seq, delivery_id, event, action, repo_lower, body, received_at"
+            " FROM inbox ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            Entry(
+                seq=seq,
+                delivery_id=delivery_id,
+                event=event,
+                action=action,
+                repo_lower=repo_lower,
+                body=bytes(body),
+                received_at=datetime.fromisoformat(received_at),
+            )
+            for seq, delivery_id, event, action, repo_lower, body, received_at in rows
+        ]
+
+    def forget(self, *, through: int) -> None:
+        """Delete the entries up to ``seq`` ``through``, once they are in the main database.
+
+        A delete lost to a crash only means moving those entries again, which inserts
+        nothing, so this commit need not wait for the disk (``synchronous=NORMAL``);
+        the next intake commit syncs it along.
+        """
+        conn = self._connection()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._writing(urgent=False) as tx:
+                tx.execute("DELETE FROM inbox WHERE seq <= ?", (through,))
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    def count(self) -> int:
+        return int(self._connection().execute("SELECT count(*) FROM inbox").fetchone()[0])
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log back into the file (PASSIVE: never blocks a writer)."""
+        self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def close(self) -> None:
+        with self._guard:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(sqlite3.Error):  # best effort on the way out
+                conn.close()
+        self._local = threading.local()
+        self._lock.close()
