@@ -8,6 +8,9 @@ in a child process:
 
 * the child is started with ``PR_SET_PDEATHSIG``: if the server dies, even by SIGKILL,
   the child dies with it, and the next start resumes its work from the database;
+* the child runs at a lower CPU priority (``nice`` +10, inherited by the git and build
+  commands it runs): when both compete for the cores, a webhook's 202 goes first and a
+  build waits a little; when the machine is otherwise idle, builds get all of it;
 * if the child dies on its own, the server starts it again after a short backoff;
 * the server forwards wake-ups (``Queue.notify``) over the child's stdin, one job kind
   per line, so new work starts at once instead of at the next poll;
@@ -29,14 +32,17 @@ import threading
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+CONTROLLER_NICENESS = 10
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _prepare_child() -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
+    with contextlib.suppress(OSError):
+        os.nice(CONTROLLER_NICENESS)
 
 
 class ControllerProcess:
@@ -67,7 +73,7 @@ class ControllerProcess:
                 str(parent),
             ],
             stdin=subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_prepare_child,
         )
         log.info("controller process started (pid %s)", self._proc.pid)
 
