@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 from conftest import REPO, Flow
 from support import payloads
 from support.server import Server
@@ -57,3 +61,48 @@ def test_unsigned_delivery_leaves_no_trace(server: Server, task_repo) -> None:  
     assert server.deliver("push", body, signature="sha256=" + "0" * 64).status_code == 401
     assert server.deployments() == []
     assert server.ok("GET", "/api/v1/projects/demo/events") == []
+
+
+def _controller_pid(server: Server) -> int:
+    assert server.proc is not None
+    # Each thread lists the children it started (a restarted controller: the watcher's).
+    children = [
+        int(pid)
+        for task in Path(f"/proc/{server.proc.pid}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    (pid,) = [pid for pid in children if "controller" in _cmdline(pid)]
+    return pid
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _niceness(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])
+
+
+def test_the_controller_runs_at_a_lower_cpu_priority_than_intake(server: Server) -> None:
+    assert server.proc is not None
+    web, controller = _niceness(server.proc.pid), _niceness(_controller_pid(server))
+    assert controller == web + 10, (web, controller)
+
+
+def test_intake_answers_while_the_controller_is_down_and_nothing_is_lost(
+    server: Server, task_repo
+) -> None:  # type: ignore[no-untyped-def]
+    flow = Flow(server, task_repo)
+    flow.connect()
+    sha = task_repo.head()
+    first = _controller_pid(server)
+    os.kill(first, signal.SIGKILL)  # the controller alone dies; the server restarts it
+    response = server.deliver(
+        "push", payloads.push(repo=REPO, after=sha, before="0" * 40), delivery="while-down"
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["duplicate"] is False
+    final = flow.deployed(sha)
+    assert final["delivery"] == "while-down"
+    assert _controller_pid(server) != first

@@ -43,10 +43,10 @@ class Writer:
     few batches as the writer allows. ``record`` then moves the inbox into the main
     database, as the router does, unless ``move=False``."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, inbox: bool = True) -> None:
         self.database = database
         self.commits = 0
-        self.inbox = Inbox.beside(database.url)
+        self.inbox = Inbox.beside(database.url) if inbox else None
         self.writer = DeliveryWriter(database, inbox=self.inbox, on_commit=self._committed)
 
     def _committed(self) -> None:
@@ -178,10 +178,10 @@ def test_a_burst_of_300_deliveries_is_group_committed(
 
 
 def test_a_failed_write_reaches_every_waiter_and_leaves_nothing_behind(
-    database: Database, writer: Writer, push_body: bytes
+    database: Database, push_body: bytes
 ) -> None:
-    if writer.inbox is not None:
-        pytest.skip("SQLite records into the inbox: see the inbox tests below")
+    """Writing deliveries and jobs directly (PostgreSQL's way; SQLite's is below)."""
+    writer = Writer(database, inbox=False)
     items = [incoming(push_body) for _ in range(20)]
     # The delivery insert succeeds and the job insert fails: the transaction must undo both.
     with database.engine.begin() as conn:
@@ -208,10 +208,22 @@ def test_a_failed_write_reaches_every_waiter_and_leaves_nothing_behind(
 
 
 @pytest.fixture
-def sqlite_writer(database: Database, writer: Writer) -> Writer:
-    if writer.inbox is None:
-        pytest.skip("PostgreSQL records deliveries and jobs directly: there is no inbox")
-    return writer
+def sqlite_database(tmp_path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'slipway.db'}")
+    db.migrate()
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def sqlite_writer(sqlite_database: Database) -> Iterator[Writer]:
+    w = Writer(sqlite_database)
+    try:
+        yield w
+    finally:
+        w.close()
 
 
 def inbox_ids(inbox: Inbox) -> list[str]:
@@ -219,7 +231,7 @@ def inbox_ids(inbox: Inbox) -> list[str]:
 
 
 def test_sqlite_acknowledges_once_the_delivery_is_in_the_inbox_file(
-    database: Database, sqlite_writer: Writer, push_body: bytes, tmp_path: Path
+    sqlite_database: Database, sqlite_writer: Writer, push_body: bytes, tmp_path: Path
 ) -> None:
     items = [incoming(push_body) for _ in range(3)]
 
@@ -234,23 +246,23 @@ def test_sqlite_acknowledges_once_the_delivery_is_in_the_inbox_file(
     finally:
         other.close()
     assert stored == [(item.delivery_id, push_body) for item in items]
-    assert count(database, Delivery) == 0, "the main database is the router's to write"
+    assert count(sqlite_database, Delivery) == 0, "the main database is the router's to write"
 
 
 def test_moving_the_inbox_keeps_arrival_order_and_empties_it(
-    database: Database, sqlite_writer: Writer, push_body: bytes
+    sqlite_database: Database, sqlite_writer: Writer, push_body: bytes
 ) -> None:
     items = [incoming(push_body) for _ in range(MAX_BATCH + 10)]
     assert sqlite_writer.record(items, move=False) == [True] * len(items)
     inbox = sqlite_writer.inbox
     assert inbox is not None
 
-    assert move_from_inbox(database, inbox) == MAX_BATCH, "one bounded batch at a time"
-    assert move_from_inbox(database, inbox) == 10
-    assert move_from_inbox(database, inbox) == 0
+    assert move_from_inbox(sqlite_database, inbox) == MAX_BATCH, "one bounded batch at a time"
+    assert move_from_inbox(sqlite_database, inbox) == 10
+    assert move_from_inbox(sqlite_database, inbox) == 0
 
     assert inbox.count() == 0
-    with database.read() as session:
+    with sqlite_database.read() as session:
         moved = session.execute(select(Delivery.delivery_id).order_by(Delivery.id)).scalars()
         jobs = session.execute(select(Job).order_by(Job.id)).scalars().all()
         pks = {d: pk for d, pk in session.execute(select(Delivery.delivery_id, Delivery.id))}
@@ -260,7 +272,7 @@ def test_moving_the_inbox_keeps_arrival_order_and_empties_it(
 
 
 def test_a_move_interrupted_before_the_inbox_forgets_is_not_routed_twice(
-    database: Database, sqlite_writer: Writer, push_body: bytes
+    sqlite_database: Database, sqlite_writer: Writer, push_body: bytes
 ) -> None:
     items = [incoming(push_body) for _ in range(5)]
     assert sqlite_writer.record(items, move=False) == [True] * 5
@@ -275,41 +287,41 @@ def test_a_move_interrupted_before_the_inbox_forgets_is_not_routed_twice(
 
     real_forget, inbox.forget = inbox.forget, crash  # type: ignore[method-assign]
     with pytest.raises(Crash):
-        move_from_inbox(database, inbox)
+        move_from_inbox(sqlite_database, inbox)
     inbox.forget = real_forget  # type: ignore[method-assign]
     assert inbox.count() == 5
 
-    assert move_from_inbox(database, inbox) == 5, "moved again..."
-    assert count(database, Delivery) == 5, "...inserting nothing the second time"
-    assert count(database, Job) == 5
+    assert move_from_inbox(sqlite_database, inbox) == 5, "moved again..."
+    assert count(sqlite_database, Delivery) == 5, "...inserting nothing the second time"
+    assert count(sqlite_database, Job) == 5
     assert inbox.count() == 0
 
 
 def test_a_failed_move_keeps_every_delivery_in_the_inbox(
-    database: Database, sqlite_writer: Writer, push_body: bytes
+    sqlite_database: Database, sqlite_writer: Writer, push_body: bytes
 ) -> None:
     items = [incoming(push_body) for _ in range(20)]
     assert sqlite_writer.record(items, move=False) == [True] * 20
     inbox = sqlite_writer.inbox
     assert inbox is not None
     # The delivery insert succeeds and the job insert fails: the main transaction undoes both.
-    with database.engine.begin() as conn:
+    with sqlite_database.engine.begin() as conn:
         conn.execute(text("ALTER TABLE jobs RENAME TO jobs_away"))
 
     with pytest.raises(DBAPIError, match="jobs"):
-        move_from_inbox(database, inbox)
+        move_from_inbox(sqlite_database, inbox)
 
-    with database.engine.begin() as conn:
+    with sqlite_database.engine.begin() as conn:
         conn.execute(text("ALTER TABLE jobs_away RENAME TO jobs"))
-    assert count(database, Delivery) == 0
+    assert count(sqlite_database, Delivery) == 0
     assert inbox_ids(inbox) == [item.delivery_id for item in items]
-    assert move_from_inbox(database, inbox) == 20
-    assert count(database, Delivery) == 20
-    assert count(database, Job) == 20
+    assert move_from_inbox(sqlite_database, inbox) == 20
+    assert count(sqlite_database, Delivery) == 20
+    assert count(sqlite_database, Job) == 20
 
 
 def test_a_failed_inbox_write_reaches_every_waiter_and_records_nothing(
-    database: Database, sqlite_writer: Writer, push_body: bytes
+    sqlite_database: Database, sqlite_writer: Writer, push_body: bytes
 ) -> None:
     items = [incoming(push_body) for _ in range(20)]
     inbox = sqlite_writer.inbox
@@ -328,19 +340,19 @@ def test_a_failed_inbox_write_reaches_every_waiter_and_records_nothing(
 
     # GitHub redelivers after the 503: the same ids are accepted now.
     assert sqlite_writer.record(items) == [True] * 20
-    assert count(database, Delivery) == 20
+    assert count(sqlite_database, Delivery) == 20
 
 
 def test_an_id_repeated_while_its_first_delivery_is_still_in_the_inbox_is_a_duplicate(
-    database: Database, sqlite_writer: Writer, push_body: bytes
+    sqlite_database: Database, sqlite_writer: Writer, push_body: bytes
 ) -> None:
     item = incoming(push_body)
     assert sqlite_writer.record([item], move=False) == [True]
     assert sqlite_writer.record([item], move=False) == [False]
     sqlite_writer.move()
     assert sqlite_writer.record([item]) == [False], "and once it has moved on"
-    assert count(database, Delivery) == 1
-    assert count(database, Job) == 1
+    assert count(sqlite_database, Delivery) == 1
+    assert count(sqlite_database, Job) == 1
 
 
 def test_a_newer_inbox_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
