@@ -105,7 +105,7 @@ class Routed(list[Applied]):
 
 
 def route_pending(
-    db: Database, cipher: Cipher, *, limit: int = 32, budget: float = 0.02
+    db: Database, cipher: Cipher, *, limit: int = 128, budget: float = 0.05
 ) -> Routed | None:
     """Route the oldest queued deliveries of one repository in one transaction, and mark
     their routing jobs done in it: no lease, no separate claim or ack, so a crash simply
