@@ -59,14 +59,24 @@ def postgres_url() -> Iterator[str]:
     yield from _postgres_database()
 
 
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    db = Database(database_url)
+def _migrated(url: str) -> Iterator[Database]:
+    db = Database(url)
     db.migrate()
     try:
         yield db
     finally:
         db.dispose()
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    yield from _migrated(database_url)
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path) -> Iterator[Database]:
+    """SQLite only, for what only SQLite has (the webhook inbox)."""
+    yield from _migrated(f"sqlite:///{tmp_path / 'slipway.db'}")
 
 
 @pytest.fixture

@@ -75,14 +75,18 @@ class Writer:
             self.inbox.close()
 
 
-@pytest.fixture
-def writer(database: Database) -> Iterator[Writer]:
+def _writer(database: Database) -> Iterator[Writer]:
     w = Writer(database)
     try:
         yield w
     finally:
         w.close()
     assert w.writer._thread is None
+
+
+@pytest.fixture
+def writer(database: Database) -> Iterator[Writer]:
+    yield from _writer(database)
 
 
 def incoming(body: bytes, *, repo: str | None = "octo-org/demo", delivery_id: str = "") -> Incoming:
@@ -208,22 +212,16 @@ def test_a_failed_write_reaches_every_waiter_and_leaves_nothing_behind(
 
 
 @pytest.fixture
-def sqlite_database(tmp_path: Path) -> Iterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'slipway.db'}")
-    db.migrate()
-    try:
-        yield db
-    finally:
-        db.dispose()
-
-
-@pytest.fixture
 def sqlite_writer(sqlite_database: Database) -> Iterator[Writer]:
-    w = Writer(sqlite_database)
-    try:
-        yield w
-    finally:
-        w.close()
+    yield from _writer(sqlite_database)
+
+
+def waiting_in_inbox(writer: Writer, body: bytes, n: int) -> tuple[list[Incoming], Inbox]:
+    """Record ``n`` deliveries and leave them in the inbox (not moved yet)."""
+    items = [incoming(body) for _ in range(n)]
+    assert writer.record(items, move=False) == [True] * n
+    assert writer.inbox is not None
+    return items, writer.inbox
 
 
 def inbox_ids(inbox: Inbox) -> list[str]:
@@ -252,10 +250,7 @@ def test_sqlite_acknowledges_once_the_delivery_is_in_the_inbox_file(
 def test_moving_the_inbox_keeps_arrival_order_and_empties_it(
     sqlite_database: Database, sqlite_writer: Writer, push_body: bytes
 ) -> None:
-    items = [incoming(push_body) for _ in range(MAX_BATCH + 10)]
-    assert sqlite_writer.record(items, move=False) == [True] * len(items)
-    inbox = sqlite_writer.inbox
-    assert inbox is not None
+    items, inbox = waiting_in_inbox(sqlite_writer, push_body, MAX_BATCH + 10)
 
     assert move_from_inbox(sqlite_database, inbox) == MAX_BATCH, "one bounded batch at a time"
     assert move_from_inbox(sqlite_database, inbox) == 10
@@ -272,12 +267,12 @@ def test_moving_the_inbox_keeps_arrival_order_and_empties_it(
 
 
 def test_a_move_interrupted_before_the_inbox_forgets_is_not_routed_twice(
-    sqlite_database: Database, sqlite_writer: Writer, push_body: bytes
+    sqlite_database: Database,
+    sqlite_writer: Writer,
+    push_body: bytes,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    items = [incoming(push_body) for _ in range(5)]
-    assert sqlite_writer.record(items, move=False) == [True] * 5
-    inbox = sqlite_writer.inbox
-    assert inbox is not None
+    _items, inbox = waiting_in_inbox(sqlite_writer, push_body, 5)
 
     class Crash(Exception):
         pass
@@ -285,10 +280,10 @@ def test_a_move_interrupted_before_the_inbox_forgets_is_not_routed_twice(
     def crash(*, through: int) -> None:
         raise Crash  # the main database committed; the process died before the delete
 
-    real_forget, inbox.forget = inbox.forget, crash  # type: ignore[method-assign]
+    monkeypatch.setattr(inbox, "forget", crash)
     with pytest.raises(Crash):
         move_from_inbox(sqlite_database, inbox)
-    inbox.forget = real_forget  # type: ignore[method-assign]
+    monkeypatch.undo()
     assert inbox.count() == 5
 
     assert move_from_inbox(sqlite_database, inbox) == 5, "moved again..."
@@ -300,10 +295,7 @@ def test_a_move_interrupted_before_the_inbox_forgets_is_not_routed_twice(
 def test_a_failed_move_keeps_every_delivery_in_the_inbox(
     sqlite_database: Database, sqlite_writer: Writer, push_body: bytes
 ) -> None:
-    items = [incoming(push_body) for _ in range(20)]
-    assert sqlite_writer.record(items, move=False) == [True] * 20
-    inbox = sqlite_writer.inbox
-    assert inbox is not None
+    items, inbox = waiting_in_inbox(sqlite_writer, push_body, 20)
     # The delivery insert succeeds and the job insert fails: the main transaction undoes both.
     with sqlite_database.engine.begin() as conn:
         conn.execute(text("ALTER TABLE jobs RENAME TO jobs_away"))
