@@ -1,0 +1,37 @@
+"""The benchmarks keep working: each one's smoke mode runs end to end in the suite.
+
+Their figures are not checked here (they belong to the benchmark's own report, on a quiet
+machine); what is checked is what the benchmark itself vouches for: every acknowledged
+delivery was found durable, and no request failed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.node
+def test_the_intake_benchmark_runs_and_loses_no_acknowledged_delivery(tmp_path: Path) -> None:
+    out = tmp_path / "intake.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "webhook_intake.py"), "--quick", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    slipway = [run for run in report["runs"] if run["server"] == "slipway"]
+    assert {run["scenario"] for run in slipway} == {"200/s", "500/s", "max"}
+    for run in slipway:
+        assert not run.get("problems"), run["problems"]
+        assert run["ok_2xx"] > 0
+        assert run["durable_added"] >= run["ok_2xx"], run
+    assert len(report["targets"]) == 2, "both targets are reported"
