@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from conftest import REPO, Flow
@@ -106,3 +108,53 @@ def test_intake_answers_while_the_controller_is_down_and_nothing_is_lost(
     final = flow.deployed(sha)
     assert final["delivery"] == "while-down"
     assert _controller_pid(server) != first
+
+
+def _delivery_rows(data_dir: Path) -> tuple[list[tuple[str, bool]], int]:
+    """(delivery id, processed) of every row in deliveries, and what waits in the inbox."""
+    main = sqlite3.connect(f"file:{data_dir / 'slipway.db'}?mode=ro", uri=True)
+    try:
+        rows = main.execute(
+            "SELECT delivery_id, processed_at IS NOT NULL FROM deliveries"
+        ).fetchall()
+    finally:
+        main.close()
+    inbox = sqlite3.connect(f"file:{data_dir / 'slipway.inbox.db'}?mode=ro", uri=True)
+    try:
+        waiting = inbox.execute("SELECT count(*) FROM inbox").fetchone()[0]
+    finally:
+        inbox.close()
+    return [(d, bool(p)) for d, p in rows], int(waiting)
+
+
+def test_a_burst_acknowledged_before_a_crash_is_routed_once_after_restart(
+    server: Server,
+) -> None:
+    payloads.require_node_modules()
+    # Freeze the controller: the burst stays in the inbox, as it would if the machine
+    # died before the controller moved it.
+    controller = _controller_pid(server)
+    os.kill(controller, signal.SIGSTOP)
+    ids = [f"burst-{n}" for n in range(200)]
+    body = payloads.body_of(payloads.push(repo="octo-org/unknown", before="a" * 40, after="b" * 40))
+
+    def send(delivery: str) -> int:
+        return server.deliver("push", body, delivery=delivery).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(send, ids))
+    assert statuses == [202] * len(ids)
+    rows, waiting = _delivery_rows(server.data_dir)
+    assert (rows, waiting) == ([], len(ids)), "all 200 are in the inbox, none moved yet"
+
+    server.kill()  # the stopped controller dies with the server (PR_SET_PDEATHSIG)
+    server.start()
+
+    def routed() -> list[tuple[str, bool]] | None:
+        rows, waiting = _delivery_rows(server.data_dir)
+        return rows if waiting == 0 and len(rows) == len(ids) and all(p for _, p in rows) else None
+
+    rows = server.wait_for(routed, timeout=60)
+    assert sorted(d for d, _ in rows) == sorted(ids), "each one exactly once"
+    again = server.deliver("push", body, delivery=ids[0])
+    assert again.status_code == 202 and again.json()["duplicate"] is True
