@@ -89,7 +89,7 @@ def _niceness(pid: int) -> int:
 def test_the_controller_runs_at_a_lower_cpu_priority_than_intake(server: Server) -> None:
     assert server.proc is not None
     web, controller = _niceness(server.proc.pid), _niceness(_controller_pid(server))
-    assert controller == web + 10, (web, controller)
+    assert controller == min(web + 10, 19), (web, controller)  # 19: the lowest priority
 
 
 def test_intake_answers_while_the_controller_is_down_and_nothing_is_lost(
