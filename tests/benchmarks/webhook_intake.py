@@ -250,6 +250,7 @@ class Server:
     port: int
     log: Path
     data_dir: Path | None = None
+    database_url: str | None = None  # PostgreSQL (--postgres); None: SQLite in data_dir
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -279,7 +280,37 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
 
 
-def start_slipway(procs: Processes, workdir: Path, secret: str, label: str) -> Server:
+def _pg(url: str) -> str:
+    """A libpq URL for psycopg (SQLAlchemy's ``+psycopg`` suffix removed)."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+CREATED_DATABASES: list[str] = []  # dropped on exit, unless --keep-data
+
+
+def create_pg_database(server_url: str, label: str) -> str:
+    """A new, empty database on the PostgreSQL server of ``server_url``; returns its URL."""
+    import psycopg
+
+    name = f"slipway_bench_{label.replace('/', '_').replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_pg(server_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = server_url.rpartition("/")
+    CREATED_DATABASES.append(f"{base}/{name}")
+    return CREATED_DATABASES[-1]
+
+
+def drop_pg_database(url: str) -> None:
+    import psycopg
+
+    base, _, name = url.rpartition("/")
+    with psycopg.connect(_pg(f"{base}/postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_slipway(
+    procs: Processes, workdir: Path, secret: str, label: str, postgres: str | None = None
+) -> Server:
     data_dir = Path(tempfile.mkdtemp(prefix=f"slipway-{label}-", dir=workdir))
     port = free_port()
     env = clean_env() | {
@@ -288,6 +319,9 @@ def start_slipway(procs: Processes, workdir: Path, secret: str, label: str) -> S
         "SLIPWAY_HOST": HOST,
         "SLIPWAY_PORT": str(port),
     }
+    database_url = create_pg_database(postgres, label) if postgres else None
+    if database_url:
+        env["SLIPWAY_DATABASE_URL"] = database_url
     log = data_dir / "serve.log"
     with log.open("wb") as out:
         # cwd = the data dir: no stray .env from wherever the benchmark was started.
@@ -299,7 +333,7 @@ def start_slipway(procs: Processes, workdir: Path, secret: str, label: str) -> S
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    server = Server("slipway", proc, port, log, data_dir)
+    server = Server("slipway", proc, port, log, data_dir, database_url)
     wait_until(server, lambda: http("GET", f"{server.url}/readyz", timeout=2)[0] == 200, 60)
     return server
 
@@ -346,7 +380,7 @@ def start_server(
 ) -> Server:
     if kind == "node":
         return start_node(procs, workdir, secret, label)
-    server = start_slipway(procs, workdir, secret, label)
+    server = start_slipway(procs, workdir, secret, label, args.postgres)
     if not args.no_project:
         create_project(server, payload_info["repo"])
     return server
@@ -390,9 +424,25 @@ def preflight(server: Server, body: bytes, headers: dict[str, str]) -> None:
         raise server.fail(f"a wrongly signed delivery answered {status}, not 401")
 
 
-def db_counts(data_dir: Path) -> dict[str, int]:
-    """Durable deliveries are the rows of ``deliveries`` plus those still in the inbox
-    (SQLite intake commits there; the router moves them on)."""
+_COUNTS = {
+    "route_jobs_queued": "SELECT count(*) FROM jobs WHERE kind = 'route' AND status = 'queued'",
+    "deliveries_processed": "SELECT count(*) FROM deliveries WHERE processed_at IS NOT NULL",
+    "deployments": "SELECT count(*) FROM deployments",
+}
+
+
+def db_counts(server: Server) -> dict[str, int]:
+    """Durable deliveries are the rows of ``deliveries`` plus, on SQLite, those still in
+    the inbox (SQLite intake commits there; the router moves them on)."""
+    if server.database_url:
+        import psycopg
+
+        with psycopg.connect(_pg(server.database_url)) as conn:
+            one = lambda sql: int(conn.execute(sql).fetchone()[0])  # type: ignore[index]  # noqa: E731
+            counts = {"deliveries": one("SELECT count(*) FROM deliveries"), "inbox_waiting": 0}
+            return counts | {name: one(sql) for name, sql in _COUNTS.items()}
+    assert server.data_dir is not None
+    data_dir = server.data_dir
     db = sqlite3.connect(f"file:{data_dir / 'slipway.db'}?mode=ro", uri=True, timeout=30)
     inbox = data_dir / "slipway.inbox.db"
     try:
@@ -406,17 +456,8 @@ def db_counts(data_dir: Path) -> dict[str, int]:
             waiting = one("SELECT count(*) FROM inbox.inbox")
         else:
             durable, waiting = one("SELECT count(*) FROM deliveries"), 0
-        return {
-            "deliveries": durable,
-            "inbox_waiting": waiting,
-            "route_jobs_queued": one(
-                "SELECT count(*) FROM jobs WHERE kind = 'route' AND status = 'queued'"
-            ),
-            "deliveries_processed": one(
-                "SELECT count(*) FROM deliveries WHERE processed_at IS NOT NULL"
-            ),
-            "deployments": one("SELECT count(*) FROM deployments"),
-        }
+        counts = {"deliveries": durable, "inbox_waiting": waiting}
+        return counts | {name: one(sql) for name, sql in _COUNTS.items()}
     finally:
         db.close()
 
@@ -488,7 +529,7 @@ def drive(
             raise BenchmarkError(f"load generator: unexpected {ready!r}")
         if server.data_dir:
             time.sleep(0.5)  # warm-up requests still in flight are committed before counting
-        before = db_counts(server.data_dir) if server.data_dir else None
+        before = db_counts(server) if server.data_dir else None
         cpu_before, machine_before = cpu_seconds(server.proc.pid), machine_busy_seconds()
         assert load.stdin is not None
         load.stdin.write(b"go\n")
@@ -513,7 +554,7 @@ def drive(
         )
     if server.data_dir is not None and before is not None:
         time.sleep(1.0)  # requests still in flight when the load stopped get committed
-        after = db_counts(server.data_dir)
+        after = db_counts(server)
         added = after["deliveries"] - before["deliveries"]
         result["db_before"], result["db_after"] = before, after
         result["durable_added"] = added
@@ -571,7 +612,8 @@ def report(
             else " (fresh servers per run)"
         )
         + ", "
-        f"load: {meta['load_tool']} (pacing: {meta['pacing']}), {meta['cpus']} CPUs",
+        f"load: {meta['load_tool']} (pacing: {meta['pacing']}), {meta['cpus']} CPUs, "
+        f"Slipway on {meta.get('database', 'sqlite')}",
         f"Slipway project for {meta['payload']['repo']}: "
         + (
             "CREATED (clone_url /nonexistent: each delivery is routed to a production "
@@ -800,6 +842,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quiet-threshold", type=float, default=25.0, help="%% of one core (default 25)"
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="run Slipway on PostgreSQL: a fresh database per server on the server of this "
+        "URL (e.g. postgresql://slipway@127.0.0.1:55432/postgres), dropped afterwards",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"default {RESULTS}")
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary data dirs")
     parser.add_argument(
@@ -883,6 +931,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "payload": payload_info,
             "project_created": not args.no_project,
+            "database": "postgresql" if args.postgres else "sqlite",
             "quiet_threshold_pct": args.quiet_threshold,
             "reuse_servers": args.reuse_servers,
         }
@@ -950,9 +999,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
         if args.keep_data:
-            print(f"data kept in {workdir}", file=sys.stderr)
+            print(f"data kept in {workdir} {' '.join(CREATED_DATABASES)}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            for url in CREATED_DATABASES:
+                with contextlib.suppress(Exception):
+                    drop_pg_database(url)
 
 
 if __name__ == "__main__":
