@@ -44,7 +44,7 @@ SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
-    seq INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     delivery_id TEXT NOT NULL UNIQUE,
     event TEXT NOT NULL,
     action TEXT,
@@ -204,6 +204,10 @@ class Inbox:
 
     def forget(self, *, through: int) -> None:
         """Delete the entries up to ``seq`` ``through``, once they are in the main database.
+
+        ``seq`` is never reused (AUTOINCREMENT), so an entry that arrived after the caller
+        read the inbox is never among them, even with the table emptied in between by
+        another mover (two controllers on one data dir for a moment, say).
 
         A delete lost to a crash only means moving those entries again, which inserts
         nothing, so this commit need not wait for the disk (``synchronous=NORMAL``);

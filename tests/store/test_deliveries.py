@@ -347,6 +347,25 @@ def test_an_id_repeated_while_its_first_delivery_is_still_in_the_inbox_is_a_dupl
     assert count(sqlite_database, Job) == 1
 
 
+def test_two_movers_at_once_lose_nothing_that_arrives_in_between(
+    sqlite_database: Database, sqlite_writer: Writer, push_body: bytes
+) -> None:
+    """Mover B read the inbox, then mover A moved and forgot it all, then a delivery
+    arrived: B forgetting what it read must not take the newcomer with it."""
+    first, inbox = waiting_in_inbox(sqlite_writer, push_body, 3)
+    read_by_b = inbox.oldest(10)
+    assert move_from_inbox(sqlite_database, inbox) == 3  # mover A; the inbox is empty
+    (late,), _ = waiting_in_inbox(sqlite_writer, push_body, 1)
+
+    inbox.forget(through=read_by_b[-1].seq)  # mover B, done with what it read
+
+    assert inbox_ids(inbox) == [late.delivery_id]
+    sqlite_writer.move()
+    with sqlite_database.read() as session:
+        moved = session.execute(select(Delivery.delivery_id).order_by(Delivery.id)).scalars()
+        assert list(moved) == [item.delivery_id for item in [*first, late]]
+
+
 def test_a_newer_inbox_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "slipway.inbox.db"
     Inbox(path).close()
