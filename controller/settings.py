@@ -162,7 +162,9 @@ def prepare(settings: Settings) -> tuple[Settings, list[str]]:
     """
     notices: list[str] = []
     data_dir = settings.server.data_dir.expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Created private: it holds the database, webhook payloads, logs and the keys. (An
+    # existing directory keeps the permissions its owner gave it.)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     server = settings.server.model_copy(update={"data_dir": data_dir})
     security = settings.security
     if security.admin_token is None:

@@ -110,6 +110,8 @@ class Database:
             kwargs["pool_pre_ping"] = True
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 20
+        if self.is_sqlite:
+            _create_private(url)
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -200,6 +202,20 @@ class Database:
                 self._checkpoint("TRUNCATE")
         self.engine.dispose()
         self._write_lock.close()
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist (SQLite creates its
+    ``-wal`` and ``-shm`` files with the database file's permissions)."""
+    # A missing directory is left to SQLite to report, as it always has.
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _create_private(url: str) -> None:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        create_private_file(Path(database))
 
 
 def _sqlite_lock_path(url: str) -> Path | None:

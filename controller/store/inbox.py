@@ -38,7 +38,7 @@ from pathlib import Path
 
 from sqlalchemy import make_url
 
-from controller.store.db import WriteLock
+from controller.store.db import WriteLock, create_private_file
 
 SCHEMA_VERSION = 1
 
@@ -83,6 +83,7 @@ class Inbox:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
+        create_private_file(path)  # webhook payloads: for the server's user only
         with self._writing() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
