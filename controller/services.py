@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from controller.builders.commands import CommandRegistry
 from controller.builders.venv import VirtualenvBuilder
 from controller.deployments import orphaned_queued_deployments
 from controller.dispatch import route_pending
@@ -64,7 +65,12 @@ class Services:
         )
         self.runtime = make_runtime(settings)
         self.source = GitSource(data / "git")
-        self.builder = VirtualenvBuilder(cache_dir=data / "envs", home_dir=data / "home")
+        # Install and pre-build commands that are running, so that a controller killed
+        # mid-build has them stopped by the next one (see controller.builders.commands).
+        self.commands = CommandRegistry(data / "commands")
+        self.builder = VirtualenvBuilder(
+            cache_dir=data / "envs", home_dir=data / "home", commands=self.commands
+        )
         self.uploads = data / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.manager = Manager(
@@ -104,6 +110,13 @@ class Services:
             self.queue.listeners.append(self.child.notify)
             self.child.start()
         else:
+            killed = self.commands.reap()
+            if killed:
+                log.warning(
+                    "stopped %d build command(s) left running by a controller that was killed; "
+                    "their deployments resume from the interrupted step",
+                    killed,
+                )
             self.manager.start()
         self._started = True
 

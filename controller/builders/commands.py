@@ -7,6 +7,11 @@ of variables that package tools need (locale, proxies, pip's index and certifica
 output streams line by line into the deployment log, at most ``max_log_lines`` lines (a
 notice says when lines were dropped); the last ``tail_lines`` are kept for the error
 message. On timeout or cancellation the whole process group is killed.
+
+A command outlives a controller that is SIGKILLed (or killed by the OOM killer): it runs
+in a session of its own. So each running command is also written down in a
+:class:`CommandRegistry` on disk, and the next controller kills what is left before it
+resumes the deployments — a rerun of a step never races the interrupted run of it.
 """
 
 from __future__ import annotations
@@ -69,6 +74,48 @@ def minimal_env(
     return env
 
 
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22):
+    with the pid, it names one process, never a later one that reused the pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+class CommandRegistry:
+    """The process groups of running user commands, one file each in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def add(self, pid: int) -> None:
+        started = _start_time(pid)
+        if started is not None:
+            (self.directory / str(pid)).write_text(started)
+
+    def remove(self, pid: int) -> None:
+        (self.directory / str(pid)).unlink(missing_ok=True)
+
+    def reap(self) -> int:
+        """Kill the process groups that a previous controller left running; returns how
+        many. Only a group whose leader is still the very process written down (same pid,
+        same start time) is signalled."""
+        killed = 0
+        for entry in self.directory.iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            with contextlib.suppress(OSError):
+                if _start_time(pid) == entry.read_text().strip():
+                    os.killpg(pid, signal.SIGKILL)
+                    killed += 1
+            entry.unlink(missing_ok=True)
+        return killed
+
+
 @dataclass(frozen=True)
 class CommandResult:
     exit_code: int
@@ -85,6 +132,7 @@ def run_command(
     log: Callable[[str], None],
     label: str,
     cancel: threading.Event | None = None,
+    registry: CommandRegistry | None = None,
     max_log_lines: int = 5000,
     tail_lines: int = 40,
     max_line: int = 4000,
@@ -106,6 +154,8 @@ def run_command(
         )
     except OSError as exc:
         raise BuildFailed(f"{label} could not start: {exc.strerror or exc}") from exc
+    if registry is not None:
+        registry.add(proc.pid)
     tail: deque[str] = deque(maxlen=tail_lines)
     logged = dropped = 0
     buffer = b""
@@ -155,6 +205,8 @@ def run_command(
         if reason is not None or proc.poll() is None:
             _kill_group(proc)
         proc.stdout.close()
+        if registry is not None:
+            registry.remove(proc.pid)
     if dropped:
         log(f"[slipway] {dropped} more lines of output were not stored")
     duration = time.monotonic() - started

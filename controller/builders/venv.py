@@ -36,7 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from controller.builders.base import Log
-from controller.builders.commands import CommandResult, minimal_env, run_command
+from controller.builders.commands import (
+    CommandRegistry,
+    CommandResult,
+    minimal_env,
+    run_command,
+)
 from controller.errors import BuildFailed
 
 DEPENDENCY_FILES = ("pyproject.toml", "uv.lock", "poetry.lock", "setup.py", "setup.cfg")
@@ -98,9 +103,17 @@ def python_version(python: str) -> str:
 class VirtualenvBuilder:
     name = "virtualenv"
 
-    def __init__(self, *, cache_dir: Path, home_dir: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        *,
+        cache_dir: Path,
+        home_dir: Path,
+        python: str = sys.executable,
+        commands: CommandRegistry | None = None,
+    ) -> None:
         self.cache_dir = cache_dir
         self.home_dir = home_dir
+        self.commands = commands
         self.python = python
         self._python_version = python_version(python)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +180,7 @@ class VirtualenvBuilder:
                 log=log,
                 label="creating the virtual environment",
                 cancel=cancel,
+                registry=self.commands,
             )
             if result.exit_code != 0:
                 shutil.rmtree(venv, ignore_errors=True)
@@ -183,6 +197,7 @@ class VirtualenvBuilder:
                     log=log,
                     label=f"install command `{command}`",
                     cancel=cancel,
+                    registry=self.commands,
                 )
                 if result.exit_code != 0:
                     shutil.rmtree(venv, ignore_errors=True)
@@ -214,6 +229,7 @@ class VirtualenvBuilder:
             log=log,
             label=f"pre-build command `{command}`",
             cancel=cancel,
+            registry=self.commands,
         )
         if result.exit_code != 0:
             raise command_failed(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -234,3 +237,37 @@ def test_restart_serves_current_versions_again(flow: Flow) -> None:
     flow.server.kill()  # workers survive a SIGKILL and are adopted
     flow.server.start()
     assert flow.run()["output"]["message"] == "hello v1"
+
+
+def test_a_build_command_left_running_by_a_killed_controller_is_stopped(
+    server: Server, task_repo, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    flow = Flow(server, task_repo)
+    slow, pids = tmp_path / "slow", tmp_path / "prebuild.pids"
+    slow.touch()  # the first run of the pre-build hangs; the rerun does not
+    flow.connect(pre_build_command=f"echo $$ >> {pids}; if [ -e {slow} ]; then sleep 120; fi")
+    dep = flow.push()
+    server.wait_for(lambda: pids.exists() and pids.read_text().strip(), timeout=60)
+    (first,) = [int(p) for p in pids.read_text().split()]
+
+    server.kill()  # the pre-build, in a session of its own, outlives the controller
+    slow.unlink()
+    try:
+        assert _alive(first)
+        server.start()
+
+        final = server.wait_deployment(dep["id"], timeout=120)
+        assert final["status"] == "deployed", final["error"]
+        assert not _alive(first), "the next controller stopped the orphaned pre-build"
+        assert "stopped 1 build command(s)" in server.log()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first, signal.SIGKILL)  # a failed test leaves nothing behind
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
