@@ -6,6 +6,7 @@ Plug-ins are chosen here by name (``SLIPWAY_RUNTIME``); each part gets only what
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -24,7 +25,12 @@ from controller.secretstore.crypto import Cipher
 from controller.settings import Settings
 from controller.sources.git import GitSource
 from controller.store.db import Database
-from controller.store.deliveries import MAX_BATCH, DeliveryWriter, move_from_inbox
+from controller.store.deliveries import (
+    MAX_BATCH,
+    DeliveryWriter,
+    move_from_inbox,
+    prune_deliveries,
+)
 from controller.store.inbox import Inbox
 from controller.store.tables import Deployment, Environment, Job, Project, Version, utcnow
 from controller.supervisor import ControllerProcess
@@ -85,7 +91,7 @@ class Services:
                 # pausing 50 ms after each so a burst batches up.
                 Drain("route", ("route",), self.route_deliveries, pause=0.05),
             ],
-            resync=[self.resync_deployments, self.resync_runtime],
+            resync=[self.resync_deployments, self.resync_runtime, self.prune_deliveries],
             resync_interval=settings.runtime.resync_interval,
         )
         self.pipeline = Pipeline(
@@ -197,6 +203,18 @@ class Services:
                     session, kind="deploy", key=f"env:{dep.environment_id}", deployment_id=dep.id
                 )
         self.queue.notify()
+
+    def prune_deliveries(self) -> None:
+        """Delivery bodies and finished routing jobs older than the retention go."""
+        days = self.settings.runtime.delivery_retention_days
+        emptied, removed = prune_deliveries(self.db, older_than=timedelta(days=days))
+        if emptied or removed:
+            log.info(
+                "retention (%g days): dropped %d delivery bodies, %d routing jobs",
+                days,
+                emptied,
+                removed,
+            )
 
     def resync_runtime(self) -> None:
         """Current versions serve; archived or idle non-current versions stop."""

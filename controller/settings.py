@@ -60,6 +60,7 @@ class RuntimeSettings(BaseSettings):
     # Not in SPEC's table: tuning knobs with safe defaults, documented in the README.
     resync_interval: float = Field(default=60.0, gt=0)
     build_timeout: float = Field(default=1800.0, gt=0)
+    delivery_retention_days: float = Field(default=14.0, gt=0)
 
     @field_validator("runtime", mode="before")
     @classmethod

@@ -30,9 +30,10 @@ import queue as stdqueue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from controller.store.db import Database
@@ -125,6 +126,46 @@ def move_from_inbox(db: Database, inbox: Inbox, *, limit: int = MAX_BATCH) -> in
         insert_deliveries(conn, entries)
     inbox.forget(through=entries[-1].seq)
     return len(entries)
+
+
+def prune_deliveries(
+    db: Database, *, older_than: timedelta, batch: int = 500, max_batches: int = 20
+) -> tuple[int, int]:
+    """Retention: a delivery processed more than ``older_than`` ago keeps its row (its id
+    still tells a redelivery apart; deployments and events still name it; its outcome
+    stays readable) but drops its body, and its finished routing job goes. Short
+    transactions of ``batch`` rows; what is left waits for the next resync. Returns
+    (bodies dropped, jobs deleted)."""
+    cutoff = utcnow() - older_than
+    emptied = removed = 0
+    for _ in range(max_batches):
+        with db.writing(), db.engine.begin() as conn:
+            ids = (
+                conn.execute(
+                    select(Delivery.id)
+                    .where(Delivery.processed_at < cutoff, func.length(Delivery.body) > 0)
+                    .limit(batch)
+                )
+                .scalars()
+                .all()
+            )
+            if ids:
+                conn.execute(update(Delivery).where(Delivery.id.in_(ids)).values(body=b""))
+            jobs = (
+                conn.execute(
+                    select(Job.id)
+                    .where(Job.kind == "route", Job.status == "done", Job.updated_at < cutoff)
+                    .limit(batch)
+                )
+                .scalars()
+                .all()
+            )
+            if jobs:
+                conn.execute(delete(Job).where(Job.id.in_(jobs)))
+        emptied, removed = emptied + len(ids), removed + len(jobs)
+        if len(ids) < batch and len(jobs) < batch:
+            break
+    return emptied, removed
 
 
 class DeliveryWriter:

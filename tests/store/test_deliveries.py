@@ -10,7 +10,7 @@ import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,9 +22,15 @@ from controller.deployments import env_key
 from controller.dispatch import process_delivery
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
-from controller.store.deliveries import MAX_BATCH, DeliveryWriter, Incoming, move_from_inbox
+from controller.store.deliveries import (
+    MAX_BATCH,
+    DeliveryWriter,
+    Incoming,
+    move_from_inbox,
+    prune_deliveries,
+)
 from controller.store.inbox import Inbox
-from controller.store.tables import Delivery, Deployment, Environment, Event, Job
+from controller.store.tables import Delivery, Deployment, Environment, Event, Job, utcnow
 
 BEFORE = "1" * 40
 AFTER = "a1b2c3d" + "4" * 33
@@ -206,6 +212,42 @@ def test_a_failed_write_reaches_every_waiter_and_leaves_nothing_behind(
     assert writer.record(items) == [True] * 20
     assert count(database, Delivery) == 20
     assert count(database, Job) == 20
+
+
+# -- retention ---------------------------------------------------------------------------
+
+
+def test_retention_drops_old_bodies_and_routing_jobs_and_keeps_what_is_needed(
+    database: Database, writer: Writer, push_body: bytes
+) -> None:
+    old, recent, waiting = (incoming(push_body) for _ in range(3))
+    assert writer.record([old, recent, waiting]) == [True] * 3
+    long_ago, now = utcnow() - timedelta(days=30), utcnow()
+    processed_at = {old.delivery_id: long_ago, recent.delivery_id: now, waiting.delivery_id: None}
+    with database.transaction() as session:
+        pks = {}
+        for delivery in session.execute(select(Delivery)).scalars():
+            delivery.processed_at = processed_at[delivery.delivery_id]
+            pks[delivery.id] = delivery.delivery_id
+        for job in session.execute(select(Job)).scalars():
+            done = processed_at[pks[job.payload["delivery"]]]
+            job.status = "queued" if done is None else "done"
+            job.updated_at = long_ago if done is None else done  # a queued job is never pruned
+
+    assert prune_deliveries(database, older_than=timedelta(days=14), batch=1) == (1, 1)
+    assert prune_deliveries(database, older_than=timedelta(days=14)) == (0, 0), "once"
+
+    with database.read() as session:
+        bodies = {d.delivery_id: d.body for d in session.execute(select(Delivery)).scalars()}
+        left = {pks[job.payload["delivery"]] for job in session.execute(select(Job)).scalars()}
+    assert bodies == {
+        old.delivery_id: b"",
+        recent.delivery_id: push_body,
+        waiting.delivery_id: push_body,
+    }
+    assert left == {recent.delivery_id, waiting.delivery_id}
+    # The row stays, so a redelivery of the old id is still a repeat, not new work.
+    assert writer.record([old]) == [False]
 
 
 # -- the SQLite inbox --------------------------------------------------------------------
