@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.procs import alive
 
 from controller.builders.commands import CommandRegistry, minimal_env, run_command
 
@@ -23,14 +24,6 @@ def group(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def children(pid: int) -> list[int]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from conftest import Flow, cli, last_json, today
+from support.procs import alive
 from support.server import Server
 
 
@@ -253,21 +254,13 @@ def test_a_build_command_left_running_by_a_killed_controller_is_stopped(
     server.kill()  # the pre-build, in a session of its own, outlives the controller
     slow.unlink()
     try:
-        assert _alive(first)
+        assert alive(first)
         server.start()
 
         final = server.wait_deployment(dep["id"], timeout=120)
         assert final["status"] == "deployed", final["error"]
-        assert not _alive(first), "the next controller stopped the orphaned pre-build"
+        assert not alive(first), "the next controller stopped the orphaned pre-build"
         assert "stopped 1 build command(s)" in server.log()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first, signal.SIGKILL)  # a failed test leaves nothing behind
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

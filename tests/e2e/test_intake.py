@@ -10,6 +10,7 @@ from pathlib import Path
 
 from conftest import REPO, Flow
 from support import payloads
+from support.procs import stat_fields
 from support.server import Server
 
 
@@ -82,8 +83,7 @@ def _cmdline(pid: int) -> str:
 
 
 def _niceness(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[16])
+    return int(stat_fields(pid)[16])
 
 
 def test_the_controller_runs_at_a_lower_cpu_priority_than_intake(server: Server) -> None:
