@@ -105,20 +105,27 @@ class Inbox:
 
     # -- connections ----------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _opened(self, name: str, target: str, *, uri: bool = False) -> sqlite3.Connection:
+        """This thread's connection ``name`` to ``target`` (autocommit mode: transactions
+        are begun explicitly), opened on first use and closed by :meth:`close`."""
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
         if conn is None:
-            # Autocommit mode: transactions are begun explicitly below.
             conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, check_same_thread=False
+                target, uri=uri, isolation_level=None, timeout=30, check_same_thread=False
             )
+            setattr(self._local, name, conn)
+            with self._guard:
+                self._connections.append(conn)
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        fresh = getattr(self._local, "inbox", None) is None
+        conn = self._opened("inbox", str(self.path))
+        if fresh:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             # Checkpoints run in the server's checkpoint thread, never inside a commit.
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._local.conn = conn
-            with self._guard:
-                self._connections.append(conn)
         return conn
 
     @contextmanager
@@ -163,18 +170,7 @@ class Inbox:
         costs half a millisecond on every commit."""
         if self.main is None or not delivery_ids:
             return set()
-        conn: sqlite3.Connection | None = getattr(self._local, "main", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                f"{self.main.resolve().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                timeout=30,
-                check_same_thread=False,
-            )
-            self._local.main = conn
-            with self._guard:
-                self._connections.append(conn)
+        conn = self._opened("main", f"{self.main.resolve().as_uri()}?mode=ro", uri=True)
         ids = sorted(delivery_ids)
         marks = ",".join("?" * len(ids))
         query = f"SELECT delivery_id FROM deliveries WHERE delivery_id IN ({marks})"  # noqa: S608 - placeholders only
