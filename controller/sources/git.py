@@ -24,6 +24,10 @@ same as ``git -c``, but not visible in ``ps`` and never part of a command line t
 end up in an exception. git's stderr is scrubbed (URL userinfo, the header and its parts)
 before it reaches any message; the cause chained to our errors holds only scrubbed text.
 
+Resolving. :meth:`GitSource.resolve` asks the remote (``git ls-remote --symref``) which
+commit a branch, or ``HEAD`` (the default branch), points at. It touches no mirror and
+takes no lock, so the resync can ask about many repositories at once while fetches run.
+
 Exports. ``git archive`` into a temporary tar, unpacked by
 :func:`~controller.sources.archive.safe_extract`. The mirror's ``info/attributes`` turns
 off ``export-subst`` and ``export-ignore``, so an export is exactly the commit's tree and
@@ -55,6 +59,7 @@ from controller.errors import (
     SourceUnavailable,
 )
 from controller.sources.archive import content_digest, safe_extract
+from controller.sources.base import Resolved
 
 _SHA = re.compile(r"[0-9a-f]{7,40}")
 _REF = re.compile(r"refs/[A-Za-z0-9_./-]+")
@@ -163,6 +168,57 @@ class GitSource:
                     )
                 return self._git(*cat_file, "blob", oid)
             return None  # a symlink loop
+
+    def resolve(
+        self,
+        ref: str,
+        *,
+        clone_url: str,
+        timeout: float | None = None,
+        auth_header: str | None = None,
+    ) -> Resolved | None:
+        """Ask ``clone_url`` where ``ref`` (``HEAD`` or ``refs/heads/<branch>``) points,
+        following ``HEAD`` to its branch. ``None``: the remote has no such ref (or is
+        empty). A failure raises :class:`SourceNotFound` or :class:`SourceUnavailable`."""
+        if ref != "HEAD":
+            _check_ref(ref)
+        remote = _parse_remote(clone_url)
+        if remote.local_path is not None and not remote.local_path.exists():
+            raise SourceNotFound(f"repository {remote.name} not found: the path does not exist")
+        limit = timeout or self._timeout
+        config = [("http.extraHeader", auth_header)] if auth_header else []
+        try:
+            out = _run(
+                ["ls-remote", "--symref", "--", remote.url, ref],
+                timeout=limit,
+                config=config,
+                secrets=_secrets(auth_header),
+            )
+        except _GitFailed as exc:
+            if exc.timed_out:
+                raise SourceUnavailable(
+                    f"asking {remote.name} for {ref} timed out after {limit:g}s"
+                ) from exc
+            if _NO_ACCESS.search(exc.detail):
+                raise SourceNotFound(
+                    f"repository {remote.name} not found or not accessible: {_summary(exc.detail)}",
+                    hint="check the clone URL and that Slipway has access to the repository",
+                ) from exc
+            raise SourceUnavailable(
+                f"could not ask {remote.name} for {ref}: {_summary(exc.detail)}"
+            ) from exc
+        target, sha = ref, None
+        for line in out.decode(errors="replace").splitlines():
+            value, _, name = line.partition("\t")
+            if name != ref:
+                continue  # ls-remote matches patterns on their tail: keep the exact ref only
+            if value.startswith("ref: "):
+                target = value[len("ref: ") :].strip()
+            elif _SHA.fullmatch(value.strip()):
+                sha = value.strip()
+        if sha is None or not target.startswith("refs/heads/"):
+            return None
+        return Resolved(ref=target, sha=sha)
 
     # --- internals ----------------------------------------------------------------
 
