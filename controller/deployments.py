@@ -344,6 +344,16 @@ def active_deployment_count(session: Session, environment_id: int) -> int:
     ).scalar_one()
 
 
+def attempted_deployment(session: Session, environment_id: int, sha: str) -> Deployment | None:
+    """The oldest deployment of commit ``sha`` to the environment, in any status."""
+    return session.execute(
+        select(Deployment)
+        .where(Deployment.environment_id == environment_id, Deployment.sha == sha)
+        .order_by(Deployment.created_at)
+        .limit(1)
+    ).scalar_one_or_none()
+
+
 def orphaned_queued_deployments(session: Session) -> list[Deployment]:
     """Queued deployments with no live job (their job was lost or failed): resync fodder."""
     live = select(Job.deployment_id).where(

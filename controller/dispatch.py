@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -21,6 +23,7 @@ from controller.deployments import (
     active_deployment_count,
     active_previews,
     archive_branch,
+    attempted_deployment,
     cancel_queued,
     ensure_environment,
     find_environment,
@@ -30,6 +33,7 @@ from controller.deployments import (
     request_deployment,
 )
 from controller.errors import Conflict
+from controller.models import BRANCH_PATTERN
 from controller.queue import Backoff
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
@@ -53,6 +57,10 @@ from webhooks.routing import (
 )
 
 log = logging.getLogger(__name__)
+
+# Intents that follow a tracked branch: a commit is deployed to an environment at most once
+# (a late delivery after the resync deployed it, or the resync after the delivery).
+TRACKED_SOURCES = frozenset({"push", "resync"})
 
 
 @dataclass
@@ -257,6 +265,7 @@ class _Batch:
             payload = json.loads(delivery.body)
             views, projects = self.views(repository_full_name(payload))
             routed = route(delivery.event, payload, views)
+            _record_default_branch(projects.values(), payload)
         except (PayloadError, ValueError) as exc:
             delivery.processed_at = utcnow()
             delivery.outcome = f"rejected: {exc}"
@@ -275,7 +284,7 @@ class _Batch:
             self.flush_deploys()
             self._views.clear()
             if isinstance(intent, Deploy):
-                _apply_deploy(
+                apply_deploy(
                     session, self.cipher, projects[intent.project_id], intent, delivery, applied
                 )
             elif isinstance(intent, Archive):
@@ -307,12 +316,12 @@ class _Batch:
                 # The environment is idle: the oldest starts at once, as it would have had
                 # it been routed alone; newest-wins applies to the ones waiting behind it.
                 first, first_delivery, first_applied = items.pop(0)
-                _apply_deploy(
+                apply_deploy(
                     self.session, self.cipher, project, first, first_delivery, first_applied
                 )
                 supersede = not first_applied.deployments
             newest, newest_delivery, newest_applied = items[-1]
-            _apply_deploy(
+            apply_deploy(
                 self.session,
                 self.cipher,
                 project,
@@ -327,6 +336,8 @@ class _Batch:
             now = utcnow()
             older = items[:-1]
             for n, (intent, delivery, applied) in enumerate(older):
+                if attempted_deployment(self.session, env.id, intent.sha) is not None:
+                    continue
                 dep = record_superseded(
                     self.session,
                     project=project,
@@ -341,6 +352,18 @@ class _Batch:
                     created_at=now - timedelta(microseconds=len(older) - n),
                 )
                 applied.deployments.append(dep.id)
+
+
+def _record_default_branch(projects: Iterable[Project], payload: dict[str, Any]) -> None:
+    """Remember the repository's default branch, which every delivery carries: the resync
+    tracks it for projects without a production branch (else it asks the remote's HEAD)."""
+    repository = payload.get("repository") if isinstance(payload, dict) else None
+    branch = repository.get("default_branch") if isinstance(repository, dict) else None
+    if not isinstance(branch, str) or not BRANCH_PATTERN.match(branch):
+        return
+    for project in projects:
+        if project.default_branch != branch:
+            project.default_branch = branch
 
 
 def _owned_by_another_pull_request(session: Session, intent: Archive) -> bool:
@@ -359,16 +382,20 @@ def _owned_by_another_pull_request(session: Session, intent: Archive) -> bool:
     return owner is not None and owner != intent.pr_number
 
 
-def _apply_deploy(
+def apply_deploy(
     session: Session,
     cipher: Cipher,
     project: Project,
     intent: Deploy,
-    delivery: Delivery,
+    delivery: Delivery | None,
     applied: Applied,
     *,
     supersede: bool = True,
 ) -> None:
+    """Apply one deploy intent: a routed delivery's (``delivery`` set) or the resync's
+    (``delivery`` None; :mod:`controller.reconcile`). A tracked-branch commit that the
+    environment already attempted is not requested again, whoever saw it first."""
+    delivery_id = delivery.delivery_id if delivery is not None else None
     attrs: dict[str, object] = {}
     if intent.environment == "preview":
         holder = session.execute(
@@ -391,7 +418,7 @@ def _apply_deploy(
                 f"no preview for pull request #{intent.pr_number}: preview branch "
                 f"{intent.branch} belongs to pull request #{holder.pr_number}, which is still "
                 "open; rename the branch or close the other pull request",
-                delivery.delivery_id,
+                delivery_id,
             )
             return
         attrs = {
@@ -405,6 +432,22 @@ def _apply_deploy(
     if env.status == "archived" and intent.source == "pull_request":
         # A reopened pull request (or a new one from the same branch) revives its preview.
         env.status, env.status_reason, env.archived_at = "active", None, None
+    if intent.source in TRACKED_SOURCES:
+        # PostgreSQL: the resync and routing (or two replicas) check-then-insert under
+        # the environment's row lock; SQLite's write transactions are serial already.
+        session.execute(select(Environment.id).where(Environment.id == env.id).with_for_update())
+        earlier = attempted_deployment(session, env.id, intent.sha)
+        if earlier is not None:
+            if delivery is not None:
+                record_event(
+                    session,
+                    project.id,
+                    "skipped",
+                    f"{intent.sha[:7]} was already attempted in {env.name} ({earlier.id}, "
+                    f"{earlier.status}); a commit deploys once per environment",
+                    delivery_id,
+                )
+            return
     try:
         deployment = request_deployment(
             session,
@@ -414,14 +457,14 @@ def _apply_deploy(
                 sha=intent.sha,
                 ref=intent.ref,
                 source=intent.source,
-                delivery_id=delivery.delivery_id,
+                delivery_id=delivery_id,
                 pr_number=intent.pr_number,
                 options={"fork": intent.is_fork} if intent.is_fork else {},
             ),
             supersede=supersede,
         )
     except Conflict as exc:
-        record_event(session, project.id, "skipped", exc.message, delivery.delivery_id)
+        record_event(session, project.id, "skipped", exc.message, delivery_id)
         return
     applied.deployments.append(deployment.id)
 
