@@ -19,6 +19,7 @@ from controller.errors import PermanentError
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
+from controller.reconcile import resync_passes
 from controller.runtimes.base import Runtime
 from controller.runtimes.local import LocalRuntime
 from controller.secretstore.crypto import Cipher
@@ -91,7 +92,18 @@ class Services:
                 # pausing 50 ms after each so a burst batches up.
                 Drain("route", ("route",), self.route_deliveries, pause=0.05),
             ],
-            resync=[self.resync_deployments, self.resync_runtime, self.prune_deliveries],
+            resync=[
+                self.resync_deployments,
+                self.resync_runtime,
+                self.prune_deliveries,
+                *resync_passes(
+                    db=self.db,
+                    cipher=self.cipher,
+                    git=self.source,
+                    settings=settings,
+                    on_deploy=lambda: self.queue.notify("deploy"),
+                ),
+            ],
             resync_interval=settings.runtime.resync_interval,
         )
         self.pipeline = Pipeline(

@@ -61,6 +61,11 @@ class RuntimeSettings(BaseSettings):
     resync_interval: float = Field(default=60.0, gt=0)
     build_timeout: float = Field(default=1800.0, gt=0)
     delivery_retention_days: float = Field(default=14.0, gt=0)
+    # Reconcile and retention (controller.reconcile, controller.store.retention).
+    resync_branches: bool = True
+    job_retention_days: float = Field(default=7.0, gt=0)
+    deployment_log_retention_days: float = Field(default=30.0, gt=0)
+    run_log_retention_days: float = Field(default=7.0, gt=0)
 
     @field_validator("runtime", mode="before")
     @classmethod

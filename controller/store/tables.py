@@ -187,6 +187,7 @@ class Job(Base):
         # Claims walk queued jobs of a kind in id order without sorting the backlog.
         Index("ix_jobs_claim_order", "status", "kind", "id"),
         Index("ix_jobs_key_status", "key", "status"),
+        Index("ix_jobs_status_updated_at", "status", "updated_at"),  # retention
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -207,6 +208,13 @@ class Job(Base):
 
 class Deployment(Base):
     __tablename__ = "deployments"
+    __table_args__ = (
+        # The resync filters on status; its branch pass asks "was this commit attempted
+        # here?"; log retention walks finished deployments by age.
+        Index("ix_deployments_status", "status"),
+        Index("ix_deployments_environment_sha", "environment_id", "sha"),
+        Index("ix_deployments_finished_at", "finished_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
@@ -284,6 +292,15 @@ class Version(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__ = (
+        # Retention finds runs that still hold logs without walking every run ever made.
+        Index(
+            "ix_runs_finished_with_logs",
+            "finished_at",
+            sqlite_where=text("logs IS NOT NULL"),
+            postgresql_where=text("logs IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)

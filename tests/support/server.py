@@ -48,6 +48,10 @@ class Server:
             SLIPWAY_PORT=str(self.port),
             SLIPWAY_API_URL=self.url,
             SLIPWAY_RESYNC_INTERVAL="2",
+            # Tests that count what deliveries deploy would race the branch pass (it
+            # deploys the test repo's head on its own); tests/e2e/test_reconcile.py turns
+            # it on.
+            SLIPWAY_RESYNC_BRANCHES="false",
         )
         if secret:
             self.env["SLIPWAY_WEBHOOK_SECRET"] = secret
