@@ -1,6 +1,8 @@
 """Git source: one bare mirror per repository, fetched incrementally, exported as plain trees.
 
-This is the only module that imports GitPython. It turns git's failures into
+This is the only module that imports GitPython (hence its length: every git command, the
+scrubbing of its output and the classification of its failures stay behind one
+boundary). It turns git's failures into
 :class:`SourceNotFound` (permanent: no such repository, commit or access) or
 :class:`SourceUnavailable` (temporary: network, timeouts, a busy mirror).
 
