@@ -112,7 +112,12 @@ class BranchPass:
         heads = resolve_all(calls, workers=self.workers, timeout=self.timeout)
         requested: list[str] = []
         for target in self.unattempted(targets, heads):
-            requested += self.request(target, heads[target.key])
+            try:
+                requested += self.request(target, heads[target.key])
+            except Exception:
+                # One environment's failure (a database hiccup) leaves the others to go on;
+                # the next pass asks again.
+                log.exception("resync: requesting %s of %s failed", target.ref, target.project_ref)
         if requested:
             self.on_deploy()
         return requested

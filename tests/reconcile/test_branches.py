@@ -424,3 +424,29 @@ def test_a_project_changed_while_resolving_is_not_deployed(
     passes = BranchPass(db=database, cipher=cipher, source_for=lambda repo: Disconnecting())
     assert passes.run() == []
     assert deployments(database) == []
+
+
+def test_one_environment_failing_to_request_leaves_the_others_to_go_on(
+    database: Database,
+    cipher: Cipher,
+    make_project: Callable[..., int],
+    sources: Sources,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    make_project("bad")
+    make_project("good", repo="octo-org/good")
+    sources["bad"].point("main", SHA_A, default=True)
+    sources["good"].point("main", SHA_B, default=True)
+
+    class Flaky(BranchPass):
+        def request(self, target, head):  # type: ignore[no-untyped-def]
+            if target.project_ref == "bad":
+                raise RuntimeError("database went away")
+            return super().request(target, head)
+
+    passes = Flaky(db=database, cipher=cipher, source_for=sources)
+    with caplog.at_level(logging.ERROR, logger="controller.reconcile"):
+        (requested,) = passes.run()
+    (dep,) = deployments(database)
+    assert dep.id == requested and dep.sha == SHA_B
+    assert "requesting HEAD of bad failed" in caplog.text
