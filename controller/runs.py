@@ -118,7 +118,7 @@ def trigger(
         spec = spec_for(session, row)
         version_id, version_name = row.id, row.version
         max_duration = task.get("max_duration")
-        run_env, secrets = _run_environment(
+        run_env, secrets = run_environment(
             session,
             cipher,
             env,
@@ -167,7 +167,7 @@ def trigger(
         return run_view(run, version_name)
 
 
-def _run_environment(
+def run_environment(
     session: Session,
     cipher: Cipher | None,
     env: Environment,

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from controller.errors import InvalidInput
 
@@ -85,12 +85,20 @@ def validate_variables(values: Mapping[str, Any]) -> dict[str, str]:
 
 
 def parse_dotenv(text: str) -> dict[str, str]:
-    """dotenv lines as python-dotenv reads them (``export``, quotes, comments)."""
-    parsed = dotenv_values(stream=io.StringIO(text), interpolate=False)
-    missing = [name for name, value in parsed.items() if value is None]
-    if missing:
-        raise InvalidInput(f"dotenv line without a value: {missing[0][:80]!r} (write NAME=VALUE)")
-    return validate_variables({k: v for k, v in parsed.items() if v is not None})
+    """dotenv lines as python-dotenv reads them (``export``, quotes, comments); a line
+    it cannot parse is an error here, where python-dotenv would skip it with a warning."""
+    values: dict[str, Any] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise InvalidInput(f"dotenv line {binding.original.line} cannot be parsed")
+        if binding.key is None:
+            continue
+        if binding.value is None:
+            raise InvalidInput(
+                f"dotenv line {binding.original.line} has no value (write NAME=VALUE)"
+            )
+        values[binding.key] = binding.value
+    return validate_variables(values)
 
 
 def _from_json(data: Any, *, what: str) -> dict[str, str]:
@@ -129,17 +137,29 @@ def parse_import(body: bytes) -> tuple[dict[str, str], bool]:
 
 def parse_sync_output(text: str) -> dict[str, str]:
     """What ``sync_env_vars`` printed: a JSON object, a JSON list of ``{name, value}``,
-    or dotenv lines. Anything else raises :class:`InvalidInput`."""
+    or dotenv lines. Anything else raises :class:`InvalidInput` with a message that
+    quotes nothing of the output (a malformed line may well be a value)."""
     stripped = text.strip()
     if not stripped:
         return {}
-    if stripped[0] in "{[":
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"sync_env_vars printed invalid JSON: {exc.msg}") from exc
-        return _from_json(data, what="sync_env_vars output")
-    return parse_dotenv(text)
+    try:
+        if stripped[0] in "{[":
+            try:
+                data = json.loads(stripped)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(
+                    f"sync_env_vars printed invalid JSON (line {exc.lineno}, column {exc.colno})"
+                ) from None
+            return _from_json(data, what="sync_env_vars output")
+        return parse_dotenv(text)
+    except InvalidInput as exc:
+        if exc.message.startswith("sync_env_vars printed invalid JSON"):
+            raise
+        raise InvalidInput(
+            "sync_env_vars printed malformed output: expected a JSON object, a JSON list of "
+            '{"name", "value"}, or dotenv NAME=VALUE lines, with valid names that do not '
+            "start with SLIPWAY_ (except SLIPWAY_BUILD_)"
+        ) from None
 
 
 # -- precedence ----------------------------------------------------------------------
