@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO, cli
+import pytest
+from conftest import REPO, Flow, cli
 from cryptography.fernet import Fernet
 from support.repos import TaskRepo
 from support.server import Server
@@ -321,3 +322,33 @@ def test_rotation_keeps_every_value_reaching_runs(tmp_path: Path) -> None:
         assert server.secret_key("demo", "production").startswith("sk_")
     finally:
         server.close()
+
+
+FORK_PRE_BUILD = (
+    "python -c \"import os; print('fork-build', 'open=' + os.environ.get('OPENTOK', '-'), "
+    "'token=' + os.environ.get('TOKEN', '-'))\""
+)
+
+
+@pytest.mark.node
+def test_a_fork_preview_sees_only_fork_safe_variables(server: Server, tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    repo.write("slipway.toml", f"pre_build = {json.dumps(FORK_PRE_BUILD)}\n")
+    repo.commit("pre-build prints build vars")
+    flow = Flow(server, repo)
+    flow.connect(fork_previews=True)
+    preview = ["--project", "demo", "--env", "preview"]
+    cli(server, "env", "set", "OPEN=o", "SLIPWAY_BUILD_OPENTOK=x", "--fork-safe", *preview)
+    cli(server, "env", "set", "HIDDEN=h", "SLIPWAY_BUILD_TOKEN=t", *preview)
+    cli(server, "env", "set", "BRANCH_OWN=b", *preview, "--branch", "outsider-patch")
+
+    repo.checkout("outsider-patch", create=True)
+    sha = repo.set_message("from a fork")
+    flow.pull_request("opened", branch="outsider-patch", sha=sha, fork_owner="outsider")
+    dep = flow.deployed(sha, env="preview")
+    logs = [
+        m["message"] for m in server.ok("GET", f"/api/v1/deployments/{dep['id']}/logs")["lines"]
+    ]
+    assert "fork-build open=x token=-" in logs, logs
+    seen = _seen(server, "preview", ["OPEN", "HIDDEN", "BRANCH_OWN"], branch="outsider-patch")
+    assert seen == {"OPEN": "o", "HIDDEN": None, "BRANCH_OWN": None}
