@@ -20,6 +20,13 @@ is rewritten behind the user's back at start-up.
 
 Errors never contain plaintext or key material: only "cannot be decrypted" and what to
 configure.
+
+**Decryption is memoised** (a bounded LRU of ``(token, aad) → plaintext``, per cipher,
+in memory only): every run resolves its environment's variables afresh, and decrypting
+500 values on each trigger would cost more than the run itself. A token is unique per
+write (random nonce), so a changed value is a new token and can never hit a stale entry.
+The trade-off is that recently used plaintexts stay in the process's memory, where they
+pass through anyway on every run.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import binascii
 import hashlib
 import os
 import secrets
+import threading
+from collections import OrderedDict
 
 from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -40,6 +49,7 @@ from controller.errors import PermanentError
 
 PREFIX = "v2"
 NONCE_BYTES = 12
+MEMO_ENTRIES = 20000
 
 
 def _hkdf(key: str, info: bytes) -> bytes:
@@ -78,6 +88,8 @@ class Cipher:
         self._keys = [_Key(k) for k in keys]
         self._by_id = {k.id: k for k in reversed(self._keys)}
         self._legacy = MultiFernet([k.fernet for k in self._keys])
+        self._memo: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        self._memo_lock = threading.Lock()
 
     @property
     def current_key_id(self) -> str:
@@ -90,6 +102,19 @@ class Cipher:
         return f"{PREFIX}:{key.id}:{base64.urlsafe_b64encode(nonce + sealed).decode()}"
 
     def decrypt(self, token: str, *, aad: bytes = b"") -> str:
+        with self._memo_lock:
+            plain = self._memo.get((token, aad))
+            if plain is not None:
+                self._memo.move_to_end((token, aad))
+                return plain
+        plain = self._decrypt(token, aad)
+        with self._memo_lock:
+            self._memo[(token, aad)] = plain
+            if len(self._memo) > MEMO_ENTRIES:
+                self._memo.popitem(last=False)
+        return plain
+
+    def _decrypt(self, token: str, aad: bytes) -> str:
         if not token.startswith(PREFIX + ":"):
             return self._decrypt_legacy(token)
         _, key_id, body = [*token.split(":", 2), "", ""][:3]

@@ -9,14 +9,26 @@ transaction, so the history cannot disagree with the variables.
 
 Actors are strings a person can read: ``admin token``, ``import (admin token)``,
 ``sync of deployment dep_…``.
+
+**Resolving on every run is cached by a stamp.** Every run resolves its variables when it
+starts, so a changed value reaches the next run. Decrypting hundreds of values per
+trigger would dominate the trigger's latency, so the resolved set is kept (per cipher,
+in memory, bounded) under the project's newest :class:`EnvVarChange` id, read first in
+the same transaction: every write appends a change in the transaction that writes the
+value, so a new stamp always means "load again". (Reading the stamp before the rows
+means a concurrent commit can only file newer rows under an older stamp, which the next
+run replaces.) ``keys rotate`` changes ciphertexts, not values, so it needs no stamp.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controller.errors import InvalidInput, NotFound
@@ -176,26 +188,64 @@ def history(session: Session, scope: Scope, *, limit: int = 500) -> list[EnvVarC
     )
 
 
+CACHE_ENTRIES = 512
+_caches: weakref.WeakKeyDictionary[Cipher, OrderedDict[tuple[Any, ...], dict[str, Variable]]]
+_caches = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
 def resolve_for_environment(
     session: Session, cipher: Cipher, env: Environment
 ) -> dict[str, Variable]:
+    """:func:`load_for_environment`, cached under the project's change stamp."""
+    stamp = session.execute(
+        select(func.max(EnvVarChange.id)).where(EnvVarChange.project_id == env.project_id)
+    ).scalar()
+    key = (env.id, env.project_id, env.name, env.branch, env.is_fork, stamp)
+    with _caches_lock:
+        cache = _caches.setdefault(cipher, OrderedDict())
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+            return dict(hit)
+    resolved = load_for_environment(session, cipher, env)
+    with _caches_lock:
+        cache[key] = resolved
+        if len(cache) > CACHE_ENTRIES:
+            cache.popitem(last=False)
+    return dict(resolved)
+
+
+def load_for_environment(session: Session, cipher: Cipher, env: Environment) -> dict[str, Variable]:
     """What ``env`` sees, decrypted, with the preview precedence and the fork rule.
 
     A fork preview exists only when its project allows fork previews; it still sees
-    fork-safe variables only."""
-    layers: dict[tuple[str, str], list[Variable]] = {}
-    for environment, branch_key in layers_for(env.name, env.branch):
+    fork-safe variables only. One query for every layer, without ORM objects: this runs
+    on every trigger."""
+    wanted = layers_for(env.name, env.branch)
+    rows = session.execute(
+        select(
+            EnvVar.environment,
+            EnvVar.branch_key,
+            EnvVar.name,
+            EnvVar.value_encrypted,
+            EnvVar.secret,
+            EnvVar.fork_safe,
+        ).where(
+            EnvVar.project_id == env.project_id,
+            EnvVar.environment == env.name,
+            EnvVar.branch_key.in_([branch_key for _, branch_key in wanted]),
+        )
+    ).all()
+    layers: dict[tuple[str, str], list[Variable]] = {layer: [] for layer in wanted}
+    for environment, branch_key, name, encrypted, secret, fork_safe in rows:
+        if env.is_fork and not fork_safe:
+            continue
         scope = Scope(env.project_id, environment, branch_key)
-        layers[(environment, branch_key)] = [
-            Variable(
-                name=row.name,
-                value=decrypt_value(cipher, row),
-                secret=row.secret,
-                fork_safe=row.fork_safe,
-            )
-            for row in _rows(session, scope)
-            if not (env.is_fork and not row.fork_safe)
-        ]
+        value = cipher.decrypt(encrypted, aad=scope.aad(name))
+        layers.setdefault((environment, branch_key), []).append(
+            Variable(name=name, value=value, secret=secret, fork_safe=fork_safe)
+        )
     return resolve_variables(
         environment=env.name, branch=env.branch, layers=layers, fork=env.is_fork
     )

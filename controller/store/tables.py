@@ -341,9 +341,11 @@ class EnvVarChange(Base):
     """The audit trail of env vars: who or what changed which name, when (never values)."""
 
     __tablename__ = "env_var_changes"
+    # The newest change of a project is the stamp of its resolved-variables cache.
+    __table_args__ = (Index("ix_env_var_changes_project_order", "project_id", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
     environment: Mapped[str] = mapped_column(String(20))
     branch_key: Mapped[str] = mapped_column(String(255), default="")
     name: Mapped[str] = mapped_column(String(255))

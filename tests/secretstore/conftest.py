@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
-from cryptography.fernet import Fernet
 
 from controller.deployments import create_project, ensure_environment
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 
-K1 = Fernet.generate_key().decode()
-K2 = "a passphrase from a secret manager, 32+ characters long"
+K1 = base64.urlsafe_b64encode(b"k1" * 16).decode()  # the same key as the tests' K1
 
 
 @pytest.fixture

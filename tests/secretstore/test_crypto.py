@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
-from conftest import K1, K2
 from cryptography.fernet import Fernet
 
 from controller.errors import PermanentError
 from controller.secretstore.crypto import Cipher
+
+K1 = base64.urlsafe_b64encode(b"k1" * 16).decode()  # a Fernet key, as generated ones
+K2 = "a passphrase from a secret manager, 32+ characters long"
 
 
 def test_a_value_round_trips_and_names_its_key() -> None:

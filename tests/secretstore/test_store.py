@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
-from conftest import K1, K2
 from sqlalchemy import select, text
 
 from controller.deployments import find_environment, get_project
@@ -23,6 +24,8 @@ from controller.store.db import Database
 from controller.store.tables import EnvVar
 
 SECRET = "sk_live_9f8e7d6c5b4a"
+K1 = base64.urlsafe_b64encode(b"k1" * 16).decode()  # a Fernet key, as generated ones
+K2 = "a passphrase from a secret manager, 32+ characters long"
 
 
 def test_values_are_encrypted_and_changes_are_audited_without_values(
@@ -132,3 +135,24 @@ def test_rotation_moves_every_value_to_the_newest_key(database: Database, projec
         project = get_project(session, "demo")
         env = find_environment(session, project, "production", None)
         assert new.decrypt(env.secret_key_encrypted).startswith("sk_")
+
+
+def test_a_change_reaches_the_next_resolution_through_the_cache(
+    database: Database, cipher: Cipher, project_id: int
+) -> None:
+    scope = Scope(project_id, "production")
+
+    def resolved() -> dict[str, str]:
+        with database.read() as session:
+            env = find_environment(session, get_project(session, "demo"), "production", None)
+            return {n: v.value for n, v in resolve_for_environment(session, cipher, env).items()}
+
+    with database.transaction() as session:
+        set_variables(session, cipher, scope, {"A": "1", "B": "2"}, actor="t")
+    assert resolved() == resolved() == {"A": "1", "B": "2"}
+    with database.transaction() as session:
+        set_variables(session, cipher, scope, {"A": "changed"}, actor="t")
+    assert resolved() == {"A": "changed", "B": "2"}
+    with database.transaction() as session:
+        unset_variable(session, scope, "B", actor="t")
+    assert resolved() == {"A": "changed"}

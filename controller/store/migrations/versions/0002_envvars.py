@@ -51,11 +51,11 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["project_id"], ["projects.id"], name=op.f("fk_env_var_changes_project_id_projects")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_env_var_changes")),
     )
-    op.create_index(op.f("ix_env_var_changes_project_id"), "env_var_changes", ["project_id"], unique=False)
+    op.create_index("ix_env_var_changes_project_order", "env_var_changes", ["project_id", "id"], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_env_var_changes_project_id"), table_name="env_var_changes")
+    op.drop_index("ix_env_var_changes_project_order", table_name="env_var_changes")
     op.drop_table("env_var_changes")
     op.drop_index(op.f("ix_env_vars_project_id"), table_name="env_vars")
     op.drop_table("env_vars")
