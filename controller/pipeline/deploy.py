@@ -23,14 +23,12 @@ Failures are classified: a :class:`PermanentError` fails the deployment with its
 and hint; a :class:`TemporaryError` is retried (in the step, then by the queue) until the
 attempts run out. The current version is never touched by a failed deployment.
 
-**Env vars** (:mod:`controller.secretstore`): install, pre-build and sync see the
-environment's ``SLIPWAY_BUILD_<NAME>`` variables as ``<NAME>``, resolved when each step
-starts (a fork preview: fork-safe ones only); secret values are masked in every line the
-deployment logs. ``sync-env`` is skipped with ``--skip-sync-env-vars`` and for fork
-previews (what a fork's code prints must not become the project's variables); it writes
-all synced variables in one transaction only after the command succeeded and its output
-parsed, so a failing, timed-out or malformed sync fails the deployment and changes
-nothing. Release tasks run with the variables runs see.
+**Env vars**: build steps see the build-time variables and ``sync-env`` imports what
+``sync_env_vars`` prints (:mod:`controller.pipeline.envvars`); release tasks run with
+the variables runs see, their secrets masked in the deployment log.
+
+Over 400 lines on purpose: the phases read best as one function, in order; the details
+of steps live in their own modules (journal, env vars, builders).
 """
 
 from __future__ import annotations
@@ -49,23 +47,16 @@ from sqlalchemy import select
 from controller.builders.base import Builder
 from controller.builders.config import BuildConfig, load_config
 from controller.deployments import project_not_deploying_reason
-from controller.errors import BuildFailed, InvalidInput, PermanentError, TemporaryError
+from controller.errors import BuildFailed, PermanentError, TemporaryError
 from controller.ids import new_id
 from controller.manager import Interrupted
 from controller.models import FINAL_STATUSES
+from controller.pipeline.envvars import EnvVarsPhase
 from controller.pipeline.journal import Journal
 from controller.queue import Backoff, Claimed
 from controller.runs import mask_run_result, run_environment
 from controller.runtimes.base import Runtime
 from controller.secretstore.crypto import Cipher
-from controller.secretstore.store import Scope, resolve_for_environment, set_variables
-from controller.secretstore.variables import (
-    Variable,
-    build_variables,
-    mask,
-    parse_sync_output,
-    secret_values,
-)
 from controller.sources.archive import content_digest, safe_extract
 from controller.sources.git import GitSource
 from controller.store.db import Database
@@ -108,6 +99,7 @@ class Pipeline:
     ) -> None:
         self.db = db
         self.cipher = cipher
+        self.envvars = EnvVarsPhase(db=db, cipher=cipher, builder=builder, stopping=stopping)
         self.source = source
         self.builder = builder
         self.runtime = runtime
@@ -211,7 +203,9 @@ class Pipeline:
         def install(_attempt: int) -> dict[str, Any]:
             if not checkout.is_dir():
                 materialise()
-            build_env, log = self._build_variables(snap, journal)
+            build_env, log = self.envvars.build_variables(
+                snap.deployment, snap.environment, journal
+            )
             return self.builder.prepare(
                 checkout / config.root,
                 install=config.install,
@@ -233,7 +227,9 @@ class Pipeline:
                 journal.log("Starting the build again from a clean checkout")
                 digest = materialise()
             if config.pre_build:
-                build_env, log = self._build_variables(snap, journal)
+                build_env, log = self.envvars.build_variables(
+                    snap.deployment, snap.environment, journal
+                )
                 self.builder.pre_build(
                     checkout / config.root,
                     venv=venv,
@@ -261,7 +257,15 @@ class Pipeline:
         built = journal.step("build", build, retry=Backoff(limit=1))
         self._guard(snap)
         if config.sync_env_vars:
-            self._sync_phase(snap, journal, config, root=Path(built["artifact"]), venv=venv)
+            self.envvars.sync(
+                snap.deployment,
+                snap.environment,
+                journal,
+                command=config.sync_env_vars,
+                root=Path(built["artifact"]),
+                venv=venv,
+                timeout=lambda: min(self._remaining(dep), 600.0),
+            )
         self._set_status(dep.id, "deploying")
 
         def number(_attempt: int) -> dict[str, Any]:
@@ -359,72 +363,6 @@ class Pipeline:
                 hint="the new version was not promoted; fix the task and push again",
             )
         return {"status": "completed"}
-
-    # -- env vars -------------------------------------------------------------------------
-
-    def _variables(self, snap: Snapshot) -> dict[str, Variable]:
-        if self.cipher is None:
-            return {}
-        with self.db.read() as session:
-            env = session.get(Environment, snap.environment.id)
-            assert env is not None
-            variables = resolve_for_environment(session, self.cipher, env)
-        if snap.deployment.options.get("fork"):
-            variables = {n: v for n, v in variables.items() if v.fork_safe}
-        return variables
-
-    def _build_variables(
-        self, snap: Snapshot, journal: Journal
-    ) -> tuple[dict[str, str], Callable[[str], None]]:
-        """The build-time variables now, and a log that masks the secret ones."""
-        variables = self._variables(snap)
-        secrets = secret_values(variables)
-        return build_variables(variables), lambda line: journal.log(mask(line, secrets))
-
-    def _sync_phase(
-        self, snap: Snapshot, journal: Journal, config: BuildConfig, *, root: Path, venv: Path
-    ) -> None:
-        dep, env = snap.deployment, snap.environment
-        if dep.options.get("skip_sync_env_vars"):
-            journal.log("Not syncing env vars (--skip-sync-env-vars)")
-            return
-        if dep.options.get("fork") or env.is_fork:
-            journal.log("Not syncing env vars: this is a preview of a fork", level="warn")
-            return
-        command = config.sync_env_vars
-        assert command is not None
-
-        def sync(_attempt: int) -> dict[str, Any]:
-            build_env, log = self._build_variables(snap, journal)
-            printed = self.builder.sync_env_vars(
-                root,
-                venv=venv,
-                command=command,
-                log=log,
-                cancel=self.stopping,
-                timeout=min(self._remaining(dep), 600.0),
-                build_env=build_env,
-                extra_env={"SLIPWAY_ENVIRONMENT": env.name, "SLIPWAY_BRANCH": env.branch or ""},
-            )
-            try:
-                values = parse_sync_output(printed)
-            except InvalidInput as exc:
-                raise BuildFailed(exc.message, hint="no variable was changed") from None
-            if values and self.cipher is not None:
-                with self.db.transaction() as session:
-                    set_variables(
-                        session,
-                        self.cipher,
-                        Scope(dep.project_id, env.name, env.branch or ""),
-                        values,
-                        actor=f"sync of deployment {dep.id}",
-                        source="sync",
-                    )
-            where = f"preview branch {env.branch}" if env.branch else env.name
-            journal.log(f"Synced {len(values)} env var(s) into {where}: {', '.join(values)}")
-            return {"synced": sorted(values)}
-
-        journal.step("sync-env", sync, retry=Backoff(limit=1))
 
     # -- bookkeeping ----------------------------------------------------------------------
 
