@@ -77,7 +77,9 @@ def env_get(ctx: click.Context, name: str, project: str, env: str, branch: str |
 @click.argument("assignments", nargs=-1, required=True)
 @_common
 @click.option("--secret", is_flag=True, help="write-only: never shown again, masked in logs")
-@click.option("--fork-safe", is_flag=True, default=None, help="fork previews may see it")
+@click.option(
+    "--fork-safe/--no-fork-safe", default=None, help="fork previews may see it (default: kept)"
+)
 @click.pass_context
 def env_set(
     ctx: click.Context,
@@ -102,8 +104,8 @@ def env_set(
             value = value[:-1] if value.endswith("\n") else value
         values[name] = value
     body: dict[str, Any] = {"variables": values, "secret": secret}
-    if fork_safe:
-        body["fork_safe"] = True
+    if fork_safe is not None:
+        body["fork_safe"] = fork_safe
     result = ctx.find_root().obj.post(
         f"/api/v1/projects/{project}/envvars/{target}", json=body, headers=headers
     )
