@@ -780,5 +780,10 @@ def demo(keep_running: bool, port: int) -> None:
     sys.exit(run_demo(keep_running=keep_running, port=port))
 
 
+from controller.cli_env import env_group, keys_group  # noqa: E402 - see cli_env's docstring
+
+main.add_command(env_group)
+main.add_command(keys_group)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -19,7 +19,9 @@ from sqlalchemy.orm import Session
 from controller.errors import Conflict, InvalidInput, NotFound, PermanentError
 from controller.ids import new_id
 from controller.runtimes.base import Runtime
-from controller.secretstore.crypto import key_hash
+from controller.secretstore.crypto import Cipher, key_hash
+from controller.secretstore.store import resolve_for_environment
+from controller.secretstore.variables import mask, mask_json, run_variables, secret_values
 from controller.store.db import Database
 from controller.store.tables import Environment, Project, Run, Version, utcnow
 from controller.versions import find_version, spec_for
@@ -69,7 +71,9 @@ def trigger(
     task_id: str,
     payload: Any,
     version: str | None,
+    cipher: Cipher | None = None,
 ) -> dict[str, Any]:
+    run_id = new_id("run")
     with db.read() as session:
         env = environment_for_key(session, key, branch)
         if env.status == "archived":
@@ -114,7 +118,15 @@ def trigger(
         spec = spec_for(session, row)
         version_id, version_name = row.id, row.version
         max_duration = task.get("max_duration")
-    run_id = new_id("run")
+        run_env, secrets = run_environment(
+            session,
+            cipher,
+            env,
+            project=project,
+            version=version_name,
+            run_id=run_id,
+            task_id=task_id,
+        )
     with db.transaction() as session:
         session.add(
             Run(
@@ -133,6 +145,7 @@ def trigger(
             task_id=task_id,
             payload=payload,
             timeout=float(max_duration) if max_duration else None,
+            env=run_env,
         )
     except Exception as exc:
         result = {
@@ -141,6 +154,7 @@ def trigger(
             "error": {"type": type(exc).__name__, "message": str(exc)},
             "logs": "",
         }
+    result = mask_run_result(result, secrets)
     with db.transaction() as session:
         run = session.get(Run, run_id)
         assert run is not None
@@ -151,6 +165,42 @@ def trigger(
         run.duration_ms = result.get("duration_ms")
         run.finished_at = utcnow()
         return run_view(run, version_name)
+
+
+def run_environment(
+    session: Session,
+    cipher: Cipher | None,
+    env: Environment,
+    *,
+    project: Project,
+    version: str,
+    run_id: str,
+    task_id: str,
+) -> tuple[dict[str, str], list[str]]:
+    """The run's variables, resolved now (a changed value reaches the next run, with no
+    redeploy), plus the ``SLIPWAY_*`` run variables; and the secret values to mask."""
+    variables = resolve_for_environment(session, cipher, env) if cipher is not None else {}
+    run_env = run_variables(variables)
+    run_env.update(
+        SLIPWAY_PROJECT=project.ref,
+        SLIPWAY_ENVIRONMENT=env.name,
+        SLIPWAY_BRANCH=env.branch or "",
+        SLIPWAY_VERSION=version,
+        SLIPWAY_RUN_ID=run_id,
+        SLIPWAY_TASK_ID=task_id,
+    )
+    return run_env, secret_values(variables)
+
+
+def mask_run_result(result: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+    """Secret values a task printed, returned or raised become ``***``."""
+    if not secrets:
+        return result
+    masked = dict(result)
+    masked["logs"] = mask(result.get("logs") or "", secrets)
+    masked["output"] = mask_json(result.get("output"), secrets)
+    masked["error"] = mask_json(result.get("error"), secrets)
+    return masked
 
 
 def get_run(db: Database, run_id: str, *, key: str | None, admin: bool) -> dict[str, Any]:

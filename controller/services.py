@@ -114,6 +114,7 @@ class Services:
             runtime=self.runtime,
             build_timeout=settings.runtime.build_timeout,
             stopping=self.manager.stopping,
+            cipher=self.cipher,
         )
         self._started = False
 

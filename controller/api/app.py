@@ -115,10 +115,11 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
             return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    from controller.api import deployments, projects, runs, versions
+    from controller.api import deployments, envvars, projects, runs, versions
 
     app.include_router(projects.router)
     app.include_router(deployments.router)
     app.include_router(versions.router)
     app.include_router(runs.router)
+    app.include_router(envvars.router)
     return app

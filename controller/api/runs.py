@@ -38,6 +38,7 @@ async def post_trigger(
             task_id=task_id,
             payload=body.get("payload"),
             version=options.get("version") if isinstance(options, dict) else None,
+            cipher=services.cipher,
         )
     except Unauthorized as exc:
         raise _unauthorized(exc) from None

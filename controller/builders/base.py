@@ -16,9 +16,17 @@ class Builder(Protocol):
     name: str
 
     def prepare(
-        self, root: Path, *, install: str | None, log: Log, cancel: threading.Event, timeout: float
+        self,
+        root: Path,
+        *,
+        install: str | None,
+        log: Log,
+        cancel: threading.Event,
+        timeout: float,
+        build_env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Install dependencies; returns at least ``{"venv", "key", "cached"}``."""
+        """Install dependencies; returns at least ``{"venv", "key", "cached"}``.
+        ``build_env``: the build-time variables (``SLIPWAY_BUILD_`` stripped)."""
         ...
 
     def pre_build(
@@ -30,7 +38,23 @@ class Builder(Protocol):
         log: Log,
         cancel: threading.Event,
         timeout: float,
+        build_env: dict[str, str] | None = None,
     ) -> None: ...
+
+    def sync_env_vars(
+        self,
+        root: Path,
+        *,
+        venv: Path,
+        command: str,
+        log: Log,
+        cancel: threading.Event,
+        timeout: float,
+        build_env: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> str:
+        """Run ``sync_env_vars`` in the built environment; returns its stdout."""
+        ...
 
     def discover(
         self, root: Path, *, venv: Path, tasks_dir: str, timeout: float

@@ -225,3 +225,96 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
+
+
+def capture_command(
+    command: str,
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    log: Callable[[str], None],
+    label: str,
+    cancel: threading.Event | None = None,
+    registry: CommandRegistry | None = None,
+    max_stdout: int = 1 << 20,
+    max_log_lines: int = 1000,
+) -> tuple[CommandResult, bytes | None]:
+    """Like :func:`run_command`, but stdout is captured (at most ``max_stdout`` bytes;
+    ``None`` when there was more) and only stderr goes to the log. For commands whose
+    output is data (``sync_env_vars`` prints variables: they must not reach the log)."""
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(  # noqa: S602 - a user's command, as run_command runs it
+            command,
+            shell=True,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise BuildFailed(f"{label} could not start: {exc.strerror or exc}") from exc
+    if registry is not None:
+        registry.add(proc.pid)
+    assert proc.stdout is not None and proc.stderr is not None
+    out = bytearray()
+    too_large = False
+    tail: deque[str] = deque(maxlen=40)
+    errors = b""
+    logged = 0
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ, "out")
+    selector.register(proc.stderr, selectors.EVENT_READ, "err")
+    open_streams = 2
+    reason = None
+    try:
+        while open_streams:
+            if cancel is not None and cancel.is_set():
+                reason = "canceled"
+                break
+            if time.monotonic() - started > timeout:
+                reason = "timeout"
+                break
+            for key, _ in selector.select(timeout=0.2):
+                chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    open_streams -= 1
+                elif key.data == "out":
+                    if len(out) + len(chunk) > max_stdout:
+                        too_large = True
+                    else:
+                        out += chunk
+                else:
+                    errors += chunk
+                    *lines, errors = errors.split(b"\n")
+                    for raw in lines:
+                        line = raw.decode("utf-8", "replace")[:4000]
+                        tail.append(line)
+                        if logged < max_log_lines:
+                            log(line)
+                            logged += 1
+        if errors:
+            tail.append(errors.decode("utf-8", "replace")[:4000])
+            log(tail[-1])
+        if reason is None:
+            proc.wait(timeout=max(1.0, timeout - (time.monotonic() - started)))
+    except subprocess.TimeoutExpired:
+        reason = "timeout"
+    finally:
+        selector.close()
+        if reason is not None or proc.poll() is None:
+            _kill_group(proc)
+        proc.stdout.close()
+        proc.stderr.close()
+        if registry is not None:
+            registry.remove(proc.pid)
+    if reason == "timeout":
+        raise BuildFailed(f"{label} timed out after {timeout:.0f}s", hint="make it faster")
+    if reason == "canceled":
+        raise BuildFailed(f"{label} was canceled")
+    result = CommandResult(proc.returncode, list(tail), time.monotonic() - started)
+    return result, None if too_large else bytes(out)

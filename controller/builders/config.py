@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from controller.errors import BuildFailed
 
-KNOWN_KEYS = {"tasks_dir", "install", "pre_build", "release_tasks"}
+KNOWN_KEYS = {"tasks_dir", "install", "pre_build", "release_tasks", "sync_env_vars"}
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class BuildConfig:
     install: str | None = None
     pre_build: str | None = None
     release_tasks: list[str] = field(default_factory=list)
+    sync_env_vars: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
@@ -33,6 +34,7 @@ class BuildConfig:
             "install": self.install,
             "pre_build": self.pre_build,
             "release_tasks": list(self.release_tasks),
+            "sync_env_vars": self.sync_env_vars,
         }
 
     @classmethod
@@ -43,6 +45,7 @@ class BuildConfig:
             install=data.get("install") or None,  # type: ignore[arg-type]
             pre_build=data.get("pre_build") or None,  # type: ignore[arg-type]
             release_tasks=list(data.get("release_tasks") or []),  # type: ignore[call-overload]
+            sync_env_vars=data.get("sync_env_vars") or None,  # type: ignore[arg-type]
         )
 
 
@@ -80,7 +83,7 @@ def load_config(
             f"config path {config_path!r} does not exist in the repository",
             hint="fix the project's --config",
         )
-    for key in ("tasks_dir", "install", "pre_build"):
+    for key in ("tasks_dir", "install", "pre_build", "sync_env_vars"):
         if key in data and not isinstance(data[key], str):
             raise BuildFailed(f"{rel}: {key} must be a string")
     release = data.get("release_tasks", [])
@@ -93,5 +96,6 @@ def load_config(
         install=install_command or data.get("install") or None,  # type: ignore[arg-type]
         pre_build=pre_build_command or data.get("pre_build") or None,  # type: ignore[arg-type]
         release_tasks=list(release),
+        sync_env_vars=data.get("sync_env_vars") or None,  # type: ignore[arg-type]
         warnings=warnings,
     )

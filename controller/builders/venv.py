@@ -19,10 +19,22 @@ and the content of the dependency files at the project root (``requirements*.txt
 (virtualenvs are not relocatable) under a per-key file lock, and a marker file written
 last tells a complete environment from one a crash left half-built, which is rebuilt.
 Environments are never modified once complete, so versions sharing one stay immutable.
+
+**Build-time variables** (``SLIPWAY_BUILD_<NAME>``, given here as ``<NAME>``) are added to
+the minimal environment of install, pre-build and sync, below what the builder itself
+needs (``PATH``, ``HOME``, ``VIRTUAL_ENV``, the caches), so a variable cannot point a
+build at another environment. They change the dependency-cache key only through a
+SHA-256 of all of them: a new token rebuilds the environment, and no value is written
+into a key or a path. ``PIP_CONF`` (base64) is decoded into a pip configuration file in
+a private temporary directory outside the data dir and the checkout, named by
+``PIP_CONFIG_FILE``, and removed when the command ends, whatever the outcome.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -30,8 +42,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +53,7 @@ from controller.builders.base import Log
 from controller.builders.commands import (
     CommandRegistry,
     CommandResult,
+    capture_command,
     minimal_env,
     run_command,
 )
@@ -47,6 +62,18 @@ from controller.errors import BuildFailed
 DEPENDENCY_FILES = ("pyproject.toml", "uv.lock", "poetry.lock", "setup.py", "setup.cfg")
 DEPENDENCY_GLOBS = ("requirements*.txt", "constraints*.txt")
 MARKER = ".slipway-complete"
+PIP_CONF = "PIP_CONF"
+PROTECTED = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "VIRTUAL_ENV",
+        "PIP_CACHE_DIR",
+        "PIP_CONFIG_FILE",
+        "UV_PROJECT_ENVIRONMENT",
+        "POETRY_VIRTUALENVS_CREATE",
+    }
+)
 DISCOVER = Path(__file__).with_name("discover_main.py")
 
 
@@ -91,6 +118,38 @@ def dependency_files(root: Path) -> list[Path]:
     return files
 
 
+def build_env_hash(build_env: dict[str, str] | None) -> str:
+    """One SHA-256 over every build-time variable: what the cache key sees of them."""
+    if not build_env:
+        return ""
+    return hashlib.sha256(json.dumps(sorted(build_env.items())).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def pip_config(build_env: dict[str, str] | None) -> Iterator[dict[str, str]]:
+    """The build variables as the command's environment, ``PIP_CONF`` as a file."""
+    variables = {k: v for k, v in (build_env or {}).items() if k not in PROTECTED}
+    encoded = variables.pop(PIP_CONF, None)
+    if encoded is None:
+        yield variables
+        return
+    try:
+        content = base64.b64decode(encoded.encode(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BuildFailed(
+            "SLIPWAY_BUILD_PIP_CONF is not valid base64",
+            hint="set it to the base64 of a pip.conf: `base64 -w0 pip.conf`",
+        ) from exc
+    directory = Path(tempfile.mkdtemp(prefix="slipway-pip-"))
+    try:
+        path = directory / "pip.conf"
+        path.write_bytes(content)
+        path.chmod(0o600)
+        yield {**variables, "PIP_CONFIG_FILE": str(path)}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def python_version(python: str) -> str:
     if python == sys.executable:
         return sys.version
@@ -119,16 +178,20 @@ class VirtualenvBuilder:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.home_dir.mkdir(parents=True, exist_ok=True)
 
-    def cache_key(self, root: Path, command: str | None) -> str:
+    def cache_key(
+        self, root: Path, command: str | None, build_env: dict[str, str] | None = None
+    ) -> str:
         digest = hashlib.sha256()
         digest.update(self._python_version.encode())
         digest.update(b"\0" + (command or "").encode() + b"\0")
+        if build_env:
+            digest.update(b"build-env\0" + build_env_hash(build_env).encode() + b"\0")
         for path in dependency_files(root):
             digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
         return digest.hexdigest()[:32]
 
-    def _env(self, venv: Path | None) -> dict[str, str]:
-        return minimal_env(
+    def _env(self, venv: Path | None, variables: dict[str, str] | None = None) -> dict[str, str]:
+        env = minimal_env(
             venv=venv,
             home=self.home_dir,
             extra={
@@ -137,6 +200,10 @@ class VirtualenvBuilder:
                 "POETRY_VIRTUALENVS_CREATE": "false",
             },
         )
+        for name, value in (variables or {}).items():
+            if name not in PROTECTED or name == "PIP_CONFIG_FILE":
+                env[name] = value
+        return env
 
     def prepare(
         self,
@@ -146,6 +213,7 @@ class VirtualenvBuilder:
         log: Log,
         cancel: threading.Event,
         timeout: float,
+        build_env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         command: str | None
         if install:
@@ -153,7 +221,7 @@ class VirtualenvBuilder:
         else:
             command, why = detect_install(root)
         log(f"Install command: {command or '(none)'} — {why}")
-        key = self.cache_key(root, command)
+        key = self.cache_key(root, command, build_env)
         venv = self.cache_dir / key
         with open(self.cache_dir / f"{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -189,16 +257,17 @@ class VirtualenvBuilder:
                 )
             if command:
                 log(f"$ {command}")
-                result = run_command(
-                    command,
-                    cwd=root,
-                    env=self._env(venv),
-                    timeout=timeout,
-                    log=log,
-                    label=f"install command `{command}`",
-                    cancel=cancel,
-                    registry=self.commands,
-                )
+                with pip_config(build_env) as variables:
+                    result = run_command(
+                        command,
+                        cwd=root,
+                        env=self._env(venv, variables),
+                        timeout=timeout,
+                        log=log,
+                        label=f"install command `{command}`",
+                        cancel=cancel,
+                        registry=self.commands,
+                    )
                 if result.exit_code != 0:
                     shutil.rmtree(venv, ignore_errors=True)
                     raise command_failed(
@@ -219,24 +288,69 @@ class VirtualenvBuilder:
         log: Log,
         cancel: threading.Event,
         timeout: float,
+        build_env: dict[str, str] | None = None,
     ) -> None:
         log(f"$ {command}")
-        result = run_command(
-            command,
-            cwd=root,
-            env=self._env(venv),
-            timeout=timeout,
-            log=log,
-            label=f"pre-build command `{command}`",
-            cancel=cancel,
-            registry=self.commands,
-        )
+        with pip_config(build_env) as variables:
+            result = run_command(
+                command,
+                cwd=root,
+                env=self._env(venv, variables),
+                timeout=timeout,
+                log=log,
+                label=f"pre-build command `{command}`",
+                cancel=cancel,
+                registry=self.commands,
+            )
         if result.exit_code != 0:
             raise command_failed(
                 f"pre-build command `{command}`",
                 result,
                 hint="fix the command or set pre_build in slipway.toml",
             )
+
+    def sync_env_vars(
+        self,
+        root: Path,
+        *,
+        venv: Path,
+        command: str,
+        log: Log,
+        cancel: threading.Event,
+        timeout: float,
+        build_env: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> str:
+        """Run ``sync_env_vars`` in the built environment; returns what it printed.
+        Its stderr goes to the log, its stdout (the variables) never does."""
+        log(f"$ {command}")
+        with pip_config(build_env) as variables:
+            result, out = capture_command(
+                command,
+                cwd=root,
+                env={**self._env(venv, variables), **(extra_env or {})},
+                timeout=timeout,
+                log=log,
+                label=f"sync_env_vars command `{command}`",
+                cancel=cancel,
+                registry=self.commands,
+            )
+        if result.exit_code != 0:
+            raise command_failed(
+                f"sync_env_vars command `{command}`",
+                result,
+                hint="fix the command; no variable was changed",
+            )
+        if out is None:
+            raise BuildFailed(
+                "sync_env_vars printed more than 1 MiB", hint="no variable was changed"
+            )
+        try:
+            return out.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BuildFailed(
+                "sync_env_vars printed output that is not UTF-8", hint="no variable was changed"
+            ) from exc
 
     def discover(
         self, root: Path, *, venv: Path, tasks_dir: str, timeout: float

@@ -12,6 +12,7 @@ installing  fetch        fetch the commit into the repository's mirror (or check
 installing  checkout     export the tree into a fresh work dir; read ``slipway.toml``
 installing  install      dependency environment (cached by key)
 building    build        pre-build in a fresh checkout, freeze the artifact, discover tasks
+building    sync-env     run ``sync_env_vars`` in the built environment, import its output
 deploying   version      number the version (one per deployment)
 deploying   health       start the version's worker and pass its health check
 deploying   release:ID   run each ``release_tasks`` entry on the new version
@@ -21,6 +22,13 @@ deploying   promote      make it current (unless ``--skip-promotion``)
 Failures are classified: a :class:`PermanentError` fails the deployment with its message
 and hint; a :class:`TemporaryError` is retried (in the step, then by the queue) until the
 attempts run out. The current version is never touched by a failed deployment.
+
+**Env vars**: build steps see the build-time variables and ``sync-env`` imports what
+``sync_env_vars`` prints (:mod:`controller.pipeline.envvars`); release tasks run with
+the variables runs see, their secrets masked in the deployment log.
+
+Over 400 lines on purpose: the phases read best as one function, in order; the details
+of steps live in their own modules (journal, env vars, builders).
 """
 
 from __future__ import annotations
@@ -43,9 +51,12 @@ from controller.errors import BuildFailed, PermanentError, TemporaryError
 from controller.ids import new_id
 from controller.manager import Interrupted
 from controller.models import FINAL_STATUSES
+from controller.pipeline.envvars import EnvVarsPhase
 from controller.pipeline.journal import Journal
 from controller.queue import Backoff, Claimed
+from controller.runs import mask_run_result, run_environment
 from controller.runtimes.base import Runtime
+from controller.secretstore.crypto import Cipher
 from controller.sources.archive import content_digest, safe_extract
 from controller.sources.git import GitSource
 from controller.store.db import Database
@@ -84,8 +95,11 @@ class Pipeline:
         runtime: Runtime,
         build_timeout: float,
         stopping: threading.Event,
+        cipher: Cipher | None = None,
     ) -> None:
         self.db = db
+        self.cipher = cipher
+        self.envvars = EnvVarsPhase(db=db, cipher=cipher, builder=builder, stopping=stopping)
         self.source = source
         self.builder = builder
         self.runtime = runtime
@@ -189,12 +203,16 @@ class Pipeline:
         def install(_attempt: int) -> dict[str, Any]:
             if not checkout.is_dir():
                 materialise()
+            build_env, log = self.envvars.build_variables(
+                snap.deployment, snap.environment, journal
+            )
             return self.builder.prepare(
                 checkout / config.root,
                 install=config.install,
-                log=journal.log,
+                log=log,
                 cancel=self.stopping,
                 timeout=self._remaining(dep),
+                build_env=build_env,
             )
 
         env_result = journal.step("install", install, retry=Backoff(limit=1))
@@ -209,13 +227,17 @@ class Pipeline:
                 journal.log("Starting the build again from a clean checkout")
                 digest = materialise()
             if config.pre_build:
+                build_env, log = self.envvars.build_variables(
+                    snap.deployment, snap.environment, journal
+                )
                 self.builder.pre_build(
                     checkout / config.root,
                     venv=venv,
                     command=config.pre_build,
-                    log=journal.log,
+                    log=log,
                     cancel=self.stopping,
                     timeout=self._remaining(dep),
+                    build_env=build_env,
                 )
             shutil.rmtree(artifact, ignore_errors=True)
             checkout.rename(artifact)
@@ -234,6 +256,16 @@ class Pipeline:
 
         built = journal.step("build", build, retry=Backoff(limit=1))
         self._guard(snap)
+        if config.sync_env_vars:
+            self.envvars.sync(
+                snap.deployment,
+                snap.environment,
+                journal,
+                command=config.sync_env_vars,
+                root=Path(built["artifact"]),
+                venv=venv,
+                timeout=lambda: min(self._remaining(dep), 600.0),
+            )
         self._set_status(dep.id, "deploying")
 
         def number(_attempt: int) -> dict[str, Any]:
@@ -302,8 +334,25 @@ class Pipeline:
             assert row is not None
             spec = spec_for(session, row)
         journal.log(f"Running release task {task_id} on {spec.version}")
-        result = self.runtime.run(
-            spec, run_id=new_id("run"), task_id=task_id, payload={}, timeout=None
+        run_id = new_id("run")
+        with self.db.read() as session:
+            env = session.get(Environment, row.environment_id)
+            project = session.get(Project, row.project_id)
+            assert env is not None and project is not None
+            run_env, secrets = run_environment(
+                session,
+                self.cipher,
+                env,
+                project=project,
+                version=spec.version,
+                run_id=run_id,
+                task_id=task_id,
+            )
+        result = mask_run_result(
+            self.runtime.run(
+                spec, run_id=run_id, task_id=task_id, payload={}, timeout=None, env=run_env
+            ),
+            secrets,
         )
         for line in (result.get("logs") or "").splitlines()[-200:]:
             journal.log(f"[{task_id}] {line}")

@@ -30,9 +30,17 @@ class Runtime(Protocol):
         ...
 
     def run(
-        self, spec: VersionSpec, *, run_id: str, task_id: str, payload: Any, timeout: float | None
+        self,
+        spec: VersionSpec,
+        *,
+        run_id: str,
+        task_id: str,
+        payload: Any,
+        timeout: float | None,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Execute one run on the version; returns status, output, error, logs."""
+        """Execute one run on the version; returns status, output, error, logs. ``env``
+        (resolved when the run starts) is set in the run's ``os.environ`` and ``ctx.env``."""
         ...
 
     def serving(self) -> set[int]: ...

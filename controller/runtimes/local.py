@@ -314,12 +314,20 @@ class LocalRuntime:
     # -- runs -----------------------------------------------------------------------------
 
     def run(
-        self, spec: VersionSpec, *, run_id: str, task_id: str, payload: Any, timeout: float | None
+        self,
+        spec: VersionSpec,
+        *,
+        run_id: str,
+        task_id: str,
+        payload: Any,
+        timeout: float | None,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        request = {"run_id": run_id, "task_id": task_id, "payload": payload, "timeout": timeout}
+        if env:
+            request["env"] = env
         for attempt in (1, 2):
-            response = self._post_run(
-                spec, run_id=run_id, task_id=task_id, payload=payload, timeout=timeout
-            )
+            response = self._post_run(spec, request=request, timeout=timeout)
             if response.status_code == 503 and attempt == 1:
                 # Retired (by this or another controller process) after we picked it: the
                 # worker refused the run before starting it, so start the version again.
@@ -336,7 +344,7 @@ class LocalRuntime:
         return dict(response.json())
 
     def _post_run(
-        self, spec: VersionSpec, *, run_id: str, task_id: str, payload: Any, timeout: float | None
+        self, spec: VersionSpec, *, request: dict[str, Any], timeout: float | None
     ) -> httpx.Response:
         with self._version_lock(spec.version_id):
             # Registered under the lock: a concurrent retire() waits for this run.
@@ -345,7 +353,7 @@ class LocalRuntime:
         try:
             return self._client.post(
                 worker.url + "/runs",
-                json={"run_id": run_id, "task_id": task_id, "payload": payload, "timeout": timeout},
+                json=request,
                 timeout=httpx.Timeout(5.0, read=(timeout or 24 * 3600) + 60),
             )
         except httpx.HTTPError as exc:

@@ -162,6 +162,7 @@ CONTEXT_KEYS = ("project", "environment", "branch", "version", "version_id", "de
 def _execute(task: LoadedTask, request: dict[str, Any]) -> str:
     """Run one task in this (child) process; the result as a JSON document."""
     context = request.get("context") or {}
+    os.environ.update(request.get("env") or {})
     ctx = RunContext(
         task_id=task.id,
         run_id=str(request.get("run_id") or ""),
@@ -577,12 +578,24 @@ class Worker:
         return (503 if self.draining else 200), body
 
     def run(
-        self, *, task: LoadedTask, run_id: str, payload: Any, timeout: float | None
+        self,
+        *,
+        task: LoadedTask,
+        run_id: str,
+        payload: Any,
+        timeout: float | None,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         limits = [x for x in (task.info["max_duration"], timeout) if x is not None]
         limit = min(limits) if limits else None
         request = json.dumps(
-            {"task_id": task.id, "run_id": run_id, "payload": payload, "context": self.context}
+            {
+                "task_id": task.id,
+                "run_id": run_id,
+                "payload": payload,
+                "context": self.context,
+                "env": env or {},
+            }
         ).encode()
         request_r, request_w = os.pipe()
         result_r, result_w = os.pipe()
@@ -704,6 +717,12 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             self._send(400, {"error": "timeout must be a positive number of seconds or null"})
             return
+        env = request.get("env") or {}
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            self._send(400, {"error": "env must be an object of strings"})
+            return
         task = worker.tasks.get(task_id)
         if task is None:
             self._send(404, {"error": f"unknown task {task_id!r} in this version"})
@@ -713,7 +732,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             result = worker.run(
-                task=task, run_id=run_id, payload=request.get("payload"), timeout=timeout
+                task=task, run_id=run_id, payload=request.get("payload"), timeout=timeout, env=env
             )
             self._send(200, result)
         finally:

@@ -326,3 +326,46 @@ class Worker(Base):
     host: Mapped[str] = mapped_column(String(200))
     port: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EnvVar(Base):
+    """An environment variable of one environment, the preview root, or one preview branch.
+
+    Keyed by name (``production``, ``staging``, ``preview``) and ``branch_key`` (``""``
+    outside preview branches) rather than by environment row, so a branch override can
+    be set before its pull request opens. ``value_encrypted`` is AES-GCM bound to
+    ``project_id/environment/branch_key/name`` (see :mod:`controller.secretstore.crypto`).
+    """
+
+    __tablename__ = "env_vars"
+    __table_args__ = (UniqueConstraint("project_id", "environment", "branch_key", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    environment: Mapped[str] = mapped_column(String(20))
+    branch_key: Mapped[str] = mapped_column(String(255), default="")
+    name: Mapped[str] = mapped_column(String(255))
+    value_encrypted: Mapped[str] = mapped_column(Text)
+    secret: Mapped[bool] = mapped_column(Boolean, default=False)
+    fork_safe: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(20), default="manual")
+    updated_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class EnvVarChange(Base):
+    """The audit trail of env vars: who or what changed which name, when (never values)."""
+
+    __tablename__ = "env_var_changes"
+    # The newest change of a project is the stamp of its resolved-variables cache.
+    __table_args__ = (Index("ix_env_var_changes_project_order", "project_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    environment: Mapped[str] = mapped_column(String(20))
+    branch_key: Mapped[str] = mapped_column(String(255), default="")
+    name: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
