@@ -61,6 +61,8 @@ class RuntimeSettings(BaseSettings):
     resync_interval: float = Field(default=60.0, gt=0)
     build_timeout: float = Field(default=1800.0, gt=0)
     delivery_retention_days: float = Field(default=14.0, gt=0)
+    # How long a graceful stop lets runs in flight finish before they are stopped.
+    shutdown_grace_period: float = Field(default=30.0, ge=0)
 
     @field_validator("runtime", mode="before")
     @classmethod
