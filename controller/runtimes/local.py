@@ -50,7 +50,7 @@ import httpx
 
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes.base import VersionSpec
-from controller.runtimes.procs import kill_session, workers_marked
+from controller.runtimes.procs import kill_session, session_of, workers_marked
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class _Worker:
     def gone(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is not None
-        return not _pid_alive(self.pid)
+        return session_of(self.pid) is None  # gone, or a zombie its parent has to reap
 
 
 def _pid_alive(pid: int) -> bool:

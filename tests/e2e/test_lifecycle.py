@@ -133,8 +133,8 @@ def test_ctrl_c_during_a_run_stops_it_after_the_grace_period_and_records_it(
     assert run["status"] == "failed", run
     assert "grace period" in run["error"]["message"], run
     server.stop()
-    assert_clean_exit(server)
     assert_nothing_left(server)
+    assert_clean_exit(server)
 
 
 def test_a_run_that_ends_within_the_grace_period_completes(slow_flow: Flow, tmp_path: Path) -> None:
@@ -201,5 +201,5 @@ def test_no_worker_is_left_after_pins_promotions_a_crash_and_a_restart(
     assert flow.run()["output"]["version"] == f"{today()}.3"
 
     server.stop()
-    assert_clean_exit(server)
     assert_nothing_left(server)
+    assert_clean_exit(server)
