@@ -18,6 +18,7 @@ every worker (short drain, then kill), then join the worker threads.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -40,7 +41,8 @@ from controller.runtimes.control import (
     RemoteRuntime,
     spec_from_json,
 )
-from controller.runtimes.local import LocalRuntime
+from controller.runtimes.local import WORKER_MAIN, LocalRuntime
+from controller.runtimes.procs import kill_session, sessions_with_env, workers_marked
 from controller.secretstore.crypto import Cipher
 from controller.settings import Settings
 from controller.sources.git import GitSource
@@ -168,6 +170,7 @@ class Services:
                 )
             if self.local is not None:
                 self.local.stop_strays()
+            self.stop_leftover_sessions(keep_workers=True)
             if self.control is not None:
                 self.control.start()
             self.manager.start()
@@ -187,6 +190,7 @@ class Services:
             self.local.close(timeout=WORKER_STOP_SECONDS)
         if self.child is None:
             self.manager.stop()
+            self.stop_leftover_sessions(keep_workers=False)
         if self.remote is not None:
             self.remote.close()
         self.writer.stop()
@@ -222,6 +226,18 @@ class Services:
         self.pipeline.handle(job)
 
     # -- runtime bookkeeping --------------------------------------------------------------
+
+    def stop_leftover_sessions(self, *, keep_workers: bool) -> None:
+        """Kill sessions of this data dir's commands and runs that nothing tracks: every
+        install, pre-build and worker runs with ``HOME=<data>/home``. The command registry
+        misses one started just before its controller was SIGKILLed; at a start the
+        workers that can be adopted are kept, at a stop nothing is."""
+        keep = workers_marked(WORKER_MAIN, owner=self.settings.data_dir / "workers")
+        for sid in sessions_with_env("HOME", str(self.settings.data_dir / "home")):
+            if sid == os.getsid(0) or (keep_workers and sid in keep):
+                continue
+            log.warning("stopping session %s of this data dir that nothing tracks", sid)
+            kill_session(sid)
 
     def start_refusal(self, version_id: int) -> str | None:
         """Why a worker of this version must not start now, or None. Called by the

@@ -56,3 +56,19 @@ def workers_marked(script: Path, *, owner: Path) -> set[int]:
         if marked and str(script) in args and session_of(pid) == pid:
             found.add(pid)
     return found
+
+
+def sessions_with_env(name: str, value: str) -> set[int]:
+    """Sessions with a live process whose environment has ``name=value``."""
+    entry = f"{name}={value}".encode()
+    found = set()
+    for pid in _pids():
+        try:
+            environ = (PROC / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry in environ:
+            sid = session_of(pid)
+            if sid is not None:
+                found.add(sid)
+    return found
