@@ -155,6 +155,7 @@ def out(ctx: click.Context, data: Any, render: Callable[[Any], None]) -> None:
 def serve(host: str | None, port: int | None, log_level: str) -> None:
     """Run the webhook receiver, the API and the controller."""
     import logging
+    import signal
 
     import uvicorn
 
@@ -188,12 +189,17 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
         f"runtime {settings.runtime.runtime})"
     )
     app = create_app(services)
+    # uvicorn re-raises the stop signal once it has shut down; a no-op handler makes a
+    # graceful stop (SIGTERM, Ctrl-C) exit 0 instead of dying by the signal.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     uvicorn.run(
         app,
         host=settings.server.host,
         port=settings.server.port,
         log_level=log_level.lower(),
         access_log=False,
+        timeout_graceful_shutdown=int(settings.runtime.shutdown_grace_period),
     )
 
 

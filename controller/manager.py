@@ -11,6 +11,11 @@ Webhooks only speed things up. Every ``resync_interval`` (±20% jitter, so repli
 beat in step) the resync callbacks re-derive what should be running from the database:
 queued deployments without a live job get one, and the runtime is reconciled.
 
+Recording a job's outcome (ack, fail, retry) can fail too (the database is down or
+busy). That must not kill the thread either: the error is logged with the job and the
+outcome that was lost, and the job keeps its lease, which lapses, so the job is claimed
+and run again — the one safe reading of "we do not know whether it was recorded".
+
 Stopping sets :attr:`Manager.stopping`; long handlers check it between steps and raise
 :class:`Interrupted`, which hands the job back to the queue at once instead of waiting for
 its lease to run out.
@@ -23,6 +28,9 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from controller.errors import PermanentError, TemporaryError
 from controller.queue import Backoff, Claimed, Queue
@@ -126,26 +134,54 @@ class Manager:
         try:
             pool.handler(job)
         except Interrupted:
-            self.queue.retry(job.id, delay=0, error="controller stopped; resumed on restart")
+            self._settle(
+                job,
+                "retry",
+                lambda: self.queue.retry(
+                    job.id, delay=0, error="controller stopped; resumed on restart"
+                ),
+            )
         except PermanentError as exc:
             log.warning("job %s (%s) failed: %s", job.id, job.kind, exc)
-            self.queue.fail(job.id, str(exc))
+            reason = str(exc)
+            self._settle(job, "fail", lambda: self.queue.fail(job.id, reason))
         except Exception as exc:
             temporary = isinstance(exc, TemporaryError)
             if job.attempts >= min(job.max_attempts, pool.backoff.limit):
                 log.error(
                     "job %s (%s) gave up after %d attempts: %s", job.id, job.kind, job.attempts, exc
                 )
-                self.queue.fail(job.id, f"gave up after {job.attempts} attempts: {exc}")
+                message = f"gave up after {job.attempts} attempts: {exc}"
+                self._settle(job, "fail", lambda: self.queue.fail(job.id, message))
                 return
             delay = pool.backoff.delay(job.attempts)
             if isinstance(exc, TemporaryError) and exc.delay:
                 delay = max(delay, exc.delay)
             if not temporary:
                 log.exception("job %s (%s) raised; retrying in %.1fs", job.id, job.kind, delay)
-            self.queue.retry(job.id, delay=delay, error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            self._settle(job, "retry", lambda: self.queue.retry(job.id, delay=delay, error=error))
         else:
-            self.queue.ack(job.id)
+            self._settle(job, "ack", lambda: self.queue.ack(job.id))
+
+    def _settle(self, job: Claimed, outcome: str, record: Callable[[], object]) -> None:
+        """Record a job's outcome; a failure to record is logged, never raised."""
+        try:
+            record()
+        except Exception as exc:
+            kind = "temporary" if _is_temporary(exc) else "unexpected"
+            log.error(
+                "job %s (%s, attempt %d): recording its outcome (%s) failed (%s error: %s: %s); "
+                "it stays leased and runs again when its lease lapses",
+                job.id,
+                job.kind,
+                job.attempts,
+                outcome,
+                kind,
+                type(exc).__name__,
+                exc,
+                exc_info=kind == "unexpected",
+            )
 
     def _drain(self, drain: Drain) -> None:
         while not self.stopping.is_set():
@@ -187,3 +223,12 @@ class Manager:
                 callback()
             except Exception:
                 log.exception("resync step %s failed", getattr(callback, "__name__", callback))
+
+
+def _is_temporary(exc: BaseException) -> bool:
+    """Database errors a retry may cure (connection lost, locked, busy) and our own."""
+    if isinstance(exc, TemporaryError):
+        return True
+    return isinstance(exc, (OperationalError, PoolTimeout)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )

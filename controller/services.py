@@ -1,11 +1,25 @@
 """Wiring: one place builds every part from the settings and owns their lifecycle.
 
 Plug-ins are chosen here by name (``SLIPWAY_RUNTIME``); each part gets only what it needs.
+
+Workers have one owner. The ``controller`` role (and ``all``) holds the
+:class:`LocalRuntime`; the ``web`` role holds a :class:`RemoteRuntime` that asks the
+controller over the control channel (:mod:`controller.runtimes.control`) for every start,
+retire and run lease. Before the controller starts a worker it re-reads the version's
+state (:meth:`Services.start_refusal`) under the version's lock: an archived preview or
+a disconnected project is never started again, whoever asks.
+
+Stopping, in the order that keeps every run recorded (see :mod:`controller.supervisor`):
+web — refuse new runs, stop the controller, wait for the runs it cut off to be recorded,
+then close the database; controller — stop the control channel, set ``stopping``, stop
+every worker (short drain, then kill), then join the worker threads.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +35,15 @@ from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
 from controller.reconcile import resync_passes
 from controller.runtimes.base import Runtime
-from controller.runtimes.local import LocalRuntime
+from controller.runtimes.control import (
+    ControlClient,
+    ControlServer,
+    Handler,
+    RemoteRuntime,
+    spec_from_json,
+)
+from controller.runtimes.local import WORKER_MAIN, LocalRuntime
+from controller.runtimes.procs import kill_session, sessions_with_env, workers_marked
 from controller.secretstore.crypto import Cipher
 from controller.settings import Settings
 from controller.sources.git import GitSource
@@ -40,11 +62,14 @@ from controller.versions import spec_for
 log = logging.getLogger(__name__)
 
 IDLE_RETIRE_SECONDS = 300.0
+# The controller's drain for workers at a graceful stop: the web process already gave runs
+# the shutdown grace period before it asked the controller to stop.
+WORKER_STOP_SECONDS = 5.0
 
 
-def make_runtime(settings: Settings) -> Runtime:
+def make_runtime(settings: Settings, *, may_start: Callable[[int], str | None]) -> LocalRuntime:
     if settings.runtime.runtime == "local":
-        return LocalRuntime(data_dir=settings.data_dir)
+        return LocalRuntime(data_dir=settings.data_dir, may_start=may_start)
     raise PermanentError(
         f"SLIPWAY_RUNTIME={settings.runtime.runtime} is not available in this build",
         hint="use SLIPWAY_RUNTIME=local",
@@ -60,8 +85,13 @@ class Services:
     ) -> None:
         self.settings = settings
         self.role = role
-        self.child = ControllerProcess(log_level=log_level) if role == "web" else None
         data: Path = settings.data_dir
+        self.control_client = ControlClient(data) if role == "web" else None
+        self.child = (
+            ControllerProcess(log_level=log_level, notify=self.control_client.notify)
+            if self.control_client is not None
+            else None
+        )
         self.db = Database(settings.database_url)
         self.cipher = Cipher(settings.encryption_keys)
         self.queue = Queue(self.db, limits={"deploy": settings.runtime.max_concurrent_builds})
@@ -70,7 +100,22 @@ class Services:
         self.writer = DeliveryWriter(
             self.db, inbox=self.inbox, on_commit=lambda: self.queue.notify("route")
         )
-        self.runtime = make_runtime(settings)
+        self.local: LocalRuntime | None = None
+        self.runtime: Runtime
+        self.remote: RemoteRuntime | None = None
+        if self.control_client is not None:
+            self.remote = RemoteRuntime(
+                self.control_client, grace=settings.runtime.shutdown_grace_period
+            )
+            self.runtime = self.remote
+        else:
+            self.local = make_runtime(settings, may_start=self.start_refusal)
+            self.runtime = self.local
+        self.control = (
+            ControlServer(data, self._control_handlers(self.local))
+            if role == "controller" and self.local is not None
+            else None
+        )
         self.source = GitSource(data / "git")
         # Install and pre-build commands that are running, so that a controller killed
         # mid-build has them stopped by the next one (see controller.builders.commands).
@@ -136,16 +181,32 @@ class Services:
                     "their deployments resume from the interrupted step",
                     killed,
                 )
+            if self.local is not None:
+                self.local.stop_strays()
+            self.stop_leftover_sessions(keep_workers=True)
+            if self.control is not None:
+                self.control.start()
             self.manager.start()
         self._started = True
 
     def stop(self) -> None:
+        if self.remote is not None:
+            self.remote.stop_accepting()
         if self.child is not None:
             self.child.stop()
-        else:
+        if self.control is not None:
+            self.control.stop()
+        if self.child is None:
+            self.manager.stopping.set()
+            self.queue.notify()
+        if self.local is not None:
+            self.local.close(timeout=WORKER_STOP_SECONDS)
+        if self.child is None:
             self.manager.stop()
+            self.stop_leftover_sessions(keep_workers=False)
+        if self.remote is not None:
+            self.remote.close()
         self.writer.stop()
-        self.runtime.close()
         self.db.dispose()
         if self.inbox is not None:
             self.inbox.close()
@@ -156,6 +217,8 @@ class Services:
             return ["controller not started"]
         if self.child is not None and not self.child.alive:
             return ["the controller process is not running (it is being restarted)"]
+        if self.control_client is not None and not self.control_client.reachable():
+            return ["the controller process is starting (its control channel is not up yet)"]
         return []
 
     # -- job handlers ---------------------------------------------------------------------
@@ -177,6 +240,47 @@ class Services:
 
     # -- runtime bookkeeping --------------------------------------------------------------
 
+    def stop_leftover_sessions(self, *, keep_workers: bool) -> None:
+        """Kill sessions of this data dir's commands and runs that nothing tracks: every
+        install, pre-build and worker runs with ``HOME=<data>/home``. The command registry
+        misses one started just before its controller was SIGKILLed; at a start the
+        workers that can be adopted are kept, at a stop nothing is."""
+        keep = workers_marked(WORKER_MAIN, owner=self.settings.data_dir / "workers")
+        for sid in sessions_with_env("HOME", str(self.settings.data_dir / "home")):
+            if sid == os.getsid(0) or (keep_workers and sid in keep):
+                continue
+            log.warning("stopping session %s of this data dir that nothing tracks", sid)
+            kill_session(sid)
+
+    def start_refusal(self, version_id: int) -> str | None:
+        """Why a worker of this version must not start now, or None. Called by the
+        runtime under the version's lock, so it sees every archive and disconnect."""
+        with self.db.read() as session:
+            version = session.get(Version, version_id)
+            if version is None:
+                return f"version id {version_id} does not exist"
+            env = session.get(Environment, version.environment_id)
+            project = session.get(Project, version.project_id)
+            if env is None or project is None:
+                return "its environment is gone"
+            if project.disconnected_at is not None:
+                return f"project {project.ref} is disconnected"
+            if env.status == "archived":
+                return f"preview branch {env.branch} is archived"
+        return None
+
+    def _control_handlers(self, runtime: LocalRuntime) -> dict[str, Handler]:
+        """What the web process may ask of the controller (see controller.runtimes.control)."""
+        return {
+            "ping": lambda r: True,
+            "notify": lambda r: self.queue.notify(r.get("kind")),
+            "ensure": lambda r: runtime.ensure(spec_from_json(r["spec"])),
+            "retire": lambda r: runtime.retire(int(r["version_id"])),
+            "acquire": lambda r: runtime.acquire(spec_from_json(r["spec"])),
+            "release": lambda r: runtime.release(int(r["version_id"]), int(r["port"])),
+            "refused": lambda r: runtime.refused(int(r["version_id"]), int(r["port"])),
+        }
+
     def retire_environment(self, env_id: int) -> None:
         with self.db.read() as session:
             ids = (
@@ -185,8 +289,7 @@ class Services:
                 .all()
             )
         for version_id in ids:
-            if version_id in self.runtime.serving():
-                self.runtime.retire(version_id)
+            self.runtime.retire(version_id)
 
     def after_disconnect(self, ref: str) -> None:
         with self.db.read() as session:

@@ -66,6 +66,8 @@ class RuntimeSettings(BaseSettings):
     job_retention_days: float = Field(default=7.0, gt=0)
     deployment_log_retention_days: float = Field(default=30.0, gt=0)
     run_log_retention_days: float = Field(default=7.0, gt=0)
+    # How long a graceful stop lets runs in flight finish before they are stopped.
+    shutdown_grace_period: float = Field(default=30.0, ge=0)
 
     @field_validator("runtime", mode="before")
     @classmethod

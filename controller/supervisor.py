@@ -8,14 +8,31 @@ in a child process:
 
 * the child is started with ``PR_SET_PDEATHSIG``: if the server dies, even by SIGKILL,
   the child dies with it, and the next start resumes its work from the database;
+* the child has a process group of its own, so a Ctrl-C in the terminal reaches only the
+  server, which decides when the controller stops (after the runs' grace period);
 * the child runs at a lower CPU priority (``nice`` +10, inherited by the git and build
   commands it runs): when both compete for the cores, a webhook's 202 goes first and a
   build waits a little; when the machine is otherwise idle, builds get all of it;
 * if the child dies on its own, the server starts it again after a short backoff;
-* the server forwards wake-ups (``Queue.notify``) over the child's stdin, one job kind
-  per line, so new work starts at once instead of at the next poll;
-* both share the database, and (local runtime) the worker registry in the data dir:
-  a worker one process started is adopted by the other.
+* the server forwards wake-ups (``Queue.notify``) over the control channel
+  (:mod:`controller.runtimes.control`), so new work starts at once instead of at the next
+  poll. They used to go over the child's stdin, read by a daemon thread that was still
+  blocked in ``read`` at interpreter exit and aborted it (``_enter_buffered_busy``); the
+  child's stdin is now ``/dev/null``;
+* both share the database; only the child owns worker processes, and the server reaches
+  them through the control channel.
+
+Graceful stop (SIGTERM or SIGINT to ``slipway serve``):
+
+1. uvicorn stops accepting connections; requests in flight (runs) get up to
+   ``SLIPWAY_SHUTDOWN_GRACE_PERIOD`` (30 s) to finish;
+2. the server's runtime refuses new runs, and the server sends SIGTERM to the child;
+3. the child stops the control channel, sets ``stopping`` (builds stop between steps and
+   resume on the next start), gives workers a short drain (SIGTERM), then kills each
+   worker's whole session — runs included — and every worker of the data dir that no
+   record names; it joins every thread and exits 0;
+4. runs cut off by step 3 come back to the server as failures that say the shutdown
+   grace period ran out, and are recorded so, before the database is closed.
 """
 
 from __future__ import annotations
@@ -28,6 +45,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +54,8 @@ CONTROLLER_NICENESS = 10
 
 
 def _prepare_child() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -46,8 +66,14 @@ def _prepare_child() -> None:  # runs in the child between fork and exec
 
 
 class ControllerProcess:
-    def __init__(self, *, log_level: str = "warning") -> None:
+    def __init__(
+        self, *, log_level: str = "warning", notify: Callable[[str | None], None] | None = None
+    ) -> None:
         self.log_level = log_level
+        self._notify = notify
+        self._pending: set[str | None] = set()
+        self._wake = threading.Condition()
+        self._sender: threading.Thread | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -58,6 +84,8 @@ class ControllerProcess:
         self._spawn()
         self._watcher = threading.Thread(target=self._watch, name="controller-watch", daemon=True)
         self._watcher.start()
+        self._sender = threading.Thread(target=self._send_wakeups, name="wakeups")
+        self._sender.start()
 
     def _spawn(self) -> None:
         parent = os.getpid()
@@ -72,7 +100,7 @@ class ControllerProcess:
                 "--parent",
                 str(parent),
             ],
-            stdin=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             preexec_fn=_prepare_child,
         )
         log.info("controller process started (pid %s)", self._proc.pid)
@@ -101,31 +129,47 @@ class ControllerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def notify(self, kind: str | None) -> None:
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.poll() is not None:
-            return
-        with self._lock:
-            try:
-                proc.stdin.write(f"{kind or '*'}\n".encode())
-                proc.stdin.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                pass
+        """Queue a wake-up; a thread of its own sends it, coalesced, so a caller (the
+        webhook writer) never waits for the niced controller to accept a connection."""
+        with self._wake:
+            self._pending.add(kind)
+            self._wake.notify()
+
+    def _send_wakeups(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._stopping.is_set():
+                    self._wake.wait()
+                if self._stopping.is_set():
+                    return
+                kinds, self._pending = self._pending, set()
+            if self._notify is None or not self.alive:
+                continue
+            for kind in [None] if None in kinds else sorted(k for k in kinds if k):
+                self._notify(kind)
 
     def stop(self, timeout: float = 60.0) -> None:
-        self._stopping.set()
+        with self._wake:
+            self._stopping.set()
+            self._wake.notify_all()
+        if self._sender is not None:
+            self._sender.join()
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
+        with self._lock:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    log.error(
+                        "the controller process did not stop within %.0fs; killing it", timeout
+                    )
+                    proc.kill()
+                    proc.wait()
+        if proc.returncode != 0:
+            log.error("the controller process exited with %s on stop", proc.returncode)
         if self._watcher is not None:
             self._watcher.join(5)
 
@@ -136,15 +180,14 @@ def run_controller(services: object, *, parent: int | None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     services.start()  # type: ignore[attr-defined]
-
-    def wakeups() -> None:
-        for line in sys.stdin.buffer:
-            kind = line.decode().strip()
-            services.queue.notify(None if kind == "*" else kind)  # type: ignore[attr-defined]
-        stop.set()  # stdin closed: the server is gone
-
-    threading.Thread(target=wakeups, name="wakeups", daemon=True).start()
-    while not stop.wait(1.0):
-        if parent is not None and os.getppid() != parent:
-            break
-    services.stop()  # type: ignore[attr-defined]
+    try:
+        while not stop.wait(1.0):
+            if parent is not None and os.getppid() != parent:
+                break
+    finally:
+        services.stop()  # type: ignore[attr-defined]
+    leftover = [
+        t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+    ]
+    if leftover:
+        log.error("threads still running at exit: %s", ", ".join(leftover))

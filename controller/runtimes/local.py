@@ -5,11 +5,29 @@ version's tasks once, then serves runs over HTTP on 127.0.0.1, each run in a chi
 process of its own. Workers start in their own session, so a controller killed with
 SIGKILL leaves them running; each worker is recorded in ``<data>/workers/<id>.json`` and
 a restarted controller adopts it after checking its pid and ``/health`` (which reports
-the version id, guarding against pid reuse). A graceful controller stop stops them all.
+the version id, guarding against pid reuse).
 
-Retiring a version sends SIGTERM: the worker refuses new runs, finishes in-flight ones,
-then exits; a reaper thread waits for it. The same version can be started again later
-(rollback, pinned runs).
+Exactly one process owns workers: the controller (see :mod:`controller.runtimes.control`
+for how the web process reaches them). Every start goes through the version's lock, and
+under that lock ``may_start`` re-reads the version's state (archived preview, project
+disconnected) so a worker is never started for a version that was retired for good. A
+run takes a lease (:meth:`LocalRuntime.acquire`) under the same lock, so a retire waits
+for the runs it was handed.
+
+Every worker carries ``--owner <data>/workers`` on its command line, and so do its
+spawner and runs (they are forks of it). That mark finds workers no record names (a
+controller SIGKILLed between starting a worker and recording it, or a record
+overwritten): :meth:`LocalRuntime.stop_strays` stops them when a controller starts, and
+:meth:`LocalRuntime.close` sweeps them at a graceful stop.
+
+Stopping a worker: SIGTERM makes it refuse new runs and finish in-flight ones, then exit;
+after the deadline its whole session gets SIGKILL — worker, spawner and every run (runs
+sit in process groups of their own but stay in the worker's session), so no run is
+orphaned. Retiring does this in a reaper thread with a long deadline; :meth:`close` with
+a short one (the web process already gave runs their shutdown grace period).
+
+This module is over 400 lines on purpose: starting, adopting, leasing and stopping share
+one set of per-version locks and one registry, and their invariants read best together.
 """
 
 from __future__ import annotations
@@ -23,6 +41,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +50,7 @@ import httpx
 
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes.base import VersionSpec
+from controller.runtimes.procs import kill_session, session_of, workers_marked
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +71,11 @@ class _Worker:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def gone(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is not None
+        return session_of(self.pid) is None  # gone, or a zombie its parent has to reap
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -62,11 +87,46 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def post_run(
+    client: httpx.Client,
+    url: str,
+    *,
+    run_id: str,
+    task_id: str,
+    payload: Any,
+    timeout: float | None,
+    env: dict[str, str] | None = None,
+) -> httpx.Response:
+    request = {"run_id": run_id, "task_id": task_id, "payload": payload, "timeout": timeout}
+    if env:
+        request["env"] = env
+    return client.post(
+        url + "/runs",
+        json=request,
+        timeout=httpx.Timeout(5.0, read=(timeout or 24 * 3600) + 60),
+    )
+
+
+def answer_of(response: httpx.Response, *, spec: VersionSpec, task_id: str) -> dict[str, Any]:
+    if response.status_code == 404:
+        raise PermanentError(f"task {task_id!r} does not exist in version {spec.version}")
+    if response.status_code != 200:
+        raise RuntimeUnavailable(
+            f"the worker answered {response.status_code}: {response.text[:300]}"
+        )
+    return dict(response.json())
+
+
 class LocalRuntime:
     name = "local"
 
     def __init__(
-        self, *, data_dir: Path, start_timeout: float = 60.0, drain_timeout: float = 3600.0
+        self,
+        *,
+        data_dir: Path,
+        start_timeout: float = 60.0,
+        drain_timeout: float = 3600.0,
+        may_start: Callable[[int], str | None] | None = None,
     ) -> None:
         self.registry = data_dir / "workers"
         self.logs = data_dir / "logs" / "workers"
@@ -75,11 +135,15 @@ class LocalRuntime:
             path.mkdir(parents=True, exist_ok=True)
         self.start_timeout = start_timeout
         self.drain_timeout = drain_timeout
+        self.may_start = may_start
         self._workers: dict[int, _Worker] = {}
+        self._retiring: dict[int, _Worker] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False)
         self._reapers: list[threading.Thread] = []
+        self._closing = threading.Event()
+        self._close_by = float("inf")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -92,11 +156,16 @@ class LocalRuntime:
             self._ensure_locked(spec)
 
     def _ensure_locked(self, spec: VersionSpec) -> _Worker:
+        if self._closing.is_set():
+            raise RuntimeUnavailable("the controller is stopping and starts no worker")
         worker = self._workers.get(spec.version_id)
         if worker is not None and self._healthy(worker, spec.version_id):
             return worker
         if worker is not None:
             self._forget(spec.version_id)
+        refusal = self.may_start(spec.version_id) if self.may_start is not None else None
+        if refusal:
+            raise PermanentError(f"version {spec.version} is not started: {refusal}")
         adopted = self._adopt(spec.version_id)
         worker = adopted if adopted is not None else self._start(spec)
         self._workers[spec.version_id] = worker
@@ -112,17 +181,24 @@ class LocalRuntime:
             return False
         return response.status_code == 200 and body.get("version_id") == version_id
 
-    def _adopt(self, version_id: int) -> _Worker | None:
-        path = self.registry / f"{version_id}.json"
+    def _record(self, version_id: int) -> dict[str, Any] | None:
         try:
-            record = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
+            record = json.loads((self.registry / f"{version_id}.json").read_text())
+            return {"pid": int(record["pid"]), "port": int(record["port"])}
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
-        worker = _Worker(version_id=version_id, pid=int(record["pid"]), port=int(record["port"]))
+
+    def _adopt(self, version_id: int) -> _Worker | None:
+        record = self._record(version_id)
+        if record is None:
+            return None
+        worker = _Worker(version_id=version_id, pid=record["pid"], port=record["port"])
         if _pid_alive(worker.pid) and self._healthy(worker, version_id):
             log.info("adopted the running worker of version id %s (pid %s)", version_id, worker.pid)
             return worker
-        path.unlink(missing_ok=True)
+        (self.registry / f"{version_id}.json").unlink(missing_ok=True)
+        if worker.pid in self.owned_sessions():
+            self._terminate(worker, wait=5.0)  # recorded but unhealthy: it is replaced
         return None
 
     def _start(self, spec: VersionSpec) -> _Worker:
@@ -158,6 +234,8 @@ class LocalRuntime:
                     "127.0.0.1",
                     "--port",
                     "0",
+                    "--owner",
+                    str(self.registry),
                 ],
                 cwd=spec.source,
                 env=env,
@@ -170,7 +248,12 @@ class LocalRuntime:
             raise RuntimeUnavailable(f"could not start a worker for {spec.version}: {exc}") from exc
         finally:
             stderr.close()
-        ready = self._read_ready(proc, log_path)
+        try:
+            ready = self._read_ready(proc, log_path)
+        except BaseException:
+            kill_session(proc.pid)
+            proc.wait()
+            raise
         worker = _Worker(
             version_id=spec.version_id, pid=proc.pid, port=int(ready["port"]), proc=proc
         )
@@ -197,8 +280,6 @@ class LocalRuntime:
             while b"\n" not in buffer:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    proc.kill()
-                    proc.wait()
                     raise RuntimeUnavailable(
                         f"the worker did not start within {self.start_timeout:.0f}s"
                     )
@@ -249,33 +330,65 @@ class LocalRuntime:
             if worker is None:
                 return
         log.info("retiring the worker of version id %s (pid %s)", version_id, worker.pid)
-        reaper = threading.Thread(
-            target=self._terminate, args=(worker,), kwargs={"wait": self.drain_timeout}, daemon=True
-        )
+        self._retire_in_background(worker)
+
+    def _retire_in_background(self, worker: _Worker) -> None:
+        def reap() -> None:
+            try:
+                self._terminate(worker, wait=self.drain_timeout)
+            finally:
+                with self._lock:
+                    self._retiring.pop(worker.pid, None)
+
+        with self._lock:
+            self._retiring[worker.pid] = worker
+        reaper = threading.Thread(target=reap, name=f"retire-{worker.pid}", daemon=True)
         reaper.start()
         self._reapers = [t for t in self._reapers if t.is_alive()] + [reaper]
 
     def _terminate(self, worker: _Worker, *, wait: float) -> None:
-        # Runs this controller already handed to the worker finish before it drains.
+        """SIGTERM (drain), then SIGKILL to the worker's session at the deadline (or at
+        the close deadline, whichever comes first)."""
         deadline = time.monotonic() + wait
-        while worker.in_flight and time.monotonic() < deadline:
+        # Runs this controller already handed to the worker finish before it drains.
+        while worker.in_flight and time.monotonic() < min(deadline, self._close_by):
             time.sleep(0.02)
         try:
             os.kill(worker.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if worker.proc is not None:
-                if worker.proc.poll() is not None:
-                    return
-            elif not _pid_alive(worker.pid):
-                return
+        while time.monotonic() < min(deadline, self._close_by):
+            if worker.gone():
+                break
             time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.pid, signal.SIGKILL)
+        else:
+            log.warning(
+                "the worker of version id %s (pid %s) did not drain in time; killing it and "
+                "its runs",
+                worker.version_id,
+                worker.pid,
+            )
+        kill_session(worker.pid)
         if worker.proc is not None:
             worker.proc.wait()
+
+    def owned_sessions(self) -> set[int]:
+        """Pids of live workers (session leaders) carrying this registry's mark."""
+        return workers_marked(WORKER_MAIN, owner=self.registry)
+
+    def stop_strays(self) -> int:
+        """Stop marked workers that no record names (nobody can adopt them)."""
+        recorded = set()
+        for path in self.registry.glob("*.json"):
+            with contextlib.suppress(ValueError):
+                record = self._record(int(path.stem))
+                if record is not None:
+                    recorded.add(record["pid"])
+        strays = self.owned_sessions() - recorded - {w.pid for w in self._workers.values()}
+        for pid in strays:
+            log.warning("stopping a worker (pid %s) that no record names", pid)
+            self._terminate(_Worker(version_id=0, pid=pid, port=0), wait=5.0)
+        return len(strays)
 
     def stop_unlisted(self, keep: set[int]) -> None:
         """Retire recorded workers (e.g. adopted after a crash) of versions not in ``keep``."""
@@ -297,21 +410,70 @@ class LocalRuntime:
         return time.monotonic() - worker.last_used
 
     def close(self, *, timeout: float = 15.0) -> None:
-        workers = list(self._workers.values())
+        """Stop every worker of this data dir: ours, recorded ones, retiring ones and
+        unrecorded marked ones; nothing of the data dir's workers outlives this call."""
+        self._close_by = time.monotonic() + timeout
+        self._closing.set()
+        with self._lock:
+            locks = list(self._locks.values())
+        for lock in locks:  # a start in progress finishes (and is stopped below)
+            with lock:
+                pass
+        workers = {w.pid: w for w in self._workers.values()}
         self._workers.clear()
+        owned = self.owned_sessions()
+        for path in self.registry.glob("*.json"):
+            record = None
+            with contextlib.suppress(ValueError):
+                record = self._record(int(path.stem))
+            if record is not None and record["pid"] in owned:
+                workers.setdefault(
+                    record["pid"],
+                    _Worker(version_id=int(path.stem), pid=record["pid"], port=record["port"]),
+                )
+            path.unlink(missing_ok=True)
+        for pid in owned - set(workers):
+            workers[pid] = _Worker(version_id=0, pid=pid, port=0)
         threads = []
-        for worker in workers:
-            (self.registry / f"{worker.version_id}.json").unlink(missing_ok=True)
+        for worker in workers.values():
+            if worker.pid in self._retiring:
+                continue  # its reaper stops it by the close deadline
             thread = threading.Thread(
                 target=self._terminate, args=(worker,), kwargs={"wait": timeout}
             )
             thread.start()
             threads.append(thread)
         for thread in threads + self._reapers:
-            thread.join(timeout + 5)
+            thread.join(timeout + 10)
+        for pid in self.owned_sessions():
+            kill_session(pid)
         self._client.close()
 
     # -- runs -----------------------------------------------------------------------------
+
+    def acquire(self, spec: VersionSpec) -> dict[str, Any]:
+        """A lease for one run: the worker is started if needed and counts the run in
+        flight until :meth:`release`, so a concurrent retire waits for it."""
+        with self._version_lock(spec.version_id):
+            worker = self._ensure_locked(spec)
+            worker.in_flight += 1
+        return {"url": worker.url, "port": worker.port}
+
+    def release(self, version_id: int, port: int) -> None:
+        with self._version_lock(version_id), self._lock:
+            candidates = [self._workers.get(version_id), *self._retiring.values()]
+            for worker in candidates:
+                if worker is not None and worker.port == port and worker.in_flight > 0:
+                    worker.in_flight -= 1
+                    worker.last_used = time.monotonic()
+                    return
+
+    def refused(self, version_id: int, port: int) -> None:
+        """The worker on ``port`` refused a run (it is draining): start the version anew."""
+        with self._version_lock(version_id):
+            worker = self._workers.get(version_id)
+            if worker is not None and worker.port == port:
+                self._forget(version_id)
 
     def run(
         self,
@@ -323,44 +485,28 @@ class LocalRuntime:
         timeout: float | None,
         env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        request = {"run_id": run_id, "task_id": task_id, "payload": payload, "timeout": timeout}
-        if env:
-            request["env"] = env
         for attempt in (1, 2):
-            response = self._post_run(spec, request=request, timeout=timeout)
+            lease = self.acquire(spec)
+            try:
+                response = post_run(
+                    self._client,
+                    lease["url"],
+                    run_id=run_id,
+                    task_id=task_id,
+                    payload=payload,
+                    timeout=timeout,
+                    env=env,
+                )
+            except httpx.HTTPError as exc:
+                raise RuntimeUnavailable(
+                    f"the worker of version {spec.version} is unreachable: {exc}"
+                ) from exc
+            finally:
+                self.release(spec.version_id, lease["port"])
             if response.status_code == 503 and attempt == 1:
-                # Retired (by this or another controller process) after we picked it: the
-                # worker refused the run before starting it, so start the version again.
-                with self._version_lock(spec.version_id):
-                    self._forget(spec.version_id)
+                # Retired after we picked it: the worker refused the run before starting
+                # it, so start the version again.
+                self.refused(spec.version_id, lease["port"])
                 continue
             break
-        if response.status_code == 404:
-            raise PermanentError(f"task {task_id!r} does not exist in version {spec.version}")
-        if response.status_code != 200:
-            raise RuntimeUnavailable(
-                f"the worker answered {response.status_code}: {response.text[:300]}"
-            )
-        return dict(response.json())
-
-    def _post_run(
-        self, spec: VersionSpec, *, request: dict[str, Any], timeout: float | None
-    ) -> httpx.Response:
-        with self._version_lock(spec.version_id):
-            # Registered under the lock: a concurrent retire() waits for this run.
-            worker = self._ensure_locked(spec)
-            worker.in_flight += 1
-        try:
-            return self._client.post(
-                worker.url + "/runs",
-                json=request,
-                timeout=httpx.Timeout(5.0, read=(timeout or 24 * 3600) + 60),
-            )
-        except httpx.HTTPError as exc:
-            raise RuntimeUnavailable(
-                f"the worker of version {spec.version} is unreachable: {exc}"
-            ) from exc
-        finally:
-            with self._version_lock(spec.version_id):
-                worker.in_flight -= 1
-                worker.last_used = time.monotonic()
+        return answer_of(response, spec=spec, task_id=task_id)

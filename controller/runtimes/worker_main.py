@@ -806,6 +806,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--context-json", type=_context, default={}, help="the run context")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--owner", default=None, help="the registry of the runtime that owns this worker: a mark"
+    )
     args = parser.parse_args(argv)
 
     protocol = taskfiles.divert_stdout()

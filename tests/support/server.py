@@ -59,6 +59,7 @@ class Server:
             self.env["SLIPWAY_DATABASE_URL"] = database_url
         self.env.update(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None  # of the last stop()/interrupt()
         self.log_path = data_dir.parent / f"serve-{self.port}.log"
         self.client = httpx.Client(base_url=self.url, timeout=60, trust_env=False)
 
@@ -73,6 +74,7 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.data_dir.parent,
+            process_group=0,  # as from a shell: Ctrl-C (interrupt()) reaches its group
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -87,17 +89,25 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"slipway serve did not become ready:\n{self.log()}")
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0, *, signum: int = signal.SIGTERM) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if signum == signal.SIGINT:
+                os.killpg(self.proc.pid, signum)
+            else:
+                self.proc.send_signal(signum)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.returncode = self.proc.returncode
         self.proc = None
+
+    def interrupt(self, timeout: float = 90.0) -> None:
+        """Ctrl-C in the terminal: SIGINT to the server's whole process group."""
+        self.stop(timeout, signum=signal.SIGINT)
 
     def kill(self) -> None:
         """SIGKILL the controller (its workers, in their own sessions, survive)."""

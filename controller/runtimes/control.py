@@ -1,0 +1,341 @@
+"""The control channel: the controller process owns every worker; the web process asks.
+
+``slipway serve`` runs two processes (see :mod:`controller.supervisor`). Before, each held
+a :class:`~controller.runtimes.local.LocalRuntime` over the same registry files, each with
+its own in-flight counts, so both could start a worker for one version, and a graceful
+stop of one left the other's workers running. Now only the controller starts, adopts,
+retires and stops workers. The web process holds a :class:`RemoteRuntime` that talks to
+the controller over a Unix socket, ``<data>/control.sock``:
+
+* one connection per request, one JSON line each way: ``{"op": ..., ...}`` and
+  ``{"ok": ...}`` or ``{"error": {"class", "message"}}``. Connections are cheap on a Unix
+  socket and a slow worker start then never holds up a wake-up or another run;
+* ``notify`` forwards queue wake-ups (it replaced a thread blocked on the child's stdin,
+  which aborted the interpreter at exit); ``ensure`` / ``retire`` serve promotions and
+  archiving done through the API; ``acquire`` / ``release`` bracket a run: the controller
+  starts the version's worker if needed (pinned older versions, after a restart) and
+  counts the run in flight, so a retire waits for it; the web process then sends the run
+  to the worker's port directly (runs do not pass through the niced controller);
+  ``refused`` reports a worker that answered 503 (it was retiring), so it is replaced;
+* the socket lives in the data dir (mode 0700) and is made 0600: only this user's
+  processes can ask. Paths too long for ``sockaddr_un`` go through ``/proc/self/fd``.
+
+Errors keep their class across the channel (:class:`PermanentError` stays permanent).
+Nothing secret travels in an error: workers' errors never contain environment values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller import errors
+from controller.errors import RuntimeUnavailable, SlipwayError
+from controller.runtimes.base import VersionSpec
+from controller.runtimes.local import answer_of, post_run
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "control.sock"
+MAX_LINE = 1024 * 1024
+SUN_PATH_MAX = 100
+CONNECT_TIMEOUT = 5.0
+ACQUIRE_TIMEOUT = 180.0
+RESTART_WAIT = 30.0  # how long a run waits for a controller that is being restarted
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+@contextlib.contextmanager
+def _addressable(path: Path) -> Iterator[str]:
+    """``path``, or the same file reached through a directory fd when it is too long."""
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def spec_to_json(spec: VersionSpec) -> dict[str, Any]:
+    return {**asdict(spec), "source": str(spec.source), "venv": str(spec.venv)}
+
+
+def spec_from_json(data: dict[str, Any]) -> VersionSpec:
+    return VersionSpec(
+        version_id=int(data["version_id"]),
+        version=str(data["version"]),
+        source=Path(data["source"]),
+        venv=Path(data["venv"]),
+        tasks_dir=str(data["tasks_dir"]),
+        context=dict(data.get("context") or {}),
+        env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
+    )
+
+
+def _error_of(exc: BaseException) -> dict[str, str]:
+    name = type(exc).__name__ if isinstance(exc, SlipwayError) else "RuntimeUnavailable"
+    message = exc.message if isinstance(exc, SlipwayError) else f"{type(exc).__name__}: {exc}"
+    return {"class": name, "message": message}
+
+
+def _raise(error: dict[str, Any]) -> None:
+    cls = getattr(errors, str(error.get("class")), None)
+    if not (isinstance(cls, type) and issubclass(cls, SlipwayError)):
+        cls = RuntimeUnavailable
+    raise cls(str(error.get("message") or "the controller refused"))
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = False
+    block_on_close = True
+    handlers: dict[str, Handler]
+
+
+class _Connection(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        line = self.rfile.readline(MAX_LINE)
+        try:
+            request = json.loads(line)
+            handler = self.server.handlers[request["op"]]
+            reply: dict[str, Any] = {"ok": handler(request)}
+        except (ValueError, KeyError, TypeError) as exc:
+            reply = {"error": {"class": "InvalidInput", "message": f"bad request: {exc}"}}
+        except Exception as exc:
+            if not isinstance(exc, SlipwayError):
+                log.exception("control request failed")
+            reply = {"error": _error_of(exc)}
+        with contextlib.suppress(OSError):
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class ControlServer:
+    """The controller's end: serves ``handlers`` (op name -> callable) on the socket."""
+
+    def __init__(self, data_dir: Path, handlers: dict[str, Handler]) -> None:
+        self.path = data_dir / SOCKET_NAME
+        self.handlers = handlers
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        with _addressable(self.path) as address:
+            server = _Server(address, _Connection, bind_and_activate=False)
+            old = os.umask(0o177)
+            try:
+                server.server_bind()
+            finally:
+                os.umask(old)
+            server.server_activate()
+        server.handlers = self.handlers
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="control"
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting; requests being answered finish (their threads are joined)."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self.path.unlink(missing_ok=True)
+        self._server = None
+
+
+class ControlClient:
+    """The web process's end. Every call opens a connection of its own."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / SOCKET_NAME
+
+    def call(
+        self, op: str, *, timeout: float = CONNECT_TIMEOUT, wait: float = 0.0, **fields: Any
+    ) -> Any:
+        """One request. ``wait``: how long to keep trying to connect while the controller
+        is (re)starting and its socket is not there yet."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                line = self._exchange(op, timeout=timeout, fields=fields)
+                break
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                if time.monotonic() >= deadline:
+                    raise RuntimeUnavailable(
+                        f"the controller process cannot be reached ({op}): {exc.strerror}",
+                        delay=1.0,
+                    ) from exc
+                time.sleep(0.1)
+            except OSError as exc:
+                raise RuntimeUnavailable(
+                    f"the controller process cannot be reached ({op}): {exc.strerror or exc}",
+                    delay=1.0,
+                ) from exc
+        if not line:
+            raise RuntimeUnavailable(f"the controller process closed the channel ({op})")
+        reply = json.loads(line)
+        if "error" in reply:
+            _raise(reply["error"])
+        return reply.get("ok")
+
+    def _exchange(self, op: str, *, timeout: float, fields: dict[str, Any]) -> bytes:
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock,
+            _addressable(self.path) as address,
+        ):
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(address)
+            sock.settimeout(timeout)
+            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+            with sock.makefile("rb") as stream:
+                return stream.readline(MAX_LINE)
+
+    def reachable(self) -> bool:
+        try:
+            return bool(self.call("ping", timeout=2.0))
+        except (RuntimeUnavailable, ValueError):
+            return False
+
+    def notify(self, kind: str | None) -> None:
+        """A wake-up; lost ones only cost a poll interval, so failures are ignored."""
+        with contextlib.suppress(RuntimeUnavailable, ValueError):
+            self.call("notify", kind=kind, timeout=2.0)
+
+
+class RemoteRuntime:
+    """The :class:`~controller.runtimes.base.Runtime` of the web process.
+
+    Shutdown: :meth:`stop_accepting` refuses new runs; :meth:`close` waits (bounded) for
+    the runs in flight to come back, after the controller stopped their workers, so that
+    each is recorded before the database is closed. A run cut short by the shutdown says
+    so (``grace`` is named in the message) instead of "worker unreachable".
+    """
+
+    name = "local"
+
+    def __init__(self, client: ControlClient, *, grace: float) -> None:
+        self.client = client
+        self.grace = grace
+        self._http = httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False)
+        self._stopping = threading.Event()
+        self._in_flight = 0
+        self._changed = threading.Condition()
+
+    def ensure(self, spec: VersionSpec) -> None:
+        self.client.call(
+            "ensure", spec=spec_to_json(spec), timeout=ACQUIRE_TIMEOUT, wait=RESTART_WAIT
+        )
+
+    def retire(self, version_id: int) -> None:
+        self.client.call("retire", version_id=version_id, wait=RESTART_WAIT)
+
+    def serving(self) -> set[int]:
+        return set()
+
+    def stop_unlisted(self, keep: set[int]) -> None:
+        return None
+
+    def idle_for(self, version_id: int) -> float:
+        return 0.0
+
+    def stop_accepting(self) -> None:
+        self._stopping.set()
+
+    def close(self, *, timeout: float = 15.0) -> None:
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._in_flight and time.monotonic() < deadline:
+                self._changed.wait(0.2)
+            if self._in_flight:
+                log.warning("%d run(s) still in flight at shutdown", self._in_flight)
+        self._http.close()
+
+    def run(
+        self,
+        spec: VersionSpec,
+        *,
+        run_id: str,
+        task_id: str,
+        payload: Any,
+        timeout: float | None,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        if self._stopping.is_set():
+            raise RuntimeUnavailable("slipway serve is shutting down and takes no new runs")
+        with self._changed:
+            self._in_flight += 1
+        try:
+            for attempt in (1, 2):
+                response = self._run_once(
+                    spec, run_id=run_id, task_id=task_id, payload=payload, timeout=timeout, env=env
+                )
+                if response.status_code != 503 or attempt == 2:
+                    break
+            return answer_of(response, spec=spec, task_id=task_id)
+        finally:
+            with self._changed:
+                self._in_flight -= 1
+                self._changed.notify_all()
+
+    def _run_once(
+        self,
+        spec: VersionSpec,
+        *,
+        run_id: str,
+        task_id: str,
+        payload: Any,
+        timeout: float | None,
+        env: dict[str, str] | None,
+    ) -> httpx.Response:
+        lease = self.client.call(
+            "acquire", spec=spec_to_json(spec), timeout=ACQUIRE_TIMEOUT, wait=RESTART_WAIT
+        )
+        try:
+            response = post_run(
+                self._http,
+                lease["url"],
+                run_id=run_id,
+                task_id=task_id,
+                payload=payload,
+                timeout=timeout,
+                env=env,
+            )
+        except httpx.HTTPError as exc:
+            if self._stopping.is_set():
+                raise RuntimeUnavailable(
+                    "the run was stopped: slipway serve shut down and the run outlived the "
+                    f"{self.grace:g}s shutdown grace period (SLIPWAY_SHUTDOWN_GRACE_PERIOD)"
+                ) from exc
+            raise RuntimeUnavailable(
+                f"the worker of version {spec.version} is unreachable: {exc}"
+            ) from exc
+        finally:
+            with contextlib.suppress(SlipwayError):
+                self.client.call("release", version_id=spec.version_id, port=lease["port"])
+        if response.status_code == 503:
+            # Retired after the controller handed it to us: it refused the run before
+            # starting it, so the controller replaces it and we ask once more.
+            with contextlib.suppress(SlipwayError):
+                self.client.call("refused", version_id=spec.version_id, port=lease["port"])
+        return response

@@ -1,0 +1,74 @@
+"""Finding and killing a data dir's worker processes through /proc (Linux).
+
+Workers run in sessions of their own (they outlive a SIGKILLed controller, to be
+adopted), so a process group kill misses their runs, which sit in groups of their own.
+The session is what ties a worker, its spawner, its runs and their subprocesses
+together; it is what we kill. Without /proc (not Linux) these find nothing and kill
+only the worker's own group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def _pids() -> list[int]:
+    if not PROC.is_dir():
+        return []
+    return [int(entry.name) for entry in PROC.iterdir() if entry.name.isdigit()]
+
+
+def session_of(pid: int) -> int | None:
+    """The session id of a live process; None when it is gone or a zombie."""
+    try:
+        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[3])
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every live process of session ``sid`` (a worker, its spawner, its runs)."""
+    for pid in _pids():
+        if session_of(pid) == sid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(sid, signal.SIGKILL)
+
+
+def workers_marked(script: Path, *, owner: Path) -> set[int]:
+    """Session leaders running ``script`` with ``--owner OWNER`` on their command line."""
+    mark = ["--owner", str(owner)]
+    found = set()
+    for pid in _pids():
+        try:
+            raw = (PROC / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        args = [arg.decode(errors="replace") for arg in raw.split(b"\0")]
+        marked = any(args[i : i + 2] == mark for i in range(len(args) - 1))
+        if marked and str(script) in args and session_of(pid) == pid:
+            found.add(pid)
+    return found
+
+
+def sessions_with_env(name: str, value: str) -> set[int]:
+    """Sessions with a live process whose environment has ``name=value``."""
+    entry = f"{name}={value}".encode()
+    found = set()
+    for pid in _pids():
+        try:
+            environ = (PROC / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry in environ:
+            sid = session_of(pid)
+            if sid is not None:
+                found.add(sid)
+    return found
