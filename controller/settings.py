@@ -61,6 +61,11 @@ class RuntimeSettings(BaseSettings):
     resync_interval: float = Field(default=60.0, gt=0)
     build_timeout: float = Field(default=1800.0, gt=0)
     delivery_retention_days: float = Field(default=14.0, gt=0)
+    # Bounds on what one run may put in the database (the trigger answers 413 over the
+    # payload bound; an output over its bound fails the run; logs keep their tail).
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_output_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_run_log_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @field_validator("runtime", mode="before")
     @classmethod

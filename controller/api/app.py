@@ -19,6 +19,7 @@ from sqlalchemy import text
 from controller import __version__
 from controller.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     NotFound,
     PermanentError,
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _STATUS = [
     (NotFound, 404),
+    (Forbidden, 403),
     (Conflict, 409),
     (InvalidInput, 422),
     (TemporaryError, 503),
