@@ -77,7 +77,9 @@ def json_size(value: Any) -> int:
 
 
 def describe_size(limit: int) -> str:
-    return f"{limit / MiB:g} MiB" if limit % (MiB // 4) == 0 else f"{limit} bytes"
+    if limit % MiB == 0:
+        return f"{limit // MiB} MiB"
+    return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
 
 
 def _where(env: Environment) -> str:

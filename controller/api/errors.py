@@ -2,14 +2,18 @@
 
 Every error body is ``{"error": message, "hint"?: how to fix it}`` (see ``app.py``'s
 exception handlers). Routers list the statuses they can answer with :func:`error_responses`,
-so that the schema says what the API does (schemathesis checks it in CI).
+so that the schema says what the API does (schemathesis checks it in CI); path parameter
+types carry the patterns the handlers enforce, so a schema-valid request is not refused.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel
+
+from controller.models import REF_PATTERN
 
 DESCRIPTIONS = {
     400: "The request cannot succeed as it is (the message says how to fix it)",
@@ -31,3 +35,11 @@ class ErrorBody(BaseModel):
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": DESCRIPTIONS[code]} for code in codes}
+
+
+ENV_PATTERN = "^(production|prod|staging|stg|preview)$"
+
+ProjectRef = Annotated[str, Path(pattern=REF_PATTERN.pattern, description="The project's ref")]
+EnvName = Annotated[
+    str, Path(pattern=ENV_PATTERN, description="production (or prod), staging (or stg), preview")
+]

@@ -64,7 +64,7 @@ def test_an_output_over_the_bound_fails_the_run_and_is_not_stored(deployed: Depl
     assert run["status"] == "failed"
     assert run["output"] is None
     assert run["error"]["type"] == "OutputTooLarge"
-    assert "larger than 4096 bytes" in run["error"]["message"]
+    assert "larger than 4 KiB" in run["error"]["message"]
     assert stored(deployed, run["id"])["output"] is None
 
 
