@@ -81,7 +81,7 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
-            headers["Allow"] = allowed_methods(app, request.scope)
+            headers["Allow"] = allowed_methods(app, request.url.path)
         return JSONResponse(
             _error_body(str(exc.detail)), status_code=exc.status_code, headers=headers
         )

@@ -8,12 +8,10 @@ merged into the generated document once (FastAPI caches ``app.openapi_schema``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
-from starlette.routing import Match, Route
-from starlette.types import Scope
 
 
 def _header(name: str, description: str) -> dict[str, Any]:
@@ -97,16 +95,18 @@ def document_webhook(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def allowed_methods(app: FastAPI, scope: Scope) -> str:
-    """Every method some route serves at the request's path, for a 405's ``Allow``.
+def allowed_methods(app: FastAPI, path: str) -> str:
+    """Every method the document lists for ``path``, for a 405's ``Allow``.
 
     Starlette's own 405 names the methods of the first route that matched the path only;
     a path served by several routes (``GET`` and ``POST /projects``) needs all of them.
+    The document is the one list of every route (FastAPI nests included routers).
     """
     methods: set[str] = set()
-    for route in app.router.routes:
-        if isinstance(route, Route | APIRoute) and route.methods:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                methods |= route.methods
+    for template, operations in app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if "{branch}" in template:
+            pattern = pattern.replace("branches/[^/]+", "branches/.+")
+        if re.fullmatch(pattern, path):
+            methods |= {method.upper() for method in operations}
     return ", ".join(sorted(methods))
