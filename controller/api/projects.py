@@ -33,16 +33,25 @@ router = APIRouter(
 REPO_PATTERN = r"^[^/]+/[^/]+$"
 
 
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _settable(**constraints: Any) -> Any:
+    """A field that may be left out but is never null (its column is NOT NULL)."""
+    return Field(default=None, json_schema_extra=_drop_default, **constraints)
+
+
 class ProjectFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    repo: str | None = Field(default=None, pattern=REPO_PATTERN, examples=["octo-org/demo"])
+    repo: str = _settable(pattern=REPO_PATTERN, examples=["octo-org/demo"])
     clone_url: str | None = None
     production_branch: str | None = Field(default=None, pattern=BRANCH_PATTERN.pattern)
     staging_branch: str | None = Field(default=None, pattern=BRANCH_PATTERN.pattern)
-    previews: bool | None = None
-    fork_previews: bool | None = None
-    preview_limit: int | None = Field(default=None, ge=0, le=1000)
+    previews: bool = _settable()
+    fork_previews: bool = _settable()
+    preview_limit: int = _settable(ge=0, le=1000)
     config_path: str | None = None
     install_command: str | None = None
     pre_build_command: str | None = None

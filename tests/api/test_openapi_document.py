@@ -36,3 +36,11 @@ def test_management_operations_document_their_errors(server: Server) -> None:
     assert "application/json" in trigger["requestBody"]["content"]
     create = doc["components"]["schemas"]["ProjectCreate"]["properties"]
     assert create["ref"]["pattern"] and create["repo"]["pattern"]
+
+
+def test_null_for_a_field_that_cannot_be_null_is_refused_not_a_500(server: Server) -> None:
+    server.create_project("demo", repo="octo-org/demo")
+    for field in ("repo", "previews", "fork_previews", "preview_limit"):
+        response = server.api("PATCH", "/api/v1/projects/demo", json={field: None})
+        assert response.status_code == 422, (field, response.text)
+    assert server.ok("GET", "/api/v1/projects/demo")["repo"] == "octo-org/demo"

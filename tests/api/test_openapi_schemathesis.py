@@ -1,10 +1,11 @@
 """Issue 19: the OpenAPI document says what the API does (schemathesis, every check).
 
-A real ``slipway serve`` with a deployed project, a run and a preview branch, so that the
-operations find something to hit; schemathesis' own CLI then runs every phase and every
-check against ``/openapi.json`` with the admin token: 50 examples per operation, a fixed
-deterministic generation (no seed needed; the run is reproducible), two workers, so it
-stays within about 3 minutes on a loaded 2-core machine. Any failure fails the test with the report.
+A real ``slipway serve`` with a deployed project and a run, and the path parameters pinned
+to them (``schemathesis.toml``) so that the operations hit real data. Schemathesis' own CLI
+then runs every phase and every check against ``/openapi.json`` with the admin token: 50
+examples per operation, deterministic generation (reproducible; a seed is then unused),
+two workers, so that it stays within about 3 minutes on a loaded 2-core machine. Any
+failure fails the test, with schemathesis' report.
 """
 
 from __future__ import annotations
@@ -25,9 +26,21 @@ def test_the_api_matches_its_openapi_document(flow: Flow, tmp_path: object) -> N
     flow.deploy_push()
     run = server.trigger("demo", "production", "hello", {"n": 1})
     assert run.status_code == 200, run.text
+    deployment = server.deployments()[0]["id"]
+    config = server.data_dir.parent / "schemathesis.toml"
+    config.write_text(
+        "[parameters]\n"
+        'ref = "demo"\n'
+        'env = "production"\n'
+        f'deployment_id = "{deployment}"\n'
+        f'run_id = "{run.json()["id"]}"\n'
+        'task_id = "hello"\n'
+    )
     result = subprocess.run(
         [
             *SCHEMATHESIS,
+            "--config-file",
+            str(config),
             "run",
             f"{server.url}/openapi.json",
             "--checks",
