@@ -43,7 +43,7 @@ def _settable(**constraints: Any) -> Any:
 
 
 class ProjectFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     repo: str = _settable(pattern=REPO_PATTERN, examples=["octo-org/demo"])
     clone_url: str | None = None
