@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
@@ -42,6 +42,14 @@ def _settable(**constraints: Any) -> Any:
     return Field(default=None, json_schema_extra=_drop_default, **constraints)
 
 
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Strict fields (0 is not false, "5" is not 5), but 5.0 is an integer, as in JSON Schema.
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+
 class ProjectFields(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -51,7 +59,7 @@ class ProjectFields(BaseModel):
     staging_branch: str | None = Field(default=None, pattern=BRANCH_PATTERN.pattern)
     previews: bool = _settable()
     fork_previews: bool = _settable()
-    preview_limit: int = _settable(ge=0, le=1000)
+    preview_limit: JsonInt = _settable(ge=0, le=1000)
     config_path: str | None = None
     install_command: str | None = None
     pre_build_command: str | None = None

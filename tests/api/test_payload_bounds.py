@@ -37,7 +37,7 @@ def test_a_payload_over_the_bound_is_refused_and_not_stored(
 
     huge = b'{"payload": "' + b"x" * (30 * 1024 * 1024) + b'"}'
     refused = small_server.client.post(url, content=huge, headers=auth)
-    assert refused.status_code == 413, refused.text
+    assert refused.status_code == 413, refused.text[:300]
     assert "larger than 64 KiB" in refused.json()["error"]
 
     def chunks() -> Iterator[bytes]:
@@ -47,10 +47,10 @@ def test_a_payload_over_the_bound_is_refused_and_not_stored(
         yield b'"}'
 
     streamed = small_server.client.post(url, content=chunks(), headers=auth)
-    assert streamed.status_code == 413, streamed.text
+    assert streamed.status_code == 413, streamed.text[:300]
 
     just_over = small_server.client.post(url, json={"payload": "z" * (BOUND + 10)}, headers=auth)
-    assert just_over.status_code == 413, just_over.text
+    assert just_over.status_code == 413, just_over.text[:300]
     assert "payload is larger than" in just_over.json()["error"]
 
     fits = small_server.client.post(url, json={"payload": {"n": 1}}, headers=auth)
