@@ -682,7 +682,8 @@ def environments_list(ctx: click.Context, project: str) -> None:
 
 def _secret_key(api: Api, project: str, env: str, branch: str | None) -> str:
     body = api.get(
-        f"/api/v1/projects/{project}/environments/{env}/secret-key", headers=_branch_headers(branch)
+        f"/api/v1/projects/{project}/environments/{_env(env)}/secret-key",
+        headers=_branch_headers(branch),
     )
     return str(body["secret_key"])
 

@@ -44,6 +44,10 @@ class NotFound(SlipwayError):
     """A named thing (project, environment, version, run) does not exist."""
 
 
+class Forbidden(SlipwayError):
+    """A valid credential used outside what it grants (another environment's runs)."""
+
+
 class Conflict(SlipwayError):
     """The request contradicts current state (duplicate name, archived branch, ...)."""
 

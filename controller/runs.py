@@ -5,20 +5,45 @@ A run is locked to the version it started on: the version is chosen (current, or
 with ``options.version``) and recorded before the run starts, and the run goes to that
 version's worker, which stays up until its in-flight runs finish even if another version
 is promoted meanwhile.
+
+What a run stores is bounded (:class:`RunLimits`): the API refuses a payload over its bound
+before anything is stored (413); an output over its bound fails the run and is not stored;
+logs keep their tail behind a truncation marker.
+
+A key reads exactly the runs it could have triggered: an environment's key those of its
+environment, the preview-wide key those of the project's preview branches. A valid key
+used for another environment of its project is refused with 403 (:class:`Forbidden`); a
+run of another project looks like one that does not exist.
+
+Failures of the run itself are of two kinds. Expected ones (our own errors: a worker that
+cannot be reached or started, a task missing from the worker) become a failed run with
+their message and a one-line warning. Anything else is a bug: the run fails with a message
+that points to the server log, where the traceback is logged. Log lines carry the run id,
+task and environment, never the payload (it may hold secrets).
 """
 
 from __future__ import annotations
 
 import hmac
+import json
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.errors import Conflict, InvalidInput, NotFound, PermanentError
+from controller.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PermanentError,
+    SlipwayError,
+)
 from controller.ids import new_id
-from controller.runtimes.base import Runtime
+from controller.runtimes.base import Runtime, VersionSpec
 from controller.secretstore.crypto import Cipher, key_hash
 from controller.secretstore.store import resolve_for_environment
 from controller.secretstore.variables import mask, mask_json, run_variables, secret_values
@@ -27,9 +52,40 @@ from controller.store.tables import Environment, Project, Run, Version, utcnow
 from controller.versions import find_version, spec_for
 from controller.views import run_view
 
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
 
 class Unauthorized(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """Bytes one run may store: its payload and output (as JSON) and its logs."""
+
+    payload_bytes: int = MiB
+    output_bytes: int = MiB
+    log_bytes: int = MiB
+
+
+class PayloadTooLarge(InvalidInput):
+    """A trigger payload over ``SLIPWAY_MAX_PAYLOAD_BYTES`` (the API answers 413)."""
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def describe_size(limit: int) -> str:
+    if limit % MiB == 0:
+        return f"{limit // MiB} MiB"
+    return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
+
+
+def _where(env: Environment) -> str:
+    return f"{env.name}/{env.branch}" if env.branch else env.name
 
 
 def environment_for_key(session: Session, key: str | None, branch: str | None) -> Environment:
@@ -55,10 +111,7 @@ def environment_for_key(session: Session, key: str | None, branch: str | None) -
             raise NotFound(f"preview branch {branch!r} does not exist")
         return target
     if branch and env.branch != branch:
-        raise InvalidInput(
-            f"this key belongs to {env.name}{'/' + env.branch if env.branch else ''}, "
-            f"not to branch {branch!r}"
-        )
+        raise Forbidden(f"this key belongs to {_where(env)}, not to branch {branch!r}")
     return env
 
 
@@ -72,7 +125,13 @@ def trigger(
     payload: Any,
     version: str | None,
     cipher: Cipher | None = None,
+    limits: RunLimits = RunLimits(),
 ) -> dict[str, Any]:
+    if json_size(payload) > limits.payload_bytes:
+        raise PayloadTooLarge(
+            f"the payload is larger than {describe_size(limits.payload_bytes)}",
+            hint="SLIPWAY_MAX_PAYLOAD_BYTES on the server sets the bound",
+        )
     run_id = new_id("run")
     with db.read() as session:
         env = environment_for_key(session, key, branch)
@@ -127,6 +186,7 @@ def trigger(
             run_id=run_id,
             task_id=task_id,
         )
+        where = _where(env)
     with db.transaction() as session:
         session.add(
             Run(
@@ -138,30 +198,25 @@ def trigger(
                 payload=payload,
             )
         )
-    try:
-        result = runtime.run(
-            spec,
-            run_id=run_id,
-            task_id=task_id,
-            payload=payload,
-            timeout=float(max_duration) if max_duration else None,
-            env=run_env,
-        )
-    except Exception as exc:
-        result = {
-            "status": "failed",
-            "output": None,
-            "error": {"type": type(exc).__name__, "message": str(exc)},
-            "logs": "",
-        }
+    result = _execute(
+        runtime,
+        spec,
+        run_id=run_id,
+        task_id=task_id,
+        payload=payload,
+        timeout=float(max_duration) if max_duration else None,
+        env=run_env,
+        where=where,
+    )
     result = mask_run_result(result, secrets)
+    result = _bounded(result, limits, run_id=run_id, task_id=task_id, where=where)
     with db.transaction() as session:
         run = session.get(Run, run_id)
         assert run is not None
-        run.status = result.get("status", "failed")
-        run.output = result.get("output")
-        run.error = result.get("error")
-        run.logs = (result.get("logs") or "")[-262144:]
+        run.status = result["status"]
+        run.output = result["output"]
+        run.error = result["error"]
+        run.logs = result["logs"]
         run.duration_ms = result.get("duration_ms")
         run.finished_at = utcnow()
         return run_view(run, version_name)
@@ -203,29 +258,114 @@ def mask_run_result(result: dict[str, Any], secrets: list[str]) -> dict[str, Any
     return masked
 
 
+def _failed(kind: str, message: str) -> dict[str, Any]:
+    return {"status": "failed", "output": None, "error": {"type": kind, "message": message}}
+
+
+def _execute(
+    runtime: Runtime,
+    spec: VersionSpec,
+    *,
+    run_id: str,
+    task_id: str,
+    payload: Any,
+    timeout: float | None,
+    env: dict[str, str],
+    where: str,
+) -> dict[str, Any]:
+    try:
+        return runtime.run(
+            spec, run_id=run_id, task_id=task_id, payload=payload, timeout=timeout, env=env
+        )
+    except SlipwayError as exc:
+        log.warning("run %s of %s in %s failed: %s", run_id, task_id, where, exc)
+        return {**_failed(type(exc).__name__, str(exc)), "logs": ""}
+    except Exception:
+        log.exception("run %s of %s in %s: unexpected error", run_id, task_id, where)
+        return {
+            **_failed(
+                "InternalError", f"an unexpected error ended run {run_id}; see the server log"
+            ),
+            "logs": "",
+        }
+
+
+def _bounded(
+    result: dict[str, Any], limits: RunLimits, *, run_id: str, task_id: str, where: str
+) -> dict[str, Any]:
+    """The result as stored: output within its bound (or a failed run), logs' tail."""
+    status = result.get("status")
+    out = {
+        "status": status if status in ("completed", "failed", "timed_out") else "failed",
+        "output": result.get("output"),
+        "error": result.get("error"),
+        "logs": truncate_logs(result.get("logs") or "", limits.log_bytes),
+        "duration_ms": result.get("duration_ms"),
+    }
+    error = out["error"]
+    if json_size(error) > limits.output_bytes:
+        message = str(error.get("message") if isinstance(error, dict) else error)
+        out["error"] = {
+            "type": error.get("type") if isinstance(error, dict) else "Error",
+            "message": message[:4096] + " [slipway: error truncated]",
+        }
+    size = json_size(out["output"])
+    if size > limits.output_bytes:
+        log.warning(
+            "run %s of %s in %s: output of %d bytes over the bound of %d, not stored",
+            run_id,
+            task_id,
+            where,
+            size,
+            limits.output_bytes,
+        )
+        out.update(
+            _failed(
+                "OutputTooLarge",
+                f"the run's output ({size} bytes as JSON) is larger than "
+                f"{describe_size(limits.output_bytes)}; it was not stored (return less, or "
+                "raise SLIPWAY_MAX_OUTPUT_BYTES on the server)",
+            )
+        )
+    return out
+
+
+def truncate_logs(text: str, limit: int) -> str:
+    """The last ``limit`` bytes of ``text`` (UTF-8), behind a marker saying so."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return text
+    marker = f"[slipway: logs truncated, showing the last {limit} of {len(data)} bytes]\n"
+    tail = data[-(limit - len(marker.encode())) :].decode("utf-8", errors="ignore")
+    return marker + tail
+
+
 def get_run(db: Database, run_id: str, *, key: str | None, admin: bool) -> dict[str, Any]:
     with db.read() as session:
         run = session.get(Run, run_id)
+        if not admin:
+            _check_reader(session, key, run, run_id)
         if run is None:
             raise NotFound(f"run {run_id!r} does not exist")
-        if not admin:
-            env = session.execute(
-                select(Environment).where(Environment.secret_key_hash == key_hash(key or ""))
-            ).scalar_one_or_none()
-            run_env = session.get(Environment, run.environment_id)
-            allowed = (
-                env is not None
-                and run_env is not None
-                and (
-                    env.id == run_env.id
-                    or (
-                        env.name == "preview"
-                        and env.branch is None
-                        and run_env.project_id == env.project_id
-                    )
-                )
-            )
-            if not allowed:
-                raise NotFound(f"run {run_id!r} does not exist")
         version = session.get(Version, run.version_id)
         return run_view(run, version.version if version else None)
+
+
+def _check_reader(session: Session, key: str | None, run: Run | None, run_id: str) -> None:
+    """Let ``key`` read ``run`` only if the key could have triggered it."""
+    if not key or not key.startswith("sk_"):
+        raise Unauthorized("reading a run needs its environment's secret key or the admin token")
+    env = session.execute(
+        select(Environment).where(Environment.secret_key_hash == key_hash(key))
+    ).scalar_one_or_none()
+    if env is None:
+        raise Unauthorized("unknown secret key")
+    run_env = session.get(Environment, run.environment_id) if run is not None else None
+    if run_env is None or run_env.project_id != env.project_id:
+        raise NotFound(f"run {run_id!r} does not exist")
+    preview_wide = env.name == "preview" and env.branch is None
+    if run_env.id == env.id or (
+        preview_wide and run_env.name == "preview" and run_env.branch is not None
+    ):
+        return
+    raise Forbidden(f"this key belongs to {_where(env)}; run {run_id} is not one of its runs")

@@ -68,6 +68,11 @@ class RuntimeSettings(BaseSettings):
     run_log_retention_days: float = Field(default=7.0, gt=0)
     # How long a graceful stop lets runs in flight finish before they are stopped.
     shutdown_grace_period: float = Field(default=30.0, ge=0)
+    # Bounds on what one run may put in the database (the trigger answers 413 over the
+    # payload bound; an output over its bound fails the run; logs keep their tail).
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_output_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_run_log_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @field_validator("runtime", mode="before")
     @classmethod

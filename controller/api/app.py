@@ -11,14 +11,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller import __version__
+from controller.api.openapi import allowed_methods, document_webhook
 from controller.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     NotFound,
     PermanentError,
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _STATUS = [
     (NotFound, 404),
+    (Forbidden, 403),
     (Conflict, 409),
     (InvalidInput, 422),
     (TemporaryError, 503),
@@ -73,10 +77,13 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
     async def _value_error(_request: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse(_error_body(str(exc)), status_code=422)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(app, request.url.path)
         return JSONResponse(
-            _error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+            _error_body(str(exc.detail)), status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(RequestValidationError)
@@ -88,7 +95,8 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
         return JSONResponse(_error_body("invalid request: " + "; ".join(parts)), status_code=422)
 
     # A plain Starlette route: the hot path skips FastAPI's per-request dependency
-    # solving. (It is documented in the README rather than in the OpenAPI schema.)
+    # solving. Its OpenAPI operation is written by hand (controller/api/openapi.py).
+    document_webhook(app)
     app.add_route(
         "/webhooks/github",
         make_endpoint(

@@ -8,19 +8,25 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
+from controller.api.errors import ProjectRef, error_responses
 from controller.deployments import find_environment, get_project
 from controller.errors import NotFound
 from controller.models import normalise_environment
 from controller.store.tables import Deployment, DeploymentLog, DeploymentStep, Environment
 from controller.views import deployments_view, iso
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)], tags=["deployments"])
+router = APIRouter(
+    prefix="/api/v1",
+    dependencies=[Depends(require_admin)],
+    tags=["deployments"],
+    responses=error_responses(400, 401, 404, 409, 422, 503),
+)
 
 
 @router.get("/projects/{ref}/deployments")
 def list_deployments(
     request: Request,
-    ref: str,
+    ref: ProjectRef,
     env: str | None = None,
     branch: str | None = None,
     x_slipway_branch: str | None = Header(default=None),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
+from controller.api.errors import EnvName, ProjectRef, error_responses
 from controller.deployments import (
     create_project,
     disconnect_project,
@@ -17,31 +18,56 @@ from controller.deployments import (
     project_not_deploying_reason,
     update_project,
 )
-from controller.models import normalise_environment
+from controller.models import BRANCH_PATTERN, REF_PATTERN, normalise_environment
 from controller.store.tables import Environment, Event, Project
 from controller.views import environment_view, event_view, project_view, version_strings
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)], tags=["projects"])
+router = APIRouter(
+    prefix="/api/v1",
+    dependencies=[Depends(require_admin)],
+    tags=["projects"],
+    responses=error_responses(400, 401, 404, 409, 422, 503),
+)
+
+
+REPO_PATTERN = r"^[^/]+/[^/]+$"
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _settable(**constraints: Any) -> Any:
+    """A field that may be left out but is never null (its column is NOT NULL)."""
+    return Field(default=None, json_schema_extra=_drop_default, **constraints)
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Strict fields (0 is not false, "5" is not 5), but 5.0 is an integer, as in JSON Schema.
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class ProjectFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    repo: str | None = Field(default=None, examples=["octo-org/demo"])
+    repo: str = _settable(pattern=REPO_PATTERN, examples=["octo-org/demo"])
     clone_url: str | None = None
-    production_branch: str | None = None
-    staging_branch: str | None = None
-    previews: bool | None = None
-    fork_previews: bool | None = None
-    preview_limit: int | None = None
+    production_branch: str | None = Field(default=None, pattern=BRANCH_PATTERN.pattern)
+    staging_branch: str | None = Field(default=None, pattern=BRANCH_PATTERN.pattern)
+    previews: bool = _settable()
+    fork_previews: bool = _settable()
+    preview_limit: JsonInt = _settable(ge=0, le=1000)
     config_path: str | None = None
     install_command: str | None = None
     pre_build_command: str | None = None
 
 
 class ProjectCreate(ProjectFields):
-    ref: str
-    repo: str
+    ref: str = Field(pattern=REF_PATTERN.pattern, examples=["demo"])
+    repo: str = Field(pattern=REPO_PATTERN, examples=["octo-org/demo"])
 
 
 class ProjectUpdate(ProjectFields):
@@ -73,13 +99,13 @@ def post_project(request: Request, body: ProjectCreate) -> dict[str, Any]:
 
 
 @router.get("/projects/{ref}")
-def get_one(request: Request, ref: str) -> dict[str, Any]:
+def get_one(request: Request, ref: ProjectRef) -> dict[str, Any]:
     with _services(request).db.read() as session:
         return _view(session, get_project(session, ref))
 
 
 @router.patch("/projects/{ref}")
-def patch_project(request: Request, ref: str, body: ProjectUpdate) -> dict[str, Any]:
+def patch_project(request: Request, ref: ProjectRef, body: ProjectUpdate) -> dict[str, Any]:
     services = _services(request)
     with services.db.transaction() as session:
         project = get_project(session, ref)
@@ -90,7 +116,7 @@ def patch_project(request: Request, ref: str, body: ProjectUpdate) -> dict[str, 
 
 
 @router.delete("/projects/{ref}")
-def delete_project(request: Request, ref: str) -> dict[str, Any]:
+def delete_project(request: Request, ref: ProjectRef) -> dict[str, Any]:
     """Disconnect: deployments stop and queued work is canceled; every record is kept."""
     services = _services(request)
     with services.db.transaction() as session:
@@ -102,7 +128,7 @@ def delete_project(request: Request, ref: str) -> dict[str, Any]:
 
 
 @router.get("/projects/{ref}/environments")
-def list_environments(request: Request, ref: str) -> list[dict[str, Any]]:
+def list_environments(request: Request, ref: ProjectRef) -> list[dict[str, Any]]:
     with _services(request).db.read() as session:
         project = get_project(session, ref)
         envs = (
@@ -121,8 +147,8 @@ def list_environments(request: Request, ref: str) -> list[dict[str, Any]]:
 @router.get("/projects/{ref}/environments/{env}/secret-key")
 def get_secret_key(
     request: Request,
-    ref: str,
-    env: str,
+    ref: ProjectRef,
+    env: EnvName,
     x_slipway_branch: str | None = Header(default=None),
     branch: str | None = Query(default=None),
 ) -> dict[str, Any]:
@@ -151,7 +177,7 @@ def get_secret_key(
 
 @router.get("/projects/{ref}/events")
 def list_events(
-    request: Request, ref: str, limit: int = Query(100, ge=1, le=1000)
+    request: Request, ref: ProjectRef, limit: int = Query(100, ge=1, le=1000)
 ) -> list[dict[str, Any]]:
     """Why deliveries did what they did: skipped previews, archived branches, access."""
     with _services(request).db.read() as session:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
+from controller.api.errors import ENV_PATTERN, EnvName, ProjectRef, error_responses
 from controller.deployments import (
     DeployRequest,
     archive_branch,
@@ -25,25 +26,42 @@ from controller.store.tables import Environment, Version
 from controller.versions import previous_version, promotable, promote
 from controller.views import deployments_view, environment_view, version_strings, version_view
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)], tags=["versions"])
+router = APIRouter(
+    prefix="/api/v1",
+    dependencies=[Depends(require_admin)],
+    tags=["versions"],
+    responses=error_responses(400, 401, 404, 409, 422, 503),
+)
 
 MAX_UPLOAD = 100 * 1024 * 1024
 
 
+# The preview root holds the preview-wide key only: versions and deployments belong to its
+# branches. A request that names none finds nothing (404; the schema cannot make the
+# branch required for env=preview alone).
+NO_PREVIEW_BRANCH = (
+    "the preview environment has no versions of its own: name a preview branch "
+    "(x-slipway-branch header or ?branch=; CLI: --branch)"
+)
+
+
 class PromoteBody(BaseModel):
-    version: str
+    version: str = Field(pattern=r"^[0-9]+(\.[0-9]+)*$", examples=["20260101.2"])
 
 
 def _env(session: Any, ref: str, env: str, branch: str | None) -> tuple[Any, Environment]:
     project = get_project(session, ref)
-    return project, find_environment(session, project, normalise_environment(env), branch)
+    name = normalise_environment(env)
+    if name == "preview" and not branch:
+        raise NotFound(NO_PREVIEW_BRANCH)
+    return project, find_environment(session, project, name, branch)
 
 
 @router.get("/projects/{ref}/environments/{env}/versions")
 def list_versions(
     request: Request,
-    ref: str,
-    env: str,
+    ref: ProjectRef,
+    env: EnvName,
     branch: str | None = None,
     x_slipway_branch: str | None = Header(default=None),
 ) -> list[dict[str, Any]]:
@@ -67,8 +85,8 @@ def list_versions(
 @router.get("/projects/{ref}/environments/{env}/tasks")
 def list_tasks(
     request: Request,
-    ref: str,
-    env: str,
+    ref: ProjectRef,
+    env: EnvName,
     branch: str | None = None,
     version: str | None = None,
     x_slipway_branch: str | None = Header(default=None),
@@ -108,8 +126,8 @@ def _promote(request: Request, ref: str, env: str, branch: str | None, pick: Any
 @router.post("/projects/{ref}/environments/{env}/promote")
 def post_promote(
     request: Request,
-    ref: str,
-    env: str,
+    ref: ProjectRef,
+    env: EnvName,
     body: PromoteBody,
     branch: str | None = None,
     x_slipway_branch: str | None = Header(default=None),
@@ -126,8 +144,8 @@ def post_promote(
 @router.post("/projects/{ref}/environments/{env}/rollback")
 def post_rollback(
     request: Request,
-    ref: str,
-    env: str,
+    ref: ProjectRef,
+    env: EnvName,
     branch: str | None = None,
     x_slipway_branch: str | None = Header(default=None),
 ) -> dict[str, Any]:
@@ -143,7 +161,7 @@ def post_rollback(
 
 
 @router.post("/projects/{ref}/branches/{branch:path}/archive")
-def post_archive(request: Request, ref: str, branch: str) -> dict[str, Any]:
+def post_archive(request: Request, ref: ProjectRef, branch: str) -> dict[str, Any]:
     services = request.app.state.services
     with services.db.transaction() as session:
         project = get_project(session, ref)
@@ -160,22 +178,39 @@ def post_archive(request: Request, ref: str, branch: str) -> dict[str, Any]:
     return view
 
 
-@router.post("/projects/{ref}/deployments", status_code=202)
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary", "minLength": 1},
+        }
+    },
+}
+
+
+@router.post(
+    "/projects/{ref}/deployments",
+    status_code=202,
+    openapi_extra={"requestBody": UPLOAD_BODY},
+    responses=error_responses(413),
+)
 async def post_deployment(
     request: Request,
-    ref: str,
-    env: str = Query("production"),
-    branch: str | None = None,
+    ref: ProjectRef,
+    env: str = Query("production", pattern=ENV_PATTERN),
+    branch: str | None = Query(None, pattern=BRANCH_PATTERN.pattern),
     skip_promotion: bool = False,
     skip_sync_env_vars: bool = False,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Header(default=None, pattern=BRANCH_PATTERN.pattern),
 ) -> dict[str, Any]:
     """Deploy uploaded source (a gzip tarball body), as `slipway deploy` does."""
     services = request.app.state.services
     name = normalise_environment(env)
     branch = branch or x_slipway_branch
-    if name == "preview" and (not branch or not BRANCH_PATTERN.match(branch)):
-        raise InvalidInput("deploying to preview needs a valid branch (--branch)")
+    if name == "preview" and not branch:
+        raise NotFound(NO_PREVIEW_BRANCH)
+    if name == "preview" and not BRANCH_PATTERN.match(branch or ""):
+        raise InvalidInput(f"{branch!r} is not a valid branch name")
     upload_id = new_id("upl")
     path = services.uploads / f"{upload_id}.tar.gz"
     size = 0
@@ -185,7 +220,7 @@ async def post_deployment(
             if size > MAX_UPLOAD:
                 out.close()
                 os.unlink(path)
-                raise InvalidInput(f"upload larger than {MAX_UPLOAD >> 20} MiB")
+                raise HTTPException(413, f"upload larger than {MAX_UPLOAD >> 20} MiB")
             out.write(chunk)
     if size == 0:
         os.unlink(path)
