@@ -29,7 +29,14 @@ class ScriptedRuntime:
         self.answer = answer
 
     def run(
-        self, spec: VersionSpec, *, run_id: str, task_id: str, payload: Any, timeout: float | None
+        self,
+        spec: VersionSpec,
+        *,
+        run_id: str,
+        task_id: str,
+        payload: Any,
+        timeout: float | None,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         if isinstance(self.answer, BaseException):
             raise self.answer
