@@ -30,6 +30,7 @@ from controller.deployments import (
     request_deployment,
 )
 from controller.errors import Conflict
+from controller.logs import bind_log_context
 from controller.queue import Backoff
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
@@ -252,6 +253,7 @@ class _Batch:
     def process(self, delivery: Delivery) -> None:
         if delivery.processed_at is not None:
             return
+        bind_log_context(delivery=delivery.delivery_id)
         session = self.session
         try:
             payload = json.loads(delivery.body)

@@ -20,6 +20,7 @@ from controller.deployments import (
 )
 from controller.errors import InvalidInput, NotFound
 from controller.ids import new_id
+from controller.metrics import count_promotion
 from controller.models import BRANCH_PATTERN, normalise_environment
 from controller.store.tables import Environment, Version
 from controller.versions import previous_version, promotable, promote
@@ -114,13 +115,14 @@ def post_promote(
     branch: str | None = None,
     x_slipway_branch: str | None = Header(default=None),
 ) -> dict[str, Any]:
-    return _promote(
-        request,
-        ref,
-        env,
-        branch or x_slipway_branch,
-        lambda session, environment: promotable(session, environment, body.version),
-    )
+    with count_promotion("promote"):
+        return _promote(
+            request,
+            ref,
+            env,
+            branch or x_slipway_branch,
+            lambda session, environment: promotable(session, environment, body.version),
+        )
 
 
 @router.post("/projects/{ref}/environments/{env}/rollback")
@@ -131,15 +133,16 @@ def post_rollback(
     branch: str | None = None,
     x_slipway_branch: str | None = Header(default=None),
 ) -> dict[str, Any]:
-    return _promote(
-        request,
-        ref,
-        env,
-        branch or x_slipway_branch,
-        lambda session, environment: promotable(
-            session, environment, previous_version(session, environment).version
-        ),
-    )
+    with count_promotion("rollback"):
+        return _promote(
+            request,
+            ref,
+            env,
+            branch or x_slipway_branch,
+            lambda session, environment: promotable(
+                session, environment, previous_version(session, environment).version
+            ),
+        )
 
 
 @router.post("/projects/{ref}/branches/{branch:path}/archive")
