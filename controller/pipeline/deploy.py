@@ -386,6 +386,7 @@ class Pipeline:
                 dep.status = status
                 dep.error = error[:8000] if error else None
                 dep.finished_at = dep.finished_at or utcnow()
+        log.info("deployment %s finished: %s", snap.deployment.id, status)
         if status != "deployed":
             shutil.rmtree(self.builds / snap.deployment.id, ignore_errors=True)
             if snap.deployment.version_id is None and not self._has_version(snap.deployment.id):
