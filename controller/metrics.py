@@ -3,7 +3,7 @@
 ``slipway serve`` is two processes (the web process and its controller child, see
 :mod:`controller.supervisor`), and may run as several replicas on PostgreSQL. What the
 controller does (routing, builds, deployments, promotions while deploying) and what is
-recorded durably (runs, workers, the queue) is therefore **derived from the database at
+recorded durably (runs, the queue, the worker registry) is therefore **derived from the database at
 scrape time** by :class:`StoreCollector`: a handful of aggregate queries, truthful across
 restarts, processes and replicas (every replica reports the same totals; aggregate them
 with ``max``, not ``sum``). Only what happens in the web process itself and leaves no
@@ -23,11 +23,14 @@ events outside the set GitHub documents become ``other``, ``release:<task>`` ste
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -51,7 +54,7 @@ from starlette.responses import JSONResponse, Response
 
 from controller.models import ACTIVE_STATUSES, FINAL_STATUSES
 from controller.store.db import Database
-from controller.store.tables import Delivery, DeploymentStep, Job, Run, Worker, utcnow
+from controller.store.tables import Delivery, DeploymentStep, Job, Run, utcnow
 from controller.store.tables import Deployment as DeploymentRow
 
 log = logging.getLogger(__name__)
@@ -158,11 +161,25 @@ def _bucket_columns(column: Any, buckets: tuple[float, ...], scale: float) -> li
     return [func.sum(case((column <= b * scale, 1), else_=0)) for b in buckets]
 
 
+def count_live_workers(registry: Path) -> int:
+    """Workers in the local runtime's registry (``<data>/workers/<id>.json``) whose process
+    is alive; the registry, not the controller's memory, is shared by both processes."""
+    live = 0
+    for path in registry.glob("*.json"):
+        try:
+            os.kill(int(json.loads(path.read_text())["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        live += 1
+    return live
+
+
 class StoreCollector(Collector):
     """Metrics read from the database at scrape time (see the module docstring)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, workers: Path) -> None:
         self.db = db
+        self.workers = workers
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
@@ -191,11 +208,11 @@ class StoreCollector(Collector):
             yield from self._deployments(session)
             yield self._steps(session)
             yield from self._runs(session)
-            workers = GaugeMetricFamily(
-                "slipway_workers_live", "Task worker processes registered as running"
-            )
-            workers.add_metric([], session.execute(select(func.count(Worker.pid))).scalar_one())
-            yield workers
+        workers = GaugeMetricFamily(
+            "slipway_workers_live", "Task worker processes alive (local runtime's registry)"
+        )
+        workers.add_metric([], count_live_workers(self.workers))
+        yield workers
 
     def _deliveries(self, session: Any) -> Iterator[Metric]:
         pending, oldest = session.execute(
@@ -324,7 +341,9 @@ def make_metrics_endpoint(
     """``GET /metrics``: open by default, as exporters are; ``SLIPWAY_METRICS_TOKEN``
     makes it require ``Authorization: Bearer <token>``."""
     store = CollectorRegistry(auto_describe=False)
-    store.register(StoreCollector(services.db))
+    store.register(
+        StoreCollector(services.db, workers=Path(services.settings.data_dir) / "workers")
+    )
 
     def render() -> bytes:
         return generate_latest(PROCESS_REGISTRY) + generate_latest(store)
