@@ -188,10 +188,10 @@ def project_page(request: Request, ref: str) -> Response:
         project = reads.project(request, ref)
         envs = reads.environments(request, ref)
         deployments = reads.deployments(request, ref)
+        last = reads.last_deployments(request, ref)
         events = reads.events(request, ref)
     except SlipwayError as exc:
         return _error(request, session, exc)
-    last = reads.last_by_environment(deployments)
     fixed = [e for e in envs if e["branch"] is None and e["name"] != "preview"]
     previews = [e for e in envs if e["name"] == "preview" and e["branch"]]
     previews.sort(key=lambda e: (e["status"] != "active", e["branch"]))
@@ -200,8 +200,7 @@ def project_page(request: Request, ref: str) -> Response:
         "environments": fixed,
         "previews": previews,
         "last": last,
-        "deployments": deployments[: reads.SHOWN_DEPLOYMENTS],
-        "deployment_count": len(deployments),
+        "deployments": deployments,
         "events": events,
     }
     return _render(request, "project.html", context, session=session)
@@ -225,7 +224,7 @@ def environment_page(request: Request, ref: str, env: str, branch: str | None = 
             None,
         )
         versions = reads.versions(request, ref, name, target)
-        deployments = reads.deployments(request, ref, env=name, branch=target, limit=100)
+        deployments = reads.deployments(request, ref, env=name, branch=target)
     except ValueError as exc:
         return _render(
             request,
@@ -247,7 +246,8 @@ def environment_page(request: Request, ref: str, env: str, branch: str | None = 
     context = {
         "project": project,
         "environment": environment,
-        "versions": versions,
+        "versions": versions[: reads.SHOWN_VERSIONS],
+        "version_count": len(versions),
         "deployments": deployments,
         "runs": reads.recent_runs(request, environment["id"]),
         "envvars": reads.envvar_rows(request, ref, environment),

@@ -3,8 +3,9 @@
 The pages show exactly what the API answers because they call the same handlers
 (``controller.api.*``), which are plain functions under their decorators; arguments
 FastAPI would fill from headers or query defaults are passed explicitly here. The one
-read the API does not have yet, an environment's recent runs, is :func:`recent_runs`
-(kept here, beside its only caller, until the API lists runs too).
+reads the API does not have yet — an environment's recent runs (:func:`recent_runs`) and
+each environment's newest deployment (:func:`last_deployments`) — are kept here, beside
+their only caller, until the API offers them too.
 
 The environment-variable section is a seam: :func:`envvar_rows` answers ``None`` ("not
 available") until env vars land; then it returns the names, who changed them and when
@@ -16,18 +17,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, select
 from starlette.requests import Request
 
 from controller.api import deployments as api_deployments
 from controller.api import projects as api_projects
 from controller.api import versions as api_versions
+from controller.deployments import get_project
 from controller.runs import get_run
-from controller.store.tables import Run, Version
+from controller.store.tables import Deployment, Run, Version
 from controller.views import run_view
 
-PROJECT_DEPLOYMENTS = 1000
 SHOWN_DEPLOYMENTS = 50
+SHOWN_VERSIONS = 100
 
 
 def projects(request: Request) -> list[dict[str, Any]]:
@@ -52,7 +54,7 @@ def deployments(
     *,
     env: str | None = None,
     branch: str | None = None,
-    limit: int = PROJECT_DEPLOYMENTS,
+    limit: int = SHOWN_DEPLOYMENTS,
 ) -> list[dict[str, Any]]:
     return api_deployments.list_deployments(
         request, ref, env=env, branch=branch, x_slipway_branch=None, limit=limit
@@ -110,12 +112,30 @@ def envvar_rows(request: Request, ref: str, env: dict[str, Any]) -> list[dict[st
     return None
 
 
-def last_by_environment(rows: list[dict[str, Any]]) -> dict[tuple[str, str | None], dict[str, Any]]:
-    """The newest deployment per (environment, branch), from a newest-first list."""
-    last: dict[tuple[str, str | None], dict[str, Any]] = {}
-    for dep in rows:
-        last.setdefault((dep["environment"], dep["branch"]), dep)
-    return last
+def last_deployments(request: Request, ref: str) -> dict[int, dict[str, str]]:
+    """Each environment's newest deployment (``id``, ``status``), keyed by environment id:
+    one grouped query, so a project with thousands of deployments and hundreds of preview
+    branches does not load every deployment to find them."""
+    with request.app.state.services.db.read() as session:
+        project_id = get_project(session, ref).id
+        newest = (
+            select(Deployment.environment_id, func.max(Deployment.created_at).label("at"))
+            .where(Deployment.project_id == project_id)
+            .group_by(Deployment.environment_id)
+            .subquery()
+        )
+        rows = session.execute(
+            select(Deployment.environment_id, Deployment.id, Deployment.status)
+            .join(
+                newest,
+                and_(
+                    Deployment.environment_id == newest.c.environment_id,
+                    Deployment.created_at == newest.c.at,
+                ),
+            )
+            .order_by(Deployment.id)
+        ).all()
+    return {env_id: {"id": dep_id, "status": status} for env_id, dep_id, status in rows}
 
 
 def duration_seconds(start: str | None, end: str | None) -> float | None:
