@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -155,6 +156,8 @@ def main() -> None:
         "project_page": project,
         "environment_page": environment,
         "target": {"project_page_p50_ms": 100, "met": project["p50_ms"] < 100},
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
@@ -164,6 +167,8 @@ def main() -> None:
             f"{name:<22}{row['p50_ms']:>10.1f}{row['p95_ms']:>10.1f}{row['max_ms']:>10.1f}"
             f"{row['bytes'] / 1024:>8.0f}"
         )
+    load = report["load_average"][0]
+    print(f"machine: {report['cpus']} CPUs, load average {load:.1f} (figures scale with it)")
     verdict = "met" if report["target"]["met"] else "NOT met"
     print(
         f"target: project page with {args.deployments} deployments and {args.previews} "
