@@ -68,6 +68,25 @@ try {
   await page.keyboard.press("Tab");
   seen.firstTab = await page.evaluate(() => document.activeElement && document.activeElement.textContent);
 
+  // A forged post: a page that is not Slipway's submits a form at it with the browser's
+  // session. about:blank has no origin of Slipway's (Origin: null); it must get a 403.
+  const before = (await page.goto(url + "/projects/demo"),
+    (await page.locator('tr[data-environment="production"] .current-version').innerText()).trim());
+  await page.goto("about:blank");
+  await page.setContent(
+    `<form method="post" action="${url}/projects/demo/environments/production/rollback">` +
+    `<input name="csrf" value="forged"></form>`);
+  const quiet = problems.length;
+  const [forged] = await Promise.all([
+    page.waitForNavigation(),
+    page.evaluate(() => document.forms[0].submit()),
+  ]);
+  seen.forgedStatus = forged.status();
+  problems.splice(quiet);  // the refused post's 403 is expected, not a page error
+  await page.goto(url + "/projects/demo");
+  seen.forgedChanged = before !==
+    (await page.locator('tr[data-environment="production"] .current-version').innerText()).trim();
+
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(url + "/projects/demo");
   seen.narrowOverflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);

@@ -66,6 +66,7 @@ def test_sign_in_read_a_log_and_roll_back_in_chromium(site: Site) -> None:
         assert seen["steps"] == 7 and all(d.endswith(" s") for d in seen["stepDurations"])
         assert seen["currentAfter"] == site.first["version"] == site.current()
         assert seen["firstTab"] == "Skip to content"
+        assert seen["forgedStatus"] == 403 and seen["forgedChanged"] is False
         assert seen["narrowOverflow"] is False
         for name in ("login", "projects", "project", "deployment", "environment"):
             assert (ARTIFACTS / f"{name}.png").stat().st_size > 1000
