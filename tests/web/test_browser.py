@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ARTIFACTS, Site
+from support import payloads
 
 NODE_DIR = Path(__file__).parents[1] / "node"
 CHROMIUM = "/usr/bin/chromium"
@@ -72,3 +73,38 @@ def test_sign_in_read_a_log_and_roll_back_in_chromium(site: Site) -> None:
             assert (ARTIFACTS / f"{name}.png").stat().st_size > 1000
     finally:
         site.restore()
+
+
+def test_a_running_deployment_log_follows_in_chromium(site: Site) -> None:
+    _require_browser()
+    server = site.server
+    server.create_project(
+        "slow",
+        repo="octo-org/slow",
+        clone_url=str(site.repo.path),
+        install_command="echo slow install started; sleep 6; echo slow install done $((40+2))",
+    )
+    sha = site.second["sha"]
+    push = payloads.push(repo="octo-org/slow", ref="refs/heads/main", before="0" * 40, after=sha)
+    assert server.deliver("push", push).status_code == 202
+
+    def installing() -> str | None:
+        deps = server.deployments("slow")
+        return deps[0]["id"] if deps and deps[0]["status"] == "installing" else None
+
+    deployment = server.wait_for(installing, timeout=60)
+    result = subprocess.run(
+        ["node", str(Path(__file__).with_name("follow.mjs")), server.url, server.token, deployment],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["problems"] == [], report
+    seen = report["seen"]
+    assert seen["activeAtStart"] is True
+    assert "slow install done 42" not in seen["logAtStart"]
+    assert seen["appendedWithoutReload"] is True
+    assert "deployed with 2 detected tasks" in seen["finalLog"]
