@@ -302,7 +302,7 @@ def run_page(request: Request, run_id: str) -> Response:
 
 def _back(ref: str, form: Any) -> str:
     back = str(form.get("back") or "")
-    return _safe_next(back) if back else f"/projects/{quote(ref)}"
+    return back if back and _safe_next(back) == back else f"/projects/{quote(ref)}"
 
 
 @router.post("/projects/{ref}/environments/{env}/rollback")

@@ -167,3 +167,33 @@ def test_no_secret_in_any_page(site: Site, browser_client: httpx.Client) -> None
         text = browser_client.get(path).text
         for secret in secrets:
             assert secret not in text, path
+
+
+def test_forms_never_redirect_off_site(site: Site, browser_client: httpx.Client) -> None:
+    html = browser_client.get("/projects/demo").text
+    response = browser_client.post(
+        "/projects/demo/environments/production/promote",
+        data={"csrf": csrf_of(html), "version": site.second["version"], "back": "//evil.example/x"},
+        headers={"Origin": site.server.url},
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/projects/demo"
+    login = site.server.client.post(
+        "/login",
+        data={"token": site.server.token, "next": "https://evil.example/"},
+        headers={"Origin": site.server.url},
+    )
+    assert login.status_code == 303 and login.headers["location"] == "/"
+
+
+def test_sign_out_needs_the_csrf_token_and_ends_the_session_here(site: Site) -> None:
+    client = site.login()
+    try:
+        html = client.get("/").text
+        assert client.post("/logout", headers={"Origin": site.server.url}).status_code == 403
+        out = client.post(
+            "/logout", data={"csrf": csrf_of(html)}, headers={"Origin": site.server.url}
+        )
+        assert out.status_code == 303
+        assert 'name="token"' in client.get("/").text
+    finally:
+        client.close()
