@@ -22,16 +22,16 @@ events outside the set GitHub documents become ``other``, ``release:<task>`` ste
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -58,6 +58,9 @@ from controller.store.tables import Delivery, DeploymentStep, Job, Run, utcnow
 from controller.store.tables import Deployment as DeploymentRow
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -142,15 +145,24 @@ def count_deliveries(
     return counted
 
 
-@contextmanager
-def count_promotion(action: str) -> Iterator[None]:
-    """Count a manual ``promote`` or ``rollback`` by its outcome (``ok`` or ``refused``)."""
-    try:
-        yield
-    except Exception:
-        PROMOTIONS.labels(action, "refused").inc()
-        raise
-    PROMOTIONS.labels(action, "ok").inc()
+def count_promotion(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a (sync) promote or rollback handler: count it by outcome, ``ok`` or
+    ``refused``. ``functools.wraps`` keeps the signature FastAPI reads."""
+
+    def decorate(handler: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(handler)
+        def counted(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                result = handler(*args, **kwargs)
+            except Exception:
+                PROMOTIONS.labels(action, "refused").inc()
+                raise
+            PROMOTIONS.labels(action, "ok").inc()
+            return result
+
+        return counted
+
+    return decorate
 
 
 def _seconds_since(moment: datetime | None) -> float:

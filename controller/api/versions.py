@@ -107,6 +107,7 @@ def _promote(request: Request, ref: str, env: str, branch: str | None, pick: Any
 
 
 @router.post("/projects/{ref}/environments/{env}/promote")
+@count_promotion("promote")
 def post_promote(
     request: Request,
     ref: str,
@@ -115,17 +116,17 @@ def post_promote(
     branch: str | None = None,
     x_slipway_branch: str | None = Header(default=None),
 ) -> dict[str, Any]:
-    with count_promotion("promote"):
-        return _promote(
-            request,
-            ref,
-            env,
-            branch or x_slipway_branch,
-            lambda session, environment: promotable(session, environment, body.version),
-        )
+    return _promote(
+        request,
+        ref,
+        env,
+        branch or x_slipway_branch,
+        lambda session, environment: promotable(session, environment, body.version),
+    )
 
 
 @router.post("/projects/{ref}/environments/{env}/rollback")
+@count_promotion("rollback")
 def post_rollback(
     request: Request,
     ref: str,
@@ -133,16 +134,15 @@ def post_rollback(
     branch: str | None = None,
     x_slipway_branch: str | None = Header(default=None),
 ) -> dict[str, Any]:
-    with count_promotion("rollback"):
-        return _promote(
-            request,
-            ref,
-            env,
-            branch or x_slipway_branch,
-            lambda session, environment: promotable(
-                session, environment, previous_version(session, environment).version
-            ),
-        )
+    return _promote(
+        request,
+        ref,
+        env,
+        branch or x_slipway_branch,
+        lambda session, environment: promotable(
+            session, environment, previous_version(session, environment).version
+        ),
+    )
 
 
 @router.post("/projects/{ref}/branches/{branch:path}/archive")
