@@ -154,12 +154,12 @@ def out(ctx: click.Context, data: Any, render: Callable[[Any], None]) -> None:
 @click.option("--log-level", default="info", show_default=True)
 def serve(host: str | None, port: int | None, log_level: str) -> None:
     """Run the webhook receiver, the API and the controller."""
-    import logging
     import signal
 
     import uvicorn
 
     from controller.api.app import create_app
+    from controller.logs import setup_logging
     from controller.services import Services
     from controller.settings import load_settings, prepare
 
@@ -168,10 +168,7 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging(log_level, process_name="web")
     try:
         settings, notices = prepare(load_settings(**overrides))
         services = Services(settings, role="web", log_level=log_level)
@@ -198,6 +195,7 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
         host=settings.server.host,
         port=settings.server.port,
         log_level=log_level.lower(),
+        log_config=None,  # uvicorn's lines go through setup_logging's handler (text or JSON)
         access_log=False,
         timeout_graceful_shutdown=int(settings.runtime.shutdown_grace_period),
     )
@@ -208,16 +206,12 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
 @click.option("--parent", type=int, default=None)
 def controller(log_level: str, parent: int | None) -> None:
     """The controller process `slipway serve` supervises (routing, builds, resync)."""
-    import logging
-
+    from controller.logs import setup_logging
     from controller.services import Services
     from controller.settings import load_settings, prepare
     from controller.supervisor import run_controller
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s controller %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging(log_level, process_name="controller")
     settings, _notices = prepare(load_settings())
     run_controller(Services(settings, role="controller"), parent=parent)
 

@@ -33,6 +33,7 @@ from controller.deployments import (
     request_deployment,
 )
 from controller.errors import Conflict
+from controller.logs import bind_log_context
 from controller.models import BRANCH_PATTERN
 from controller.queue import Backoff
 from controller.secretstore.crypto import Cipher
@@ -260,6 +261,7 @@ class _Batch:
     def process(self, delivery: Delivery) -> None:
         if delivery.processed_at is not None:
             return
+        bind_log_context(delivery=delivery.delivery_id)
         session = self.session
         try:
             payload = json.loads(delivery.body)

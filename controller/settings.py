@@ -50,6 +50,7 @@ class SecuritySettings(BaseSettings):
 
     encryption_key: SecretStr | None = None
     admin_token: SecretStr | None = None
+    metrics_token: SecretStr | None = None
 
 
 class RuntimeSettings(BaseSettings):
@@ -114,6 +115,11 @@ class Settings:
         if self.security.admin_token is None:
             raise RuntimeError("settings not prepared: call prepare() first")
         return self.security.admin_token.get_secret_value()
+
+    @property
+    def metrics_token(self) -> str | None:
+        token = self.security.metrics_token
+        return token.get_secret_value() if token else None
 
     @property
     def encryption_keys(self) -> list[str]:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from controller.logs import bind_log_context
 from controller.store.deliveries import DeliveryWriter, Incoming
 from webhooks.signatures import SignatureError, verify
 
@@ -55,6 +56,7 @@ def make_endpoint(
     *, secret: Callable[[], str | None], writer: Callable[[], DeliveryWriter]
 ) -> Callable[[Request], Awaitable[JSONResponse]]:
     async def receive(request: Request) -> JSONResponse:
+        bind_log_context(delivery=request.headers.get("x-github-delivery", "")[:100] or None)
         key = secret()
         if not key:
             return _error(

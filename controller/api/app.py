@@ -28,6 +28,7 @@ from controller.errors import (
     SlipwayError,
     TemporaryError,
 )
+from controller.metrics import count_deliveries, make_metrics_endpoint
 from webhooks.receiver import make_endpoint
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,10 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
     document_webhook(app)
     app.add_route(
         "/webhooks/github",
-        make_endpoint(
-            secret=lambda: services.settings.webhook_secret, writer=lambda: services.writer
+        count_deliveries(
+            make_endpoint(
+                secret=lambda: services.settings.webhook_secret, writer=lambda: services.writer
+            )
         ),
         methods=["POST"],
         include_in_schema=False,
@@ -123,11 +126,17 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
             return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    app.add_route(
+        "/metrics", make_metrics_endpoint(services), methods=["GET"], include_in_schema=False
+    )
+
     from controller.api import deployments, envvars, projects, runs, versions
+    from controller.web import pages
 
     app.include_router(projects.router)
     app.include_router(deployments.router)
     app.include_router(versions.router)
     app.include_router(runs.router)
     app.include_router(envvars.router)
+    app.include_router(pages.router)
     return app

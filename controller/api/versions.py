@@ -21,6 +21,7 @@ from controller.deployments import (
 )
 from controller.errors import InvalidInput, NotFound
 from controller.ids import new_id
+from controller.metrics import count_promotion
 from controller.models import BRANCH_PATTERN, normalise_environment
 from controller.store.tables import Environment, Version
 from controller.versions import previous_version, promotable, promote
@@ -124,6 +125,7 @@ def _promote(request: Request, ref: str, env: str, branch: str | None, pick: Any
 
 
 @router.post("/projects/{ref}/environments/{env}/promote")
+@count_promotion("promote")
 def post_promote(
     request: Request,
     ref: ProjectRef,
@@ -142,6 +144,7 @@ def post_promote(
 
 
 @router.post("/projects/{ref}/environments/{env}/rollback")
+@count_promotion("rollback")
 def post_rollback(
     request: Request,
     ref: ProjectRef,

@@ -49,6 +49,7 @@ from controller.builders.config import BuildConfig, load_config
 from controller.deployments import project_not_deploying_reason
 from controller.errors import BuildFailed, PermanentError, TemporaryError
 from controller.ids import new_id
+from controller.logs import bind_log_context
 from controller.manager import Interrupted
 from controller.models import FINAL_STATUSES
 from controller.pipeline.envvars import EnvVarsPhase
@@ -118,6 +119,7 @@ class Pipeline:
         snap = self._load(job.deployment_id)
         if snap is None or snap.deployment.status in FINAL_STATUSES:
             return
+        bind_log_context(deployment=snap.deployment.id, project=snap.project.ref, environment=snap.environment.branch or snap.environment.name, delivery=snap.deployment.delivery_id)  # fmt: skip
         journal = Journal(self.db, snap.deployment.id, stopping=self.stopping)
         try:
             self._run(snap, journal)
@@ -433,6 +435,7 @@ class Pipeline:
                 dep.status = status
                 dep.error = error[:8000] if error else None
                 dep.finished_at = dep.finished_at or utcnow()
+        log.info("deployment %s finished: %s", snap.deployment.id, status)
         if status != "deployed":
             shutil.rmtree(self.builds / snap.deployment.id, ignore_errors=True)
             if snap.deployment.version_id is None and not self._has_version(snap.deployment.id):

@@ -36,8 +36,10 @@ class Server:
         secret: str | None = "test-secret",
         database_url: str | None = None,
         extra_env: dict[str, str] | None = None,
+        log_level: str = "warning",
     ) -> None:
         self.data_dir = data_dir
+        self.log_level = log_level
         self.secret = secret
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -69,7 +71,7 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [*SLIPWAY, "serve", "--log-level", "warning"],
+            [*SLIPWAY, "serve", "--log-level", self.log_level],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,1 @@
+"""Pages for people: sign-in, projects, environments, deployments, versions and runs."""
