@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.auth import bearer
+from controller.api.branches import branch_header
 from controller.runs import Unauthorized, get_run, trigger
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
@@ -23,7 +24,7 @@ async def post_trigger(
     request: Request,
     task_id: str,
     body: dict[str, Any] = Body(default_factory=dict),
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     """Run a task and wait for its outcome: ``completed``, ``failed`` or ``timed_out``."""
     services = request.app.state.services

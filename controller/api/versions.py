@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
+from controller.api.branches import branch_header
 from controller.deployments import (
     DeployRequest,
     archive_branch,
@@ -28,6 +30,7 @@ from controller.views import deployments_view, environment_view, version_strings
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)], tags=["versions"])
 
 MAX_UPLOAD = 100 * 1024 * 1024
+SHA_PATTERN = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 class PromoteBody(BaseModel):
@@ -45,7 +48,7 @@ def list_versions(
     ref: str,
     env: str,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> list[dict[str, Any]]:
     with request.app.state.services.db.read() as session:
         _project, environment = _env(session, ref, env, branch or x_slipway_branch)
@@ -71,7 +74,7 @@ def list_tasks(
     env: str,
     branch: str | None = None,
     version: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     with request.app.state.services.db.read() as session:
         _project, environment = _env(session, ref, env, branch or x_slipway_branch)
@@ -112,7 +115,7 @@ def post_promote(
     env: str,
     body: PromoteBody,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     return _promote(
         request,
@@ -129,7 +132,7 @@ def post_rollback(
     ref: str,
     env: str,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     return _promote(
         request,
@@ -168,14 +171,21 @@ async def post_deployment(
     branch: str | None = None,
     skip_promotion: bool = False,
     skip_sync_env_vars: bool = False,
-    x_slipway_branch: str | None = Header(default=None),
+    sha: str | None = Query(None, description="the commit the upload was made from (HEAD)"),
+    dirty: bool = Query(False, description="the upload differs from that commit"),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
-    """Deploy uploaded source (a gzip tarball body), as `slipway deploy` does."""
+    """Deploy uploaded source (a gzip tarball body), as `slipway deploy` does.
+
+    From a git working tree the CLI sends ``sha`` (its HEAD) and ``dirty``: the deployment
+    and its version record that commit, and ``options.dirty`` says the tree had changes."""
     services = request.app.state.services
     name = normalise_environment(env)
     branch = branch or x_slipway_branch
     if name == "preview" and (not branch or not BRANCH_PATTERN.match(branch)):
         raise InvalidInput("deploying to preview needs a valid branch (--branch)")
+    if sha is not None and not SHA_PATTERN.fullmatch(sha):
+        raise InvalidInput("sha must be a full commit id (40 or 64 lowercase hex digits)")
     upload_id = new_id("upl")
     path = services.uploads / f"{upload_id}.tar.gz"
     size = 0
@@ -204,13 +214,14 @@ async def post_deployment(
             project=project,
             environment=environment,
             request=DeployRequest(
-                sha=None,
+                sha=sha,
                 ref="upload",
                 source="upload",
                 upload_path=str(path),
                 options={
                     "skip_promotion": skip_promotion,
                     "skip_sync_env_vars": skip_sync_env_vars,
+                    **({"dirty": dirty} if sha else {}),
                 },
             ),
         )
