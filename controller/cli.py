@@ -1,6 +1,10 @@
 """The ``slipway`` command. Every command that reads or changes state talks to the API.
 
-Errors print one line to stderr and exit 1. ``--json`` prints machine-readable output.
+Errors print one line to stderr and exit 1. ``--json`` prints machine-readable output;
+it, ``--token`` and ``--api-url`` go before or after any command (see "global options").
+Branch names go out in the wire form of :mod:`controller.branchnames`. The file is long
+because each command is a thin, flat wrapper of one API call, read top to bottom like
+the SPEC's command list.
 """
 
 from __future__ import annotations

@@ -99,8 +99,7 @@ def pull_request_payload(action: str, *, number: int, branch: str, sha: str) -> 
 
 
 class Demo:
-    def __init__(self, port: int, keep: bool = False) -> None:
-        self.keep = keep
+    def __init__(self, port: int) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="slipway-demo-"))
         self.data = self.root / "data"
         self.repo = self.root / "sample-repo"
@@ -325,7 +324,7 @@ def run_demo(*, keep_running: bool | None = None, port: int = 0) -> int:
     server up until Ctrl-C so the printed commands work. The temp dir goes on every path."""
     if keep_running is None:
         keep_running = sys.stdin.isatty() and sys.stdout.isatty()
-    demo = Demo(port, keep_running)
+    demo = Demo(port)
     try:
         try:
             demo.run()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import click
-from conftest import slipway
+from support.cli import slipway
 from support.server import Server
 
 from controller.cli import main

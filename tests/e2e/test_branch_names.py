@@ -28,6 +28,7 @@ def test_a_non_ascii_preview_branch_works_in_the_cli_and_the_api(flow: Flow, bra
     versions = json.loads(
         cli(
             server,
+            "--json",  # before the command, so this test does not rely on item 2
             "versions",
             "--project",
             "demo",
@@ -35,7 +36,6 @@ def test_a_non_ascii_preview_branch_works_in_the_cli_and_the_api(flow: Flow, bra
             "preview",
             "--branch",
             branch,
-            "--json",
         ).stdout
     )
     assert [v["version"] for v in versions] == [preview["version"]]
@@ -68,7 +68,7 @@ def test_a_non_ascii_preview_branch_works_in_the_cli_and_the_api(flow: Flow, bra
     assert trigger.json()["output"]["message"] == "hello unicode"
 
     archived = json.loads(
-        cli(server, "preview", "archive", "--project", "demo", "--branch", branch, "--json").stdout
+        cli(server, "--json", "preview", "archive", "--project", "demo", "--branch", branch).stdout
     )
     assert (archived["branch"], archived["status"]) == (branch, "archived")
 

@@ -1,6 +1,6 @@
-"""CLI fixtures: the installed ``slipway`` program, run as a user runs it.
+"""The installed ``slipway`` program, run as a user runs it (tests/cli).
 
-Tests here call the console script of the virtualenv the suite runs in (what the README's
+Tests call the console script of the virtualenv the suite runs in (what the README's
 ``pip install`` makes), as a subprocess against a real ``slipway serve``.
 """
 
