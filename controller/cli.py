@@ -1,12 +1,18 @@
 """The ``slipway`` command. Every command that reads or changes state talks to the API.
 
-Errors print one line to stderr and exit 1. ``--json`` prints machine-readable output.
+Errors print one line to stderr and exit 1. ``--json`` prints machine-readable output;
+it, ``--token`` and ``--api-url`` go before or after any command (see "global options").
+Branch names go out in the wire form of :mod:`controller.branchnames`. The file is long
+because each command is a thin, flat wrapper of one API call, read top to bottom like
+the SPEC's command list.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +24,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from controller.branchnames import branch_headers, encode_branch
 from controller.models import FINAL_STATUSES as FINAL
 from controller.models import normalise_environment
 
@@ -35,12 +42,31 @@ def fail(message: str) -> NoReturn:
 
 
 class Api:
+    """The server's API. The client is made on first use, so options given after the
+    command (parsed after the root group ran) can still change the URL and the token."""
+
     def __init__(self, url: str, token: str | None) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self.client = httpx.Client(
-            base_url=self.url, timeout=httpx.Timeout(30.0, read=None), trust_env=False
-        )
+        self._client: httpx.Client | None = None
+
+    def configure(self, *, url: str | None = None, token: str | None = None) -> None:
+        if url is not None:
+            self.url = url.rstrip("/")
+        if token is not None:
+            self.token = token
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(
+                base_url=self.url, timeout=httpx.Timeout(30.0, read=None), trust_env=False
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
     def request(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> Any:
         headers = kwargs.pop("headers", {}) or {}
@@ -69,6 +95,21 @@ class Api:
 
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.request("POST", path, **kwargs)
+
+
+def own_invocation() -> str:
+    """This same ``slipway``, as a shell word that works when printed for the user to copy:
+    ``slipway`` when PATH finds this very program, else its absolute path (the README's
+    install leaves it in ``.venv/bin``, not on PATH), else ``python -m controller.cli``."""
+    argv0 = sys.argv[0]
+    if Path(argv0).name == "slipway":
+        found = shutil.which("slipway")
+        path = shutil.which(argv0) if "/" not in argv0 else argv0
+        if found and path and os.path.samefile(found, path):
+            return "slipway"
+        if path:
+            return shlex.quote(os.path.abspath(path))
+    return f"{shlex.quote(sys.executable)} -m controller.cli"
 
 
 def _default_token(data_dir: str) -> str | None:
@@ -111,26 +152,81 @@ def _env(value: str) -> str:
         fail(str(exc))
 
 
-def _branch_headers(branch: str | None) -> dict[str, str]:
-    return {"x-slipway-branch": branch} if branch else {}
+# -- global options ---------------------------------------------------------------------
+#
+# `--api-url`, `--token` and `--json` belong to the root group, and every command and
+# group below it accepts them too (SPEC: "after any command as well as before it"). The
+# classes below add the late copies to each command once, so no command declares them.
+# A late copy has no default and no envvar: it only overrides what the root resolved.
+
+_API_URL_HELP = "the server's API (SLIPWAY_API_URL)"
+_AUTH_HELP = "admin token (SLIPWAY_TOKEN; default: the data dir's)"
+_JSON_HELP = "machine-readable output"
 
 
-@click.group()
+def _late_api_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_root().obj.configure(url=value)
+
+
+def _late_token(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_root().obj.configure(token=value)
+
+
+def _late_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta["slipway.json"] = True
+
+
+def _late_global_options() -> list[click.Parameter]:
+    return [
+        click.Option(["--api-url"], expose_value=False, callback=_late_api_url, help=_API_URL_HELP),
+        click.Option(["--token"], expose_value=False, callback=_late_token, help=_AUTH_HELP),
+        click.Option(
+            ["--json"], is_flag=True, expose_value=False, callback=_late_json, help=_JSON_HELP
+        ),
+    ]
+
+
+class SlipwayCommand(click.Command):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_late_global_options())
+
+
+class SlipwayGroup(click.Group):
+    command_class = SlipwayCommand
+    group_class = type  # subgroups are SlipwayGroups, so their commands get the options too
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_late_global_options())
+
+
+class RootGroup(click.Group):
+    command_class = SlipwayCommand
+    group_class = SlipwayGroup
+
+
+@click.group(cls=RootGroup)
 @click.option(
-    "--api-url", envvar="SLIPWAY_API_URL", default="http://127.0.0.1:8080", show_default=True
+    "--api-url",
+    envvar="SLIPWAY_API_URL",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help=_API_URL_HELP,
 )
-@click.option(
-    "--token", envvar="SLIPWAY_TOKEN", default=None, help="admin token (default: the data dir's)"
-)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--token", envvar="SLIPWAY_TOKEN", default=None, help=_AUTH_HELP)
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.version_option(package_name="slipway")
 @click.pass_context
 def main(ctx: click.Context, api_url: str, token: str | None, as_json: bool) -> None:
     """Slipway: GitOps deploys for background-task workers."""
     data_dir = os.environ.get("SLIPWAY_DATA_DIR", ".slipway")
-    ctx.obj = Api(
-        api_url, token or os.environ.get("SLIPWAY_ADMIN_TOKEN") or _default_token(data_dir)
-    )
+    api = Api(api_url, token or os.environ.get("SLIPWAY_ADMIN_TOKEN") or _default_token(data_dir))
+    ctx.obj = api
+    ctx.call_on_close(api.close)
     ctx.meta["slipway.json"] = as_json
 
 
@@ -278,6 +374,11 @@ def _render_project(p: dict[str, Any]) -> None:
         console.print(f"[red]not deploying:[/red] {p.get('not_deploying_reason')}")
 
 
+def _warn(answer: dict[str, Any]) -> None:
+    for warning in answer.get("warnings") or []:
+        click.echo(f"warning: {warning}", err=True)
+
+
 @main.group()
 def projects() -> None:
     """Connect repositories and change their settings."""
@@ -290,6 +391,7 @@ def projects() -> None:
 def projects_create(ctx: click.Context, ref: str, **fields: Any) -> None:
     body = {"ref": ref, **{k: v for k, v in fields.items() if v is not None}}
     project = ctx.find_root().obj.post("/api/v1/projects", json=body)
+    _warn(project)
     out(
         ctx,
         project,
@@ -335,6 +437,7 @@ def projects_update(ctx: click.Context, ref: str, **fields: Any) -> None:
     if not body:
         fail("nothing to update: pass at least one option (see --help)")
     project = ctx.find_root().obj.request("PATCH", f"/api/v1/projects/{ref}", json=body)
+    _warn(project)
     out(ctx, project, lambda p: console.print(f"Updated project [bold]{p['ref']}[/bold]"))
 
 
@@ -364,6 +467,21 @@ def events(ctx: click.Context, project: str) -> None:
 # -- deployments -----------------------------------------------------------------------
 
 
+def summarise_error(error: str | None, *, limit: int | None = None) -> str | None:
+    """One line of a deployment's error: its first line, and the next one when the first
+    is only a heading ("...:"); the "How to fix" line is added when no limit applies."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    if not lines:
+        return None
+    fix = next((line for line in lines[1:] if line.startswith("How to fix:")), None)
+    summary = lines[0]
+    if summary.endswith(":") and len(lines) > 1 and lines[1] != fix:
+        summary += " " + lines[1]
+    if limit is not None:
+        return summary if len(summary) <= limit else summary[: limit - 1] + "…"
+    return f"{summary} ({fix[0].lower()}{fix[1:]})" if fix else summary
+
+
 def _deployment_rows(rows: list[dict[str, Any]]) -> None:
     table(rows, ["id", "environment", "branch", "sha", "status", "version", "created_at", "error"])
 
@@ -386,7 +504,7 @@ def deployments(
     rows = ctx.find_root().obj.get(f"/api/v1/projects/{project}/deployments", params=params)
     for row in rows:
         row["sha"] = (row.get("sha") or "")[:12] or None
-        row["error"] = (row.get("error") or "").split("\n")[0][:80] or None
+        row["error"] = summarise_error(row.get("error"), limit=120)
     out(ctx, rows, _deployment_rows)
 
 
@@ -485,6 +603,11 @@ def deploy(
     }
     if branch:
         params["branch"] = branch
+    from controller.sources.git import describe_worktree
+
+    worktree = describe_worktree(path)
+    if worktree is not None:
+        params.update(sha=worktree.sha, dirty=worktree.dirty)
     dep = api.post(
         f"/api/v1/projects/{project}/deployments",
         params=params,
@@ -495,18 +618,25 @@ def deploy(
         out(ctx, dep, lambda d: console.print(f"Queued deployment {d['id']}"))
         return
     if not _ctx_json(ctx):
-        console.print(f"Deployment [bold]{dep['id']}[/bold] ({len(data) >> 10} KiB uploaded)")
+        source = f" of {worktree.sha[:12]}" if worktree else ""
+        if worktree and worktree.dirty:
+            source += " with uncommitted changes"
+        console.print(
+            f"Deployment [bold]{dep['id']}[/bold] ({len(data) >> 10} KiB uploaded{source})"
+        )
     final = wait_for(api, dep["id"], show_logs=not _ctx_json(ctx))
     if _ctx_json(ctx):
         click.echo(json.dumps(final, indent=2))
     elif final["status"] == "deployed":
         note = " (not promoted)" if skip_promotion else ""
         console.print(f"[green]Deployed version[/green] [bold]{final['version']}[/bold]{note}")
+        if skip_promotion:
+            command = f"{own_invocation()} promote {final['version']} --project {project}"
+            command += f" --env {env}" + (f" --branch {shlex.quote(branch)}" if branch else "")
+            console.print(f"Make it current with: {command}", highlight=False, markup=False)
         click.echo(final["version"])
     if final["status"] != "deployed":
-        fail(
-            f"deployment {final['id']} {final['status']}: {(final.get('error') or '').splitlines()[0] if final.get('error') else ''}"
-        )
+        fail(f"deployment {final['id']} {final['status']}: {summarise_error(final.get('error'))}")
 
 
 def _dry_run(ctx: click.Context, path: Path) -> None:
@@ -565,7 +695,7 @@ def versions(ctx: click.Context, project: str, env: str, branch: str | None) -> 
     """List an environment's versions, newest first."""
     rows = ctx.find_root().obj.get(
         f"/api/v1/projects/{project}/environments/{_env(env)}/versions",
-        headers=_branch_headers(branch),
+        headers=branch_headers(branch),
     )
     view = [
         {
@@ -594,7 +724,7 @@ def promote(ctx: click.Context, version: str, project: str, env: str, branch: st
     result = ctx.find_root().obj.post(
         f"/api/v1/projects/{project}/environments/{_env(env)}/promote",
         json={"version": version},
-        headers=_branch_headers(branch),
+        headers=branch_headers(branch),
     )
     out(
         ctx,
@@ -615,7 +745,7 @@ def rollback(ctx: click.Context, project: str, env: str, branch: str | None) -> 
     """Promote the version before the current one."""
     result = ctx.find_root().obj.post(
         f"/api/v1/projects/{project}/environments/{_env(env)}/rollback",
-        headers=_branch_headers(branch),
+        headers=branch_headers(branch),
     )
     out(
         ctx,
@@ -657,7 +787,9 @@ def preview_list(ctx: click.Context, project: str) -> None:
 @click.option("--branch", required=True)
 @click.pass_context
 def preview_archive(ctx: click.Context, project: str, branch: str) -> None:
-    result = ctx.find_root().obj.post(f"/api/v1/projects/{project}/branches/{branch}/archive")
+    result = ctx.find_root().obj.post(
+        f"/api/v1/projects/{project}/branches/{encode_branch(branch)}/archive"
+    )
     out(ctx, result, lambda r: console.print(f"Archived preview branch [bold]{r['branch']}[/bold]"))
 
 
@@ -677,7 +809,7 @@ def environments_list(ctx: click.Context, project: str) -> None:
 def _secret_key(api: Api, project: str, env: str, branch: str | None) -> str:
     body = api.get(
         f"/api/v1/projects/{project}/environments/{_env(env)}/secret-key",
-        headers=_branch_headers(branch),
+        headers=branch_headers(branch),
     )
     return str(body["secret_key"])
 
@@ -714,7 +846,7 @@ def tasks_list(
     body = ctx.find_root().obj.get(
         f"/api/v1/projects/{project}/environments/{_env(env)}/tasks",
         params=params,
-        headers=_branch_headers(branch),
+        headers=branch_headers(branch),
     )
     out(
         ctx,
@@ -756,7 +888,7 @@ def tasks_run(
     if version:
         body["options"] = {"version": version}
     run = api.post(
-        f"/api/v1/tasks/{task_id}/trigger", json=body, token=key, headers=_branch_headers(branch)
+        f"/api/v1/tasks/{task_id}/trigger", json=body, token=key, headers=branch_headers(branch)
     )
     logs_text = run.pop("logs", "") or ""
     if logs_text:
@@ -772,9 +904,13 @@ def tasks_run(
 
 
 @main.command()
-@click.option("--keep-running", is_flag=True, help="leave the server running after the demo")
+@click.option(
+    "--keep-running/--no-keep-running",
+    default=None,
+    help="keep the server up until Ctrl-C to explore it (default: at a terminal)",
+)
 @click.option("--port", default=0, type=int, help="default: a free port")
-def demo(keep_running: bool, port: int) -> None:
+def demo(keep_running: bool | None, port: int) -> None:
     """Run Slipway's main job end to end, offline: pushes, a pull request, runs."""
     from controller.demo.run import run_demo
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from controller.branchnames import branch_headers
+
 
 def _helpers() -> Any:
     from controller import cli
@@ -29,7 +31,7 @@ def _target(env: str, branch: str | None) -> tuple[str, dict[str, str]]:
     name = cli._env(env)
     if branch and name != "preview":
         cli.fail(f"--branch goes with --env preview, not {name}")
-    return name, ({"x-slipway-branch": branch} if branch else {})
+    return name, branch_headers(branch)
 
 
 def _common(func: Any) -> Any:

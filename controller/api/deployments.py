@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
+from controller.api.branches import branch_header
 from controller.api.errors import ProjectRef, error_responses
 from controller.deployments import find_environment, get_project
 from controller.errors import NotFound
@@ -29,7 +30,7 @@ def list_deployments(
     ref: ProjectRef,
     env: str | None = None,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     services = request.app.state.services

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.auth import require_admin
+from controller.api.branches import branch_header
 from controller.deployments import get_project
 from controller.errors import InvalidInput
 from controller.secretstore.store import (
@@ -92,7 +93,7 @@ def list_envvars(
     ref: str,
     env: str,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> list[dict[str, Any]]:
     services = request.app.state.services
     with services.db.read() as session:
@@ -107,7 +108,7 @@ def create_envvars(
     env: str,
     body: VariableWrite,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     values = dict(body.variables or {})
     if body.name is not None:
@@ -137,7 +138,7 @@ def envvar_history(
     ref: str,
     env: str,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> list[dict[str, Any]]:
     with request.app.state.services.db.read() as session:
         scope = _scope(session, ref, env, branch or x_slipway_branch)
@@ -154,7 +155,7 @@ async def import_envvars(
     env: str,
     override: bool = False,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     """A JSON ``{"variables": {...}, "override": bool}`` or a dotenv body."""
     if int(request.headers.get("content-length") or 0) > MAX_IMPORT_BYTES:
@@ -191,7 +192,7 @@ def get_envvar(
     env: str,
     name: str,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     services = request.app.state.services
     with services.db.read() as session:
@@ -207,7 +208,7 @@ def put_envvar(
     name: str,
     body: ValueWrite,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     services = request.app.state.services
     with services.db.transaction() as session:
@@ -232,7 +233,7 @@ def delete_envvar(
     env: str,
     name: str,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     with request.app.state.services.db.transaction() as session:
         scope = _scope(session, ref, env, branch or x_slipway_branch)

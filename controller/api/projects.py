@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
+from controller.api.branches import branch_header
 from controller.api.errors import EnvName, ProjectRef, error_responses
 from controller.deployments import (
     create_project,
@@ -18,6 +19,7 @@ from controller.deployments import (
     project_not_deploying_reason,
     update_project,
 )
+from controller.errors import SourceNotFound, SourceUnavailable
 from controller.models import BRANCH_PATTERN, REF_PATTERN, normalise_environment
 from controller.store.tables import Environment, Event, Project
 from controller.views import environment_view, event_view, project_view, version_strings
@@ -48,6 +50,8 @@ def _integral(value: Any) -> Any:
 
 # Strict fields (0 is not false, "5" is not 5), but 5.0 is an integer, as in JSON Schema.
 JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+CLONE_URL_TIMEOUT = 10.0
 
 
 class ProjectFields(BaseModel):
@@ -89,13 +93,28 @@ def list_projects(request: Request) -> list[dict[str, Any]]:
         return [_view(session, p) for p in projects]
 
 
+def _check_clone_url(services: Any, clone_url: str | None) -> list[str]:
+    """Refuse a local path that is no git repository (422); a remote the server cannot
+    reach now is only a warning, as it may be a network or access problem fixed later."""
+    if not clone_url:
+        return []
+    try:
+        services.source.probe(clone_url=clone_url, timeout=CLONE_URL_TIMEOUT)
+    except (SourceNotFound, SourceUnavailable) as exc:
+        return [
+            f"the clone URL was not usable just now ({exc.message}); deployments fail until it is"
+        ]
+    return []
+
+
 @router.post("/projects", status_code=201)
 def post_project(request: Request, body: ProjectCreate) -> dict[str, Any]:
     services = _services(request)
+    warnings = _check_clone_url(services, body.clone_url)
     with services.db.transaction() as session:
         fields = body.model_dump(exclude={"ref"}, exclude_none=True)
         project = create_project(session, services.cipher, ref=body.ref, **fields)
-        return _view(session, project)
+        return {**_view(session, project), "warnings": warnings}
 
 
 @router.get("/projects/{ref}")
@@ -107,12 +126,13 @@ def get_one(request: Request, ref: ProjectRef) -> dict[str, Any]:
 @router.patch("/projects/{ref}")
 def patch_project(request: Request, ref: ProjectRef, body: ProjectUpdate) -> dict[str, Any]:
     services = _services(request)
+    warnings = _check_clone_url(services, body.clone_url)
     with services.db.transaction() as session:
         project = get_project(session, ref)
         update_project(session, project, **body.model_dump(exclude_unset=True))
         view = _view(session, project)
     services.queue.notify()
-    return view
+    return {**view, "warnings": warnings}
 
 
 @router.delete("/projects/{ref}")
@@ -149,7 +169,7 @@ def get_secret_key(
     request: Request,
     ref: ProjectRef,
     env: EnvName,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
     branch: str | None = Query(default=None),
 ) -> dict[str, Any]:
     """The environment's secret key (``sk_…``), for triggering runs. Shown on purpose."""

@@ -13,10 +13,11 @@ import hmac
 import json
 from typing import Any
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.auth import bearer
+from controller.api.branches import branch_header
 from controller.api.errors import error_responses
 from controller.errors import InvalidInput
 from controller.runs import (
@@ -110,7 +111,7 @@ async def read_trigger_body(request: Request, *, payload_limit: int) -> dict[str
 async def post_trigger(
     request: Request,
     task_id: str,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     """Run a task and wait for its outcome: ``completed``, ``failed`` or ``timed_out``."""
     services = request.app.state.services

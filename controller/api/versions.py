@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
+from controller.api.branches import branch_header
 from controller.api.errors import ENV_PATTERN, EnvName, ProjectRef, error_responses
 from controller.deployments import (
     DeployRequest,
@@ -35,6 +37,7 @@ router = APIRouter(
 )
 
 MAX_UPLOAD = 100 * 1024 * 1024
+SHA_PATTERN = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 # The preview root holds the preview-wide key only: versions and deployments belong to its
@@ -64,7 +67,7 @@ def list_versions(
     ref: ProjectRef,
     env: EnvName,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> list[dict[str, Any]]:
     with request.app.state.services.db.read() as session:
         _project, environment = _env(session, ref, env, branch or x_slipway_branch)
@@ -90,7 +93,7 @@ def list_tasks(
     env: EnvName,
     branch: str | None = None,
     version: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     with request.app.state.services.db.read() as session:
         _project, environment = _env(session, ref, env, branch or x_slipway_branch)
@@ -132,7 +135,7 @@ def post_promote(
     env: EnvName,
     body: PromoteBody,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     return _promote(
         request,
@@ -150,7 +153,7 @@ def post_rollback(
     ref: ProjectRef,
     env: EnvName,
     branch: str | None = None,
-    x_slipway_branch: str | None = Header(default=None),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     return _promote(
         request,
@@ -204,9 +207,14 @@ async def post_deployment(
     branch: str | None = Query(None, pattern=BRANCH_PATTERN.pattern),
     skip_promotion: bool = False,
     skip_sync_env_vars: bool = False,
-    x_slipway_branch: str | None = Header(default=None, pattern=BRANCH_PATTERN.pattern),
+    sha: str | None = Query(None, description="the commit the upload was made from (HEAD)"),
+    dirty: bool = Query(False, description="the upload differs from that commit"),
+    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
-    """Deploy uploaded source (a gzip tarball body), as `slipway deploy` does."""
+    """Deploy uploaded source (a gzip tarball body), as `slipway deploy` does.
+
+    From a git working tree the CLI sends ``sha`` (its HEAD) and ``dirty``: the deployment
+    and its version record that commit, and ``options.dirty`` says the tree had changes."""
     services = request.app.state.services
     name = normalise_environment(env)
     branch = branch or x_slipway_branch
@@ -242,13 +250,14 @@ async def post_deployment(
             project=project,
             environment=environment,
             request=DeployRequest(
-                sha=None,
+                sha=sha,
                 ref="upload",
                 source="upload",
                 upload_path=str(path),
                 options={
                     "skip_promotion": skip_promotion,
                     "skip_sync_env_vars": skip_sync_env_vars,
+                    **({"dirty": dirty} if sha else {}),
                 },
             ),
         )

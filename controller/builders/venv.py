@@ -385,17 +385,25 @@ class VirtualenvBuilder:
             raise BuildFailed(f"task discovery crashed (exit {proc.returncode}): {stderr}") from exc
         errors = report.get("errors") or []
         if errors:
-            lines = []
-            for err in errors[:20]:
-                where = str(err.get("file") or tasks_dir)
-                if err.get("line"):
-                    where += f", line {err['line']}"
-                lines.append(f"{where}: {err.get('type')}: {err.get('message')}")
             raise BuildFailed(
-                "task files failed to load:\n" + "\n".join(lines),
+                _discovery_summary(errors, tasks_dir),
                 hint="fix the task files; the current version keeps serving",
             )
         if proc.returncode != 0:
             stderr = proc.stderr.decode("utf-8", "replace")[-2000:]
             raise BuildFailed(f"task discovery failed (exit {proc.returncode}): {stderr}")
         return list(report.get("tasks") or [])
+
+
+def _discovery_summary(errors: list[dict[str, Any]], tasks_dir: str) -> str:
+    """The first line names the first broken file and why, because tables, the CLI and
+    GitHub show only the first line; every broken file (up to 20) follows on its own."""
+    lines = []
+    for err in errors[:20]:
+        where = str(err.get("file") or tasks_dir)
+        if err.get("line"):
+            where += f", line {err['line']}"
+        lines.append(f"{where}: {err.get('type')}: {err.get('message')}")
+    count = f"{len(errors)} task files failed" if len(errors) > 1 else "a task file failed"
+    first = f"{count} to load: {lines[0]}"
+    return first if len(errors) == 1 else first + "\n" + "\n".join(lines)

@@ -10,16 +10,22 @@
    a preview branch with its own version; runs ``hello`` there; production is untouched.
 6. Sends ``pull_request.closed`` → the preview is archived and refuses runs (409).
 
-It prints what happened and where to look, then stops the server (``--keep-running``
-leaves it up so you can explore with the CLI and the API).
+It prints what happened. At a terminal (or with ``--keep-running``) the server then
+keeps running until Ctrl-C, and the demo prints commands to explore it that work as
+printed: ``slipway`` is spelled as this program was started (``.venv/bin/slipway`` after
+the README's install, which does not put it on PATH). Otherwise (``--no-keep-running``,
+or no terminal: scripts, CI) it stops the server at once. Either way the temp dir (sample
+repository, data dir, server log) is removed at the end, also after a failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -33,6 +39,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from controller.branchnames import branch_headers
+from controller.cli import own_invocation
 from webhooks.signatures import sign
 
 HERE = Path(__file__).parent
@@ -91,8 +99,7 @@ def pull_request_payload(action: str, *, number: int, branch: str, sha: str) -> 
 
 
 class Demo:
-    def __init__(self, port: int, keep: bool = False) -> None:
-        self.keep = keep
+    def __init__(self, port: int) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="slipway-demo-"))
         self.data = self.root / "data"
         self.repo = self.root / "sample-repo"
@@ -102,6 +109,8 @@ class Demo:
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=self.url, timeout=120, trust_env=False)
         self.delivery = 0
+        self.prod_id = ""
+        self.log_file = self.root / "serve.log"
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -113,7 +122,6 @@ class Demo:
             SLIPWAY_HOST="127.0.0.1",
             SLIPWAY_WEBHOOK_SECRET=self.secret,
         )
-        self.log_file = self.root / "serve.log"
         with open(self.log_file, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller.cli", "serve", "--log-level", "warning"],
@@ -191,7 +199,7 @@ class Demo:
     def run_task(
         self, env: str, task: str, payload: Any, branch: str | None = None
     ) -> httpx.Response:
-        headers = {"x-slipway-branch": branch} if branch else {}
+        headers = branch_headers(branch)
         key = self.api(
             "GET", f"/api/v1/projects/demo/environments/{env}/secret-key", headers=headers
         )["secret_key"]
@@ -229,6 +237,7 @@ class Demo:
         console.print("4. A push to main, in GitHub's exact webhook format, signed:")
         self.deliver("push", push_payload(before="0" * 40, after=first, clone_url=str(self.repo)))
         prod = self.wait_deployed(lambda d: d["sha"] == first, "the production deployment")
+        self.prod_id = prod["id"]
         console.print(
             f"   production deployed version [bold green]{prod['version']}[/bold green] ({prod['id']})"
         )
@@ -281,46 +290,71 @@ class Demo:
         )
 
         console.rule("[bold green]It works[/bold green]")
-        env = f"SLIPWAY_API_URL={self.url} SLIPWAY_DATA_DIR={self.data}"
-        console.print(
-            "Where to look"
-            + (
-                ""
-                if self.keep
-                else " (run `slipway demo --keep-running` to keep the server up for these)"
-            )
-            + ":",
-            style="bold",
-        )
-        console.print(f"  API docs      {self.url}/docs")
-        console.print(f"  deployments   {env} slipway deployments --project demo")
-        console.print(f"  logs          {env} slipway logs {prod['id']}")
-        console.print(f"  versions      {env} slipway versions --project demo --env prod")
-        console.print(
-            f'  run a task    {env} slipway tasks run hello --project demo --env prod --payload \'{{"name": "you"}}\''
-        )
-        console.print(f"  server log    {self.log_file}")
+
+    def print_where_to_look(self) -> None:
+        """Commands to explore the running demo, exactly as they can be pasted (printed
+        without markup or wrapping; ``slipway`` as this very program was started)."""
+        slipway = own_invocation()
+        env = f"SLIPWAY_API_URL={self.url} SLIPWAY_DATA_DIR={shlex.quote(str(self.data))}"
+        payload = shlex.quote(json.dumps({"name": "you"}))
+        console.print("Where to look, while the server runs (in another shell):", style="bold")
+        for label, line in (
+            ("API docs", f"{self.url}/docs"),
+            ("deployments", f"{env} {slipway} deployments --project demo"),
+            ("logs", f"{env} {slipway} logs {self.prod_id}"),
+            ("versions", f"{env} {slipway} versions --project demo --env prod"),
+            (
+                "run a task",
+                f"{env} {slipway} tasks run hello --project demo --env prod --payload {payload}",
+            ),
+            ("server log", str(self.log_file)),
+        ):
+            print(f"  {label:<12}  {line}", flush=True)
+
+    def sweep(self) -> None:
+        """Remove the temp dir, after stopping any worker a forced server stop left behind."""
+        for record in (self.data / "workers").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                os.killpg(int(json.loads(record.read_text())["pid"]), signal.SIGTERM)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
-def run_demo(*, keep_running: bool = False, port: int = 0) -> int:
-    demo = Demo(port, keep_running)
+def run_demo(*, keep_running: bool | None = None, port: int = 0) -> int:
+    """Run the story; ``keep_running`` (default: when a person is at a terminal) keeps the
+    server up until Ctrl-C so the printed commands work. The temp dir goes on every path."""
+    if keep_running is None:
+        keep_running = sys.stdin.isatty() and sys.stdout.isatty()
+    demo = Demo(port)
     try:
-        demo.run()
-    except Exception as exc:
-        console.print(f"[red]demo failed:[/red] {exc}")
-        if demo.proc is not None:
-            console.print(f"server log: {demo.root / 'serve.log'}")
-        demo.stop_server()
-        return 1
-    if keep_running:
-        console.print(
-            f"\nThe server keeps running at {demo.url} (pid {demo.proc.pid if demo.proc else '?'}); "
-            "Ctrl-C to stop."
-        )
         try:
-            while demo.proc and demo.proc.poll() is None:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-    demo.stop_server()
-    return 0
+            demo.run()
+        except Exception as exc:
+            console.print(f"[red]demo failed:[/red] {exc}")
+            if demo.proc is not None:
+                tail = demo.log_file.read_text(errors="replace").splitlines()[-30:]
+                console.print("last lines of the server log:\n" + "\n".join(tail), markup=False)
+            return 1
+        if not keep_running:
+            console.print(
+                f"The server has stopped and {demo.root} is removed. To explore the API and "
+                "the CLI afterwards, keep it running:",
+                highlight=False,
+            )
+            print(f"  {own_invocation()} demo --keep-running", flush=True)
+            return 0
+        demo.print_where_to_look()
+        console.print(
+            f"\nThe server keeps running at {demo.url} (pid {demo.proc.pid if demo.proc else '?'}). "
+            "Ctrl-C stops it and removes the demo's temp dir.",
+            highlight=False,
+        )
+        if demo.proc is not None:
+            demo.proc.wait()
+        console.print("[red]the server stopped on its own[/red]")
+        return 1
+    except KeyboardInterrupt:
+        console.print("\nStopping the demo server.")
+        return 0
+    finally:
+        demo.stop_server()
+        demo.sweep()

@@ -34,6 +34,7 @@ of steps live in their own modules (journal, env vars, builders).
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import threading
 from collections.abc import Callable
@@ -306,9 +307,10 @@ class Pipeline:
 
         self._guard(snap)
         if dep.options.get("skip_promotion"):
+            branch = f" --branch {shlex.quote(env.branch)}" if env.branch else ""
             journal.log(
-                f"Not promoting {version} (--skip-promotion); promote it with "
-                f"`slipway promote {version}`"
+                f"Not promoting {version} (--skip-promotion); promote it with `slipway promote "
+                f"{version} --project {project.ref} --env {env.name}{branch}`"
             )
             self.runtime.retire(version_id)
         else:

@@ -221,6 +221,37 @@ class GitSource:
         if sha is None or not target.startswith("refs/heads/"):
             return None
         return Resolved(ref=target, sha=sha)
+    def probe(self, *, clone_url: str, timeout: float = 10.0) -> None:
+        """Check that ``clone_url`` answers as a git repository (``git ls-remote``).
+
+        A local path that is missing or not a repository is :class:`InvalidInput` (the
+        caller can fix it now); a remote that denies access or does not exist is
+        :class:`SourceNotFound`, one that cannot be reached in ``timeout`` seconds
+        :class:`SourceUnavailable`. Nothing is written.
+        """
+        remote = _parse_remote(clone_url)
+        local_hint = "pass the path of a git repository, or a file://, https:// or ssh URL"
+        if remote.local_path is not None and not remote.local_path.is_dir():
+            raise InvalidInput(f"{remote.name} is not a directory", hint=local_hint)
+        try:
+            _run(["ls-remote", "--heads", "--", remote.url], timeout=timeout)
+        except _GitFailed as exc:
+            if exc.timed_out:
+                raise SourceUnavailable(
+                    f"{remote.name} did not answer within {timeout:g}s"
+                ) from exc
+            if remote.local_path is not None:
+                raise InvalidInput(
+                    f"{remote.name} is not a git repository", hint=local_hint
+                ) from exc
+            if _NO_ACCESS.search(exc.detail):
+                raise SourceNotFound(
+                    f"{remote.name} is not a git repository or not accessible: "
+                    f"{_summary(exc.detail)}"
+                ) from exc
+            raise SourceUnavailable(
+                f"could not reach {remote.name}: {_summary(exc.detail)}"
+            ) from exc
 
     # --- internals ----------------------------------------------------------------
 
@@ -356,6 +387,26 @@ def list_tracked_files(path: Path) -> list[str] | None:
     except (_GitFailed, SourceUnavailable):
         return None
     return [os.fsdecode(name) for name in out.split(b"\0") if name]
+
+
+@dataclass(frozen=True)
+class WorktreeState:
+    sha: str  # HEAD
+    dirty: bool  # tracked files under the path differ from HEAD (staged or not)
+
+
+def describe_worktree(path: Path) -> WorktreeState | None:
+    """HEAD of the git working tree ``path`` is in, and whether the tracked files under
+    ``path`` changed since; ``None`` outside git or before the first commit."""
+    try:
+        sha = _run(["-C", str(path), "rev-parse", "--verify", "HEAD"], timeout=_LOCAL_TIMEOUT)
+        status = _run(
+            ["-C", str(path), "status", "--porcelain", "--untracked-files=no", "--", "."],
+            timeout=_LOCAL_TIMEOUT,
+        )
+    except (_GitFailed, SourceUnavailable):
+        return None
+    return WorktreeState(sha=sha.decode().strip(), dirty=bool(status.strip()))
 
 
 # --- running git ----------------------------------------------------------------------

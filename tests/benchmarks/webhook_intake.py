@@ -399,10 +399,12 @@ def summary(result: dict[str, Any]) -> str:
 def create_project(server: Server, repo: str) -> None:
     assert server.data_dir is not None
     token = (server.data_dir / "admin_token").read_text().strip()
+    empty = server.data_dir / "empty-repo.git"  # a repository without the pushed commits
+    subprocess.run(["git", "init", "-q", "--bare", str(empty)], check=True)
     status, body = http(
         "POST",
         f"{server.url}/api/v1/projects",
-        body=json.dumps({"ref": "bench", "repo": repo, "clone_url": "/nonexistent"}).encode(),
+        body=json.dumps({"ref": "bench", "repo": repo, "clone_url": str(empty)}).encode(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     if status != 201:
@@ -616,8 +618,8 @@ def report(
         f"Slipway on {meta.get('database', 'sqlite')}",
         f"Slipway project for {meta['payload']['repo']}: "
         + (
-            "CREATED (clone_url /nonexistent: each delivery is routed to a production "
-            "deployment that fails to fetch — realistic background work)"
+            "CREATED (clone_url: an empty repository: each delivery is routed to a "
+            "production deployment that fails to fetch — realistic background work)"
             if meta["project_created"]
             else "NOT created (--no-project: deliveries are recorded and routed to nothing)"
         ),

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from controller.branchnames import branch_headers
 from webhooks.signatures import sign
 
 SLIPWAY = [sys.executable, "-m", "controller.cli"]
@@ -196,7 +197,7 @@ class Server:
         return dict(self.wait_for(done, timeout))
 
     def secret_key(self, ref: str, env: str, branch: str | None = None) -> str:
-        headers = {"x-slipway-branch": branch} if branch else {}
+        headers = branch_headers(branch)
         return str(
             self.ok(
                 "GET", f"/api/v1/projects/{ref}/environments/{env}/secret-key", headers=headers
@@ -217,9 +218,7 @@ class Server:
         body: dict[str, Any] = {"payload": payload}
         if version:
             body["options"] = {"version": version}
-        headers = {"Authorization": f"Bearer {key}"}
-        if branch:
-            headers["x-slipway-branch"] = branch
+        headers = {"Authorization": f"Bearer {key}", **branch_headers(branch)}
         return self.client.post(f"/api/v1/tasks/{task}/trigger", json=body, headers=headers)
 
 

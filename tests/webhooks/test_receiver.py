@@ -13,6 +13,7 @@ visible), every delivery recorded before it has been routed too.
 from __future__ import annotations
 
 import itertools
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,8 +46,11 @@ def _node_modules() -> None:
 
 @pytest.fixture
 def demo(server: Server, tmp_path: Path) -> Server:
-    """The server with project ``demo`` connected to ``octo-org/demo``."""
-    server.create_project("demo", repo=REPO, clone_url=str(tmp_path / "no-such-repo"))
+    """The server with project ``demo`` connected to ``octo-org/demo``, whose clone URL is
+    an empty repository: the deployments deliveries cause fail fast (no such commit)."""
+    empty = tmp_path / "empty-repo.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(empty)], check=True)
+    server.create_project("demo", repo=REPO, clone_url=str(empty))
     return server
 
 
