@@ -92,7 +92,9 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
     app.add_route(
         "/webhooks/github",
         make_endpoint(
-            secret=lambda: services.settings.webhook_secret, writer=lambda: services.writer
+            secret=lambda: services.settings.webhook_secret,
+            writer=lambda: services.writer,
+            body_timeout=lambda: services.settings.github.webhook_body_timeout,
         ),
         methods=["POST"],
         include_in_schema=False,
