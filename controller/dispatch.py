@@ -3,6 +3,21 @@
 The delivery row carries ``processed_at``; it is set in the same transaction that applies
 the intents, so a routing job that runs twice (its worker died after committing, before
 acking) finds the delivery processed and does nothing the second time.
+
+One delivery never holds back its neighbours:
+
+* A payload routing cannot read (a wrong-typed field, see :mod:`webhooks.events`) is
+  recorded ``rejected`` with the reason, at once; so is one whose pure routing raises
+  anything else (retrying a pure function on the same input cannot help) — that one is
+  also logged with its traceback, as it is a bug.
+* If applying a batch fails (the database refused a write), the batch is rolled back and
+  its deliveries are routed one by one, each in its own transaction: only the failing one
+  waits for a retry with backoff, and once its attempts run out it is recorded
+  ``failed``, so every delivery ends with an outcome.
+
+Memory: a batch is bounded by bytes of body as well as by count (``MAX_BATCH_BYTES``),
+delivery rows are loaded without their bodies, and each body is read, parsed and dropped
+one at a time, so a backlog of 24 MiB pushes holds one of them in memory, not 128.
 """
 
 from __future__ import annotations
@@ -16,7 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from controller.deployments import (
     DeployRequest,
@@ -62,6 +77,7 @@ log = logging.getLogger(__name__)
 # Intents that follow a tracked branch: a commit is deployed to an environment at most once
 # (a late delivery after the resync deployed it, or the resync after the delivery).
 TRACKED_SOURCES = frozenset({"push", "resync"})
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -114,7 +130,12 @@ class Routed(list[Applied]):
 
 
 def route_pending(
-    db: Database, cipher: Cipher, *, limit: int = 128, budget: float = 0.05
+    db: Database,
+    cipher: Cipher,
+    *,
+    limit: int = 128,
+    budget: float = 0.05,
+    max_bytes: int = MAX_BATCH_BYTES,
 ) -> Routed | None:
     """Route the oldest queued deliveries of one repository in one transaction, and mark
     their routing jobs done in it: no lease, no separate claim or ack, so a crash simply
@@ -138,16 +159,38 @@ def route_pending(
     if not keys:
         return None
     try:
-        return _route_key(db, cipher, keys, limit=limit, budget=budget)
-    except Exception:
-        log.warning("routing a batch failed; routing its first delivery alone", exc_info=True)
-        routed = Routed(_route_first_alone(db, cipher, keys[0]))
+        return _route_key(db, cipher, keys, limit=limit, budget=budget, max_bytes=max_bytes)
+    except Exception as exc:
+        log.warning(
+            "routing a batch of %s failed (%s); routing its deliveries one by one",
+            keys[0],
+            type(exc).__name__,
+        )
+        routed = Routed(_route_one_by_one(db, cipher, keys[0], limit=limit, budget=budget))
         routed.backlog = True
         return routed
 
 
+def _within_bytes(session: Session, pks: list[int], max_bytes: int) -> int:
+    """How many of ``pks`` (in order) fit in ``max_bytes`` of body; at least one."""
+    if len(pks) <= 1:
+        return len(pks)
+    sizes: dict[int, int | None] = {
+        pk: size
+        for pk, size in session.execute(
+            select(Delivery.id, func.length(Delivery.body)).where(Delivery.id.in_(pks))
+        )
+    }
+    total = 0
+    for n, pk in enumerate(pks):
+        total += sizes.get(pk) or 0
+        if n and total > max_bytes:
+            return n
+    return len(pks)
+
+
 def _route_key(
-    db: Database, cipher: Cipher, keys: list[str], *, limit: int, budget: float
+    db: Database, cipher: Cipher, keys: list[str], *, limit: int, budget: float, max_bytes: int
 ) -> Routed:
     started = time.monotonic()
     with db.transaction() as session:
@@ -176,12 +219,16 @@ def _route_key(
             query = query.with_for_update(skip_locked=True)
         jobs = list(session.execute(query).scalars())
         pks = [int(job.payload["delivery"]) for job in jobs]
+        fit = _within_bytes(session, pks, max_bytes)
         deliveries = {
-            d.id: d for d in session.execute(select(Delivery).where(Delivery.id.in_(pks))).scalars()
+            d.id: d
+            for d in session.execute(
+                select(Delivery).options(defer(Delivery.body)).where(Delivery.id.in_(pks[:fit]))
+            ).scalars()
         }
         batch = _Batch(session, cipher)
         done = 0
-        for pk in pks:
+        for pk in pks[:fit]:
             if done and time.monotonic() - started > budget:
                 break
             delivery = deliveries.get(pk)
@@ -197,18 +244,37 @@ def _route_key(
         return routed
 
 
-def _route_first_alone(db: Database, cipher: Cipher, key: str) -> list[Applied]:
-    """Isolate a failing delivery: route it alone, or record the failure and retry it
-    later with backoff (failing it for good after its job's attempts run out)."""
+def _route_one_by_one(
+    db: Database, cipher: Cipher, key: str, *, limit: int, budget: float
+) -> list[Applied]:
+    """Route the queued deliveries of ``key`` one transaction each (after their batch
+    failed), so that only the one that fails waits for a retry."""
+    started = time.monotonic()
     with db.read() as session:
-        job = session.execute(
-            select(Job)
-            .where(Job.kind == "route", Job.key == key, Job.status == "queued")
-            .order_by(Job.id)
-            .limit(1)
-        ).scalar_one_or_none()
-    if job is None:
-        return []
+        jobs = list(
+            session.execute(
+                select(Job)
+                .where(
+                    Job.kind == "route",
+                    Job.key == key,
+                    Job.status == "queued",
+                    Job.run_after <= utcnow(),
+                )
+                .order_by(Job.id)
+                .limit(limit)
+            ).scalars()
+        )
+    results: list[Applied] = []
+    for job in jobs:
+        if results and time.monotonic() - started > budget:
+            break
+        results += _route_alone(db, cipher, job)
+    return results
+
+
+def _route_alone(db: Database, cipher: Cipher, job: Job) -> list[Applied]:
+    """Route one delivery alone, or record the failure and retry it later with backoff;
+    once its job's attempts run out the delivery is recorded ``failed``."""
     try:
         with db.transaction() as session:
             applied = _process(session, cipher, int(job.payload["delivery"]))
@@ -225,6 +291,15 @@ def _route_first_alone(db: Database, cipher: Cipher, key: str) -> list[Applied]:
             row.last_error = f"{type(exc).__name__}: {exc}"[:4000]
             if row.attempts >= row.max_attempts:
                 row.status = "failed"
+                delivery = session.get(
+                    Delivery, int(job.payload["delivery"]), options=[defer(Delivery.body)]
+                )
+                if delivery is not None and delivery.processed_at is None:
+                    delivery.processed_at = utcnow()
+                    delivery.outcome = (
+                        f"failed: routing gave up after {row.attempts} attempts "
+                        f"({type(exc).__name__})"
+                    )
             else:
                 delay = Backoff(limit=row.max_attempts, min_timeout=1, max_timeout=60).delay(
                     row.attempts
@@ -234,7 +309,7 @@ def _route_first_alone(db: Database, cipher: Cipher, key: str) -> list[Applied]:
 
 
 def _process(session: Session, cipher: Cipher, delivery_pk: int) -> Applied | None:
-    delivery = session.get(Delivery, delivery_pk)
+    delivery = session.get(Delivery, delivery_pk, options=[defer(Delivery.body)])
     if delivery is None or delivery.processed_at is not None:
         return None
     batch = _Batch(session, cipher)
@@ -264,15 +339,27 @@ class _Batch:
         bind_log_context(delivery=delivery.delivery_id)
         session = self.session
         try:
-            payload = json.loads(delivery.body)
+            payload = json.loads(_body(session, delivery))
             views, projects = self.views(repository_full_name(payload))
+        except (PayloadError, ValueError, RecursionError) as exc:
+            self._reject(delivery, str(exc) if not isinstance(exc, RecursionError) else "")
+            return
+        try:
             routed = route(delivery.event, payload, views)
             _record_default_branch(projects.values(), payload)
         except (PayloadError, ValueError) as exc:
-            delivery.processed_at = utcnow()
-            delivery.outcome = f"rejected: {exc}"
-            self.results.append(Applied(delivery.outcome))
+            self._reject(delivery, str(exc))
             return
+        except Exception as exc:  # a bug in pure routing: retrying cannot help
+            log.exception(
+                "routing delivery %s (%s) raised %s; recorded as rejected",
+                delivery.delivery_id,
+                delivery.event,
+                type(exc).__name__,
+            )
+            self._reject(delivery, f"routing failed ({type(exc).__name__})")
+            return
+        del payload  # only the intents are needed from here on
         applied = Applied(routed.outcome)
         for intent in routed.intents:
             if isinstance(intent, Deploy) and intent.source == "push":
@@ -306,6 +393,11 @@ class _Batch:
         delivery.processed_at = utcnow()
         delivery.outcome = applied.outcome[:4000]
         self.results.append(applied)
+
+    def _reject(self, delivery: Delivery, reason: str) -> None:
+        delivery.processed_at = utcnow()
+        delivery.outcome = f"rejected: {reason or 'malformed payload'}"[:4000]
+        self.results.append(Applied(delivery.outcome))
 
     def flush_deploys(self) -> None:
         pending, self._pending = self._pending, {}
@@ -366,6 +458,10 @@ def _record_default_branch(projects: Iterable[Project], payload: dict[str, Any])
     for project in projects:
         if project.default_branch != branch:
             project.default_branch = branch
+def _body(session: Session, delivery: Delivery) -> bytes:
+    """The delivery's body, read on its own: not kept on the row for the whole batch."""
+    body = session.execute(select(Delivery.body).where(Delivery.id == delivery.id)).scalar_one()
+    return bytes(body)
 
 
 def _owned_by_another_pull_request(session: Session, intent: Archive) -> bool:

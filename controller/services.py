@@ -49,8 +49,8 @@ from controller.settings import Settings
 from controller.sources.git import GitSource
 from controller.store.db import Database
 from controller.store.deliveries import (
-    MAX_BATCH,
     DeliveryWriter,
+    Moved,
     move_from_inbox,
     prune_deliveries,
 )
@@ -224,16 +224,16 @@ class Services:
     # -- job handlers ---------------------------------------------------------------------
 
     def route_deliveries(self) -> bool | None:
-        moved = move_from_inbox(self.db, self.inbox) if self.inbox is not None else 0
+        moved = move_from_inbox(self.db, self.inbox) if self.inbox is not None else Moved(0)
         results = route_pending(self.db, self.cipher)
         if results is None:
-            return True if moved == MAX_BATCH else None
+            return True if moved.backlog else None
         if any(applied.deployments for applied in results):
             self.queue.notify("deploy")
         for applied in results:
             for env_id in applied.archived_env_ids:
                 self.retire_environment(env_id)
-        return results.backlog or moved == MAX_BATCH
+        return results.backlog or moved.backlog
 
     def handle_deploy(self, job: Claimed) -> None:
         self.pipeline.handle(job)

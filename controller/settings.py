@@ -43,6 +43,9 @@ class GitHubSettings(BaseSettings):
     github_private_key: SecretStr | None = None
     github_private_key_path: Path | None = None
     github_api_url: str = "https://api.github.com"
+    # Not in SPEC's table: a webhook body not received within this many seconds is
+    # answered 408 and its connection closed (slow or lying clients).
+    webhook_body_timeout: float = Field(default=10.0, gt=0)
 
 
 class SecuritySettings(BaseSettings):

@@ -2,14 +2,31 @@
 
 Only what routing needs is read, defensively: GitHub adds fields freely, and a missing
 optional field must not turn a delivery into an exception. Parsing is pure.
+
+The views refuse wrong shapes instead of passing them on. A validly signed payload is
+still untrusted input (a misconfigured proxy, a bug on the sender's side, a leaked
+secret), and a field of the wrong type used to surface much later as a ``TypeError`` in
+routing or an overflow in the database, retried for minutes and poisoning the routing
+batch it was in. Every field routing reads is checked here and a bad one raises
+:class:`PayloadError` with the field's name, so the delivery is recorded as rejected
+with that reason, at once. Commit shas must be hex (40 or 64 digits, SHA-1 or SHA-256
+repositories): they reach ``git`` later. Ids must fit the database's 64-bit integers;
+names and refs must fit their columns (255 characters) and hold no NUL, which
+PostgreSQL refuses in text.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 ZERO_SHA = "0" * 40
+MAX_ID = 2**63 - 1
+MAX_TEXT = 255  # names and refs routing stores (branch and ref columns)
+_SHA = re.compile(r"[0-9a-fA-F]{40}(?:[0-9a-fA-F]{24})?")
 
 
 class PayloadError(ValueError):
@@ -24,10 +41,48 @@ def _get(data: Any, *path: str) -> Any:
     return data
 
 
+def _checked_text(value: str, path: tuple[str, ...]) -> str:
+    if len(value) > MAX_TEXT or "\x00" in value:
+        raise PayloadError(f"payload field {'.'.join(path)} is not a name Slipway can store")
+    return value
+
+
 def _req_str(data: Any, *path: str) -> str:
     value = _get(data, *path)
     if not isinstance(value, str) or not value:
         raise PayloadError(f"payload has no {'.'.join(path)}")
+    return _checked_text(value, path)
+
+
+def _opt(data: Any, kind: type[_T], *path: str) -> _T | None:
+    """The field at ``path`` if it is a ``kind``; None if absent or null; else refused."""
+    value = _get(data, *path)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise PayloadError(f"payload field {'.'.join(path)} is not a {kind.__name__}")
+    if isinstance(value, str):
+        _checked_text(value, path)
+    return value
+
+
+def _flag(data: Any, *path: str) -> bool:
+    return bool(_opt(data, bool, *path))
+
+
+def _sha(data: Any, *path: str) -> str:
+    value = _opt(data, str, *path) or ZERO_SHA
+    if not _SHA.fullmatch(value):
+        raise PayloadError(f"payload field {'.'.join(path)} is not a commit sha")
+    return value.lower()
+
+
+def _id(data: Any, *path: str, required: bool = False) -> int | None:
+    value = _opt(data, int, *path)
+    if value is None and required:
+        raise PayloadError(f"payload has no {'.'.join(path)}")
+    if value is not None and not 0 < value <= MAX_ID:
+        raise PayloadError(f"payload field {'.'.join(path)} is out of range")
     return value
 
 
@@ -57,17 +112,17 @@ class Push:
 
     @classmethod
     def parse(cls, payload: dict[str, Any]) -> Push:
-        after = _get(payload, "after") or ZERO_SHA
+        after = _sha(payload, "after")
         return cls(
             repo=_req_str(payload, "repository", "full_name"),
             ref=_req_str(payload, "ref"),
-            before=_get(payload, "before") or ZERO_SHA,
+            before=_sha(payload, "before"),
             after=after,
-            deleted=bool(_get(payload, "deleted")) or after == ZERO_SHA,
-            created=bool(_get(payload, "created")),
-            default_branch=_get(payload, "repository", "default_branch")
-            or _get(payload, "repository", "master_branch"),
-            clone_url=_get(payload, "repository", "clone_url"),
+            deleted=_flag(payload, "deleted") or after == ZERO_SHA,
+            created=_flag(payload, "created"),
+            default_branch=_opt(payload, str, "repository", "default_branch")
+            or _opt(payload, str, "repository", "master_branch"),
+            clone_url=_opt(payload, str, "repository", "clone_url"),
         )
 
 
@@ -92,20 +147,25 @@ class PullRequest:
         pr = _get(payload, "pull_request")
         if not isinstance(pr, dict):
             raise PayloadError("payload has no pull_request")
-        number = _get(payload, "number") or pr.get("number")
-        if not isinstance(number, int):
+        number = _id(payload, "number") or _id(pr, "number")
+        if number is None:
             raise PayloadError("payload has no pull request number")
-        head_repo = _get(pr, "head", "repo", "full_name")
+        head_repo = _get(pr, "head", "repo")
+        if head_repo is not None and not isinstance(head_repo, dict):
+            raise PayloadError("payload field pull_request.head.repo is not an object")
+        head_sha = _req_str(pr, "head", "sha")
+        if not _SHA.fullmatch(head_sha):
+            raise PayloadError("payload field pull_request.head.sha is not a commit sha")
         return cls(
             action=_req_str(payload, "action"),
             number=number,
             repo=_req_str(payload, "repository", "full_name"),
             head_ref=_req_str(pr, "head", "ref").removeprefix("refs/heads/"),
-            head_sha=_req_str(pr, "head", "sha"),
-            head_repo=head_repo if isinstance(head_repo, str) else None,
+            head_sha=head_sha.lower(),
+            head_repo=_opt(head_repo, str, "full_name"),
             base_ref=_req_str(pr, "base", "ref"),
-            draft=bool(pr.get("draft")),
-            merged=bool(pr.get("merged")),
+            draft=_flag(pr, "draft"),
+            merged=_flag(pr, "merged"),
         )
 
 
@@ -115,12 +175,13 @@ class RepoRef:
     id: int | None = None
 
 
-def _repos(items: Any) -> list[RepoRef]:
+def _repos(payload: dict[str, Any], name: str) -> list[RepoRef]:
+    items = _opt(payload, list, name) or []
     out = []
-    for item in items or []:
-        if isinstance(item, dict) and isinstance(item.get("full_name"), str):
-            rid = item.get("id")
-            out.append(RepoRef(item["full_name"], rid if isinstance(rid, int) else None))
+    for item in items:
+        if not isinstance(item, dict):
+            raise PayloadError(f"payload field {name} lists something that is not a repository")
+        out.append(RepoRef(_req_str(item, "full_name"), _id(item, "id")))
     return out
 
 
@@ -137,22 +198,21 @@ class InstallationChange:
 
     @classmethod
     def parse(cls, event: str, payload: dict[str, Any]) -> InstallationChange:
-        installation_id = _get(payload, "installation", "id")
-        if not isinstance(installation_id, int):
-            raise PayloadError("payload has no installation.id")
+        installation_id = _id(payload, "installation", "id", required=True)
+        assert installation_id is not None
         action = _req_str(payload, "action")
         if event == "installation":
-            repos = _repos(payload.get("repositories"))
+            repos = _repos(payload, "repositories")
             added = repos if action in ("created", "new_permissions_accepted", "unsuspend") else []
             removed = repos if action in ("deleted", "suspend") else []
         else:
-            added = _repos(payload.get("repositories_added"))
-            removed = _repos(payload.get("repositories_removed"))
+            added = _repos(payload, "repositories_added")
+            removed = _repos(payload, "repositories_removed")
         return cls(
             event=event,
             action=action,
             installation_id=installation_id,
-            account=_get(payload, "installation", "account", "login"),
+            account=_opt(payload, str, "installation", "account", "login"),
             added=added,
             removed=removed,
         )

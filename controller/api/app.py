@@ -102,7 +102,9 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
         "/webhooks/github",
         count_deliveries(
             make_endpoint(
-                secret=lambda: services.settings.webhook_secret, writer=lambda: services.writer
+                secret=lambda: services.settings.webhook_secret,
+                writer=lambda: services.writer,
+                body_timeout=lambda: services.settings.github.webhook_body_timeout,
             )
         ),
         methods=["POST"],

@@ -16,9 +16,16 @@ Where it is committed depends on the database:
   and its routing are still made durable by one commit.
 
 A delivery id seen before inserts nothing (``ON CONFLICT DO NOTHING``) and reports
-``duplicate``; the first recording stays the one that is processed. If the commit fails,
-every waiting request gets the error and answers 503, so GitHub redelivers: nothing that
-was acknowledged is ever lost.
+``duplicate``; the first recording stays the one that is processed.
+
+If a group commit fails, its deliveries are committed again one by one, so one delivery
+that cannot be stored (the receiver validates bodies, but the next unforeseen bad value
+must not matter either) fails alone and never its neighbours. Each failure reaches its
+waiter classified: :class:`~controller.errors.InvalidInput` when the value could not be
+stored at all (the receiver answers 400: redelivering cannot help), else
+:class:`~controller.errors.TemporaryError` (503, so GitHub redelivers): nothing that was
+acknowledged is ever lost. Database errors are logged by type only, as their messages
+carry the bound parameters (the body).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import asyncio
 import functools
 import logging
 import queue as stdqueue
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +43,9 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, StatementError
 
+from controller.errors import InvalidInput, SlipwayError, TemporaryError
 from controller.store.db import Database
 from controller.store.inbox import Entry, Inbox
 from controller.store.tables import Delivery, Job, utcnow
@@ -43,6 +53,13 @@ from controller.store.tables import Delivery, Job, utcnow
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+MAX_BATCH_BYTES = 16 * 1024 * 1024  # a move reads this much body at most (but one entry)
+
+
+class Moved(int):
+    """How many inbox entries one move took; ``backlog`` says more are waiting."""
+
+    backlog: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,17 +132,22 @@ def insert_deliveries(conn: Connection, entries: Sequence[Entry]) -> set[str]:
     return set(ids)
 
 
-def move_from_inbox(db: Database, inbox: Inbox, *, limit: int = MAX_BATCH) -> int:
-    """Move the oldest waiting inbox entries into ``deliveries`` and routing jobs (one
-    main-database transaction), then forget them in the inbox. Returns how many were
-    taken; a crash in between only means moving them again, which inserts nothing."""
-    entries = inbox.oldest(limit)
+def move_from_inbox(
+    db: Database, inbox: Inbox, *, limit: int = MAX_BATCH, max_bytes: int = MAX_BATCH_BYTES
+) -> Moved:
+    """Move the oldest waiting inbox entries (at most ``limit``, and ``max_bytes`` of body
+    but always one) into ``deliveries`` and routing jobs (one main-database transaction),
+    then forget them in the inbox. Returns how many were taken; a crash in between only
+    means moving them again, which inserts nothing."""
+    entries = inbox.oldest(limit, max_bytes=max_bytes)
     if not entries:
-        return 0
+        return Moved(0)
     with db.writing(), db.engine.begin() as conn:
         insert_deliveries(conn, entries)
     inbox.forget(through=entries[-1].seq)
-    return len(entries)
+    moved = Moved(len(entries))
+    moved.backlog = inbox.waiting()
+    return moved
 
 
 def prune_deliveries(
@@ -249,20 +271,69 @@ class DeliveryWriter:
                     body=item.body,
                     received_at=now,
                 )
-        try:
-            created = self._commit(list(fresh.values()))
-        except Exception as exc:  # every waiter learns of it; GitHub will redeliver
-            log.exception("could not record %d webhook deliveries", len(batch))
-            for _item, loop, future in batch:
-                loop.call_soon_threadsafe(_set_exception, future, exc)
-            return
+        created, failed = self._commit_isolated(list(fresh.values()))
         answered: set[str] = set()
         for item, loop, future in batch:
+            error = failed.get(item.delivery_id)
+            if error is not None:
+                loop.call_soon_threadsafe(_set_exception, future, error)
+                continue
             new = item.delivery_id in created and item.delivery_id not in answered
             answered.add(item.delivery_id)
             loop.call_soon_threadsafe(_set_result, future, new)
         if self.on_commit and created:
             self.on_commit()
+
+    def _commit_isolated(self, entries: list[Entry]) -> tuple[set[str], dict[str, SlipwayError]]:
+        """Commit ``entries`` together, or else one by one: returns the new delivery ids
+        and, per delivery id, why it could not be recorded."""
+        try:
+            return self._commit(entries), {}
+        except Exception as exc:
+            if len(entries) == 1:
+                return set(), {entries[0].delivery_id: _classified(exc)}
+            log.warning(
+                "a group commit of %d webhook deliveries failed (%s); committing them one by one",
+                len(entries),
+                _kind(exc),
+            )
+        created: set[str] = set()
+        failed: dict[str, SlipwayError] = {}
+        for entry in entries:
+            try:
+                created |= self._commit([entry])
+            except Exception as exc:
+                failed[entry.delivery_id] = _classified(exc)
+        return created, failed
+
+
+_UNSTORABLE = (
+    UnicodeError,
+    ValueError,
+    OverflowError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    DataError,
+)
+
+
+def _kind(exc: BaseException) -> str:
+    """The exception's type, and its driver's error type: never its message."""
+    orig = getattr(exc, "orig", None)
+    return f"{type(exc).__name__}/{type(orig).__name__}" if orig is not None else type(exc).__name__
+
+
+def _classified(exc: BaseException) -> SlipwayError:
+    orig = exc.orig if isinstance(exc, StatementError) else None
+    if isinstance(exc, _UNSTORABLE) or isinstance(orig, _UNSTORABLE):
+        error: SlipwayError = InvalidInput(
+            f"the delivery cannot be stored ({_kind(exc)}); it is not valid UTF-8 JSON"
+        )
+    else:
+        error = TemporaryError(f"the database could not record the delivery ({_kind(exc)})")
+    error.__cause__ = exc
+    return error
 
 
 def _set_result(future: asyncio.Future[bool], value: bool) -> None:

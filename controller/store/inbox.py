@@ -178,14 +178,37 @@ class Inbox:
 
     # -- the router -----------------------------------------------------------------------
 
-    def oldest(self, limit: int) -> list[Entry]:
-        """Up to ``limit`` waiting entries, in arrival order (a read: never blocks)."""
+    def oldest(self, limit: int, *, max_bytes: int | None = None) -> list[Entry]:
+        """Up to ``limit`` waiting entries, in arrival order (a read: never blocks).
+
+        With ``max_bytes``, no more entries than fit in that many bytes of body (but
+        always the first one): the sizes are read first (``length()`` of a blob reads no
+        blob), then only the bodies that fit."""
         conn = self._connection()
-        rows = conn.execute(
-            "SELECT seq, delivery_id, event, action, repo_lower, body, received_at"
-            " FROM inbox ORDER BY seq LIMIT ?",
-            (limit,),
-        ).fetchall()
+        if max_bytes is not None:
+            total, through = 0, None
+            for n, (seq, size) in enumerate(
+                conn.execute(
+                    "SELECT seq, length(body) FROM inbox ORDER BY seq LIMIT ?", (limit,)
+                ).fetchall()
+            ):
+                total += size or 0
+                if n and total > max_bytes:
+                    break
+                through = seq
+            if through is None:
+                return []
+            query = (
+                "SELECT seq, delivery_id, event, action, repo_lower, body, received_at"
+                " FROM inbox WHERE seq <= ? ORDER BY seq LIMIT ?"
+            )
+            rows = conn.execute(query, (through, limit)).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT seq, delivery_id, event, action, repo_lower, body, received_at"
+                " FROM inbox ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
         return [
             Entry(
                 seq=seq,
@@ -217,6 +240,10 @@ class Inbox:
                 tx.execute("DELETE FROM inbox WHERE seq <= ?", (through,))
         finally:
             conn.execute("PRAGMA synchronous=FULL")
+
+    def waiting(self) -> bool:
+        """Whether any entry waits to be moved (a read: never blocks)."""
+        return self._connection().execute("SELECT 1 FROM inbox LIMIT 1").fetchone() is not None
 
     def count(self) -> int:
         return int(self._connection().execute("SELECT count(*) FROM inbox").fetchone()[0])

@@ -20,6 +20,7 @@ from support.payloads import body_of, push
 
 from controller.deployments import env_key
 from controller.dispatch import process_delivery
+from controller.errors import InvalidInput, TemporaryError
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 from controller.store.deliveries import (
@@ -200,8 +201,10 @@ def test_a_failed_write_reaches_every_waiter_and_leaves_nothing_behind(
     results = writer.record(items)
 
     assert len(results) == 20
-    assert all(isinstance(result, DBAPIError) for result in results), results
-    assert "jobs" in str(results[0])
+    assert all(isinstance(result, TemporaryError) for result in results), results
+    assert all(isinstance(result.__cause__, DBAPIError) for result in results), results
+    assert "jobs" in str(results[0].__cause__)
+    assert "jobs" not in str(results[0]), "the message names the error type, not its SQL"
     with database.engine.begin() as conn:
         conn.execute(text("ALTER TABLE jobs_away RENAME TO jobs"))
     assert count(database, Delivery) == 0
@@ -212,6 +215,25 @@ def test_a_failed_write_reaches_every_waiter_and_leaves_nothing_behind(
     assert writer.record(items) == [True] * 20
     assert count(database, Delivery) == 20
     assert count(database, Job) == 20
+
+
+def test_a_delivery_that_cannot_be_stored_fails_alone_not_its_batch(
+    database: Database, writer: Writer, push_body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12: one value the database refuses (a lone surrogate cannot be encoded)
+    used to fail the whole group commit, and every delivery in it answered 503."""
+    good = [incoming(push_body) for _ in range(10)]
+    bad = incoming(push_body, repo="octo-org/\ud800")
+    items = [*good[:5], bad, *good[5:]]
+
+    results = writer.record(items)
+
+    assert results[:5] + results[6:] == [True] * 10, results
+    assert isinstance(results[5], InvalidInput), results[5]
+    assert "\ud800" not in str(results[5])
+    assert count(database, Delivery) == 10
+    assert count(database, Job) == 10
+    assert all("\ud800" not in r.getMessage() for r in caplog.records)
 
 
 # -- retention ---------------------------------------------------------------------------
@@ -308,6 +330,25 @@ def test_moving_the_inbox_keeps_arrival_order_and_empties_it(
     assert {job.status for job in jobs} == {"queued"}
 
 
+def test_a_move_is_bounded_by_bytes_as_well_as_count(
+    sqlite_database: Database, sqlite_writer: Writer, push_body: bytes
+) -> None:
+    """Issue 15: a backlog of large deliveries is moved a few at a time, not 256 bodies
+    at once; the first entry always goes, however large."""
+    large = push_body[:-1] + b',"padding":"' + b"x" * 100_000 + b'"}'
+    items, inbox = waiting_in_inbox(sqlite_writer, large, 10)
+
+    first = move_from_inbox(sqlite_database, inbox, max_bytes=250_000)
+    assert (first, first.backlog) == (2, True)
+    assert inbox.oldest(100, max_bytes=1) == inbox.oldest(1)
+    assert move_from_inbox(sqlite_database, inbox, max_bytes=1) == 1
+    rest = move_from_inbox(sqlite_database, inbox)
+    assert (rest, rest.backlog) == (7, False)
+    with sqlite_database.read() as session:
+        moved = session.execute(select(Delivery.delivery_id).order_by(Delivery.id)).scalars()
+        assert list(moved) == [item.delivery_id for item in items]
+
+
 def test_a_move_interrupted_before_the_inbox_forgets_is_not_routed_twice(
     sqlite_database: Database,
     sqlite_writer: Writer,
@@ -366,7 +407,8 @@ def test_a_failed_inbox_write_reaches_every_waiter_and_records_nothing(
     results = sqlite_writer.record(items, move=False)
 
     assert len(results) == 20
-    assert all(isinstance(result, sqlite3.OperationalError) for result in results), results
+    assert all(isinstance(result, TemporaryError) for result in results), results
+    assert all(isinstance(r.__cause__, sqlite3.OperationalError) for r in results), results
     assert sqlite_writer.commits == 0
     other.execute("ALTER TABLE inbox_away RENAME TO inbox")
     other.close()
