@@ -200,7 +200,8 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
 @main.command(hidden=True)
 @click.option("--log-level", default="warning")
 @click.option("--parent", type=int, default=None)
-def controller(log_level: str, parent: int | None) -> None:
+@click.option("--ready-fd", type=int, default=None, help="a pipe to write `ready` to once started")
+def controller(log_level: str, parent: int | None, ready_fd: int | None) -> None:
     """The controller process `slipway serve` supervises (routing, builds, resync)."""
     import logging
 
@@ -213,7 +214,7 @@ def controller(log_level: str, parent: int | None) -> None:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings, _notices = prepare(load_settings())
-    run_controller(Services(settings, role="controller"), parent=parent)
+    run_controller(Services(settings, role="controller"), parent=parent, ready_fd=ready_fd)
 
 
 # -- projects --------------------------------------------------------------------------

@@ -143,6 +143,8 @@ class Services:
             return ["controller not started"]
         if self.child is not None and not self.child.alive:
             return ["the controller process is not running (it is being restarted)"]
+        if self.child is not None and not self.child.ready:
+            return ["the controller process is starting"]
         return []
 
     # -- job handlers ---------------------------------------------------------------------
