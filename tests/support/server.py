@@ -168,7 +168,7 @@ class Server:
         """:func:`~support.waiting.poll_until` with the server log in the failure."""
         return poll_until(predicate, timeout=timeout, interval=interval, context=self._log_section)
 
-    def wait_deployment(self, deployment_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    def wait_deployment(self, deployment_id: str, timeout: float = 240.0) -> dict[str, Any]:
         final = {"deployed", "failed", "canceled", "superseded", "timed_out"}
 
         def done() -> dict[str, Any] | None:
