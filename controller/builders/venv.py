@@ -42,6 +42,7 @@ from controller.builders.commands import (
     minimal_env,
     run_command,
 )
+from controller.datadir import open_private, private_dir
 from controller.errors import BuildFailed
 
 DEPENDENCY_FILES = ("pyproject.toml", "uv.lock", "poetry.lock", "setup.py", "setup.cfg")
@@ -116,8 +117,8 @@ class VirtualenvBuilder:
         self.commands = commands
         self.python = python
         self._python_version = python_version(python)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.home_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.cache_dir)
+        private_dir(self.home_dir)
 
     def cache_key(self, root: Path, command: str | None) -> str:
         digest = hashlib.sha256()
@@ -155,7 +156,7 @@ class VirtualenvBuilder:
         log(f"Install command: {command or '(none)'} — {why}")
         key = self.cache_key(root, command)
         venv = self.cache_dir / key
-        with open(self.cache_dir / f"{key}.lock", "w") as lock:
+        with open_private(self.cache_dir / f"{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if (venv / MARKER).is_file():
                 log(f"Dependencies unchanged: reusing cached environment {key[:12]}")
