@@ -27,6 +27,7 @@ from sqlalchemy import select
 
 from controller.builders.commands import CommandRegistry
 from controller.builders.venv import VirtualenvBuilder
+from controller.datadir import private_dir
 from controller.deployments import orphaned_queued_deployments
 from controller.dispatch import route_pending
 from controller.errors import PermanentError
@@ -123,8 +124,7 @@ class Services:
         self.builder = VirtualenvBuilder(
             cache_dir=data / "envs", home_dir=data / "home", commands=self.commands
         )
-        self.uploads = data / "uploads"
-        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.uploads = private_dir(data / "uploads")
         self.manager = Manager(
             self.queue,
             [

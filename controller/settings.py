@@ -22,6 +22,8 @@ from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.datadir import DIR_MODE
+
 _CONFIG = SettingsConfigDict(env_prefix="SLIPWAY_", env_file=".env", extra="ignore")
 
 
@@ -184,9 +186,16 @@ def prepare(settings: Settings) -> tuple[Settings, list[str]]:
     """
     notices: list[str] = []
     data_dir = settings.server.data_dir.expanduser().resolve()
-    # Created private: it holds the database, webhook payloads, logs and the keys. (An
-    # existing directory keeps the permissions its owner gave it.)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Private, even when it existed: it holds the database, webhook payloads, logs and the
+    # keys, and it is Slipway's (see controller.datadir).
+    data_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    try:
+        data_dir.chmod(DIR_MODE)
+    except PermissionError:
+        notices.append(
+            f"Could not make {data_dir} private (mode 0700): it belongs to another user; "
+            "run `chmod 700` on it as its owner."
+        )
     server = settings.server.model_copy(update={"data_dir": data_dir})
     security = settings.security
     if security.admin_token is None:

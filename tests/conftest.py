@@ -4,6 +4,10 @@
 ``SLIPWAY_TEST_DATABASE_URL`` (``.ci/run`` installs and starts it); without it the
 PostgreSQL half is skipped with a reason — except under ``CI=true``, where a missing
 database is an error, so CI never passes by skipping.
+
+Tests wait with ``support.waiting`` (deadlines scaled by ``SLIPWAY_TEST_TIMEOUT_SCALE``);
+the per-test timeout from ``pyproject.toml`` is scaled with them here, so a scale above 1
+never makes a wait outlast its test.
 """
 
 from __future__ import annotations
@@ -17,12 +21,22 @@ import pytest
 from sqlalchemy import create_engine, text
 from support.repos import TaskRepo
 from support.server import Server
+from support.waiting import SCALE
 
 from controller.settings import normalise_database_url
 from controller.store.db import Database
 
 PG_URL = os.environ.get("SLIPWAY_TEST_DATABASE_URL")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    base = config.getini("timeout")
+    if SCALE == 1 or not base:
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(float(base) * SCALE))
 
 
 def _postgres_database() -> Iterator[str]:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.datadir import private_dir, write_private
 from controller.errors import BuildFailed
 
 PASSTHROUGH = (
@@ -89,12 +90,12 @@ class CommandRegistry:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
 
     def add(self, pid: int) -> None:
         started = _start_time(pid)
         if started is not None:
-            (self.directory / str(pid)).write_text(started)
+            write_private(self.directory / str(pid), started)
 
     def remove(self, pid: int) -> None:
         (self.directory / str(pid)).unlink(missing_ok=True)

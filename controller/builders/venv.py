@@ -57,6 +57,7 @@ from controller.builders.commands import (
     minimal_env,
     run_command,
 )
+from controller.datadir import open_private, private_dir
 from controller.errors import BuildFailed
 
 DEPENDENCY_FILES = ("pyproject.toml", "uv.lock", "poetry.lock", "setup.py", "setup.cfg")
@@ -175,8 +176,8 @@ class VirtualenvBuilder:
         self.commands = commands
         self.python = python
         self._python_version = python_version(python)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.home_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.cache_dir)
+        private_dir(self.home_dir)
 
     def cache_key(
         self, root: Path, command: str | None, build_env: dict[str, str] | None = None
@@ -223,7 +224,7 @@ class VirtualenvBuilder:
         log(f"Install command: {command or '(none)'} — {why}")
         key = self.cache_key(root, command, build_env)
         venv = self.cache_dir / key
-        with open(self.cache_dir / f"{key}.lock", "w") as lock:
+        with open_private(self.cache_dir / f"{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if (venv / MARKER).is_file():
                 log(f"Dependencies unchanged: reusing cached environment {key[:12]}")

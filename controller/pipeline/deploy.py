@@ -47,6 +47,7 @@ from sqlalchemy import select
 
 from controller.builders.base import Builder
 from controller.builders.config import BuildConfig, load_config
+from controller.datadir import private_dir
 from controller.deployments import project_not_deploying_reason
 from controller.errors import BuildFailed, PermanentError, TemporaryError
 from controller.ids import new_id
@@ -109,8 +110,8 @@ class Pipeline:
         self.stopping = stopping
         self.builds = data_dir / "builds"
         self.artifacts = data_dir / "artifacts"
-        self.builds.mkdir(parents=True, exist_ok=True)
-        self.artifacts.mkdir(parents=True, exist_ok=True)
+        private_dir(self.builds)
+        private_dir(self.artifacts)
 
     # -- entry point ----------------------------------------------------------------------
 

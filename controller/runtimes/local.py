@@ -48,6 +48,7 @@ from typing import Any
 
 import httpx
 
+from controller.datadir import open_private, private_dir, write_private
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes.base import VersionSpec
 from controller.runtimes.procs import kill_session, session_of, workers_marked
@@ -132,7 +133,7 @@ class LocalRuntime:
         self.logs = data_dir / "logs" / "workers"
         self.home = data_dir / "home"
         for path in (self.registry, self.logs, self.home):
-            path.mkdir(parents=True, exist_ok=True)
+            private_dir(path)
         self.start_timeout = start_timeout
         self.drain_timeout = drain_timeout
         self.may_start = may_start
@@ -216,7 +217,7 @@ class LocalRuntime:
         }
         context = {**spec.context, "version": spec.version, "version_id": spec.version_id}
         log_path = self.logs / f"{spec.version_id}.log"
-        stderr = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        stderr = open_private(log_path, "ab")  # handed to the child
         try:
             proc = subprocess.Popen(
                 [
@@ -263,8 +264,9 @@ class LocalRuntime:
             raise RuntimeUnavailable(
                 f"the worker of version {spec.version} failed its health check"
             )
-        (self.registry / f"{spec.version_id}.json").write_text(
-            json.dumps({"pid": proc.pid, "port": worker.port, "version": spec.version})
+        write_private(
+            self.registry / f"{spec.version_id}.json",
+            json.dumps({"pid": proc.pid, "port": worker.port, "version": spec.version}),
         )
         log.info(
             "started worker for version %s (pid %s, port %s)", spec.version, proc.pid, worker.port
@@ -312,7 +314,7 @@ class LocalRuntime:
     @staticmethod
     def _drain_stdout(proc: subprocess.Popen[bytes], log_path: Path) -> None:
         assert proc.stdout is not None
-        with proc.stdout, open(log_path, "ab") as out:
+        with proc.stdout, open_private(log_path, "ab") as out:
             stream = proc.stdout
             for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
                 out.write(chunk)

@@ -54,6 +54,7 @@ from urllib.parse import unquote, urlsplit
 
 import git
 
+from controller.datadir import private_dir
 from controller.errors import (
     InvalidInput,
     PermanentError,
@@ -120,7 +121,7 @@ class GitSource:
         sha = _check_sha(sha)
         remote = _parse_remote(clone_url)
         mirror = self._mirror(remote)
-        self._cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self._cache_dir)
         with tempfile.TemporaryDirectory(prefix=".export-", dir=self._cache_dir) as tmp:
             tree = Path(tmp) / "tree.tar"
             with self._locked(remote, exclusive=False):
@@ -260,7 +261,7 @@ class GitSource:
 
     @contextlib.contextmanager
     def _locked(self, remote: _Remote, *, exclusive: bool) -> Iterator[None]:
-        self._cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self._cache_dir)
         fd = os.open(self._cache_dir / f"{remote.key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             operation = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB

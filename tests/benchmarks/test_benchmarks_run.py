@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.waiting import scaled
 
 HERE = Path(__file__).parent
 
@@ -24,7 +25,7 @@ def test_the_intake_benchmark_runs_and_loses_no_acknowledged_delivery(tmp_path: 
         [sys.executable, str(HERE / "webhook_intake.py"), "--quick", "--output", str(out)],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=scaled(240),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())

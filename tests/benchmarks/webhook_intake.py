@@ -334,7 +334,8 @@ def start_slipway(
             stdin=subprocess.DEVNULL,
         )
     server = Server("slipway", proc, port, log, data_dir, database_url)
-    wait_until(server, lambda: http("GET", f"{server.url}/readyz", timeout=2)[0] == 200, 60)
+    # /readyz includes the controller process, which a busy machine starts slowly (nice +10).
+    wait_until(server, lambda: http("GET", f"{server.url}/readyz", timeout=10)[0] == 200, 180)
     return server
 
 

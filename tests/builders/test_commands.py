@@ -4,12 +4,12 @@ by the next one, and nothing else is."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.procs import alive
+from support.waiting import poll_until, scaled
 
 from controller.builders.commands import CommandRegistry, minimal_env, run_command
 
@@ -34,19 +34,13 @@ def test_a_command_left_running_by_a_killed_controller_is_stopped_with_its_child
     tmp_path: Path, group: subprocess.Popen[bytes]
 ) -> None:
     CommandRegistry(tmp_path / "commands").add(group.pid)  # then the controller "died"
-    deadline = time.monotonic() + 5
-    while not children(group.pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    (sleeper,) = children(group.pid)
+    (sleeper,) = poll_until(lambda: children(group.pid), what="the shell's child")
 
     next_controller = CommandRegistry(tmp_path / "commands")
     assert next_controller.reap() == 1
 
-    assert group.wait(timeout=5) == -9
-    deadline = time.monotonic() + 5
-    while alive(sleeper) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not alive(sleeper), "the whole process group, not only the shell"
+    assert group.wait(timeout=scaled(60)) == -9
+    poll_until(lambda: not alive(sleeper), what="the whole process group, not only the shell")
     assert list((tmp_path / "commands").iterdir()) == []
 
 
@@ -73,7 +67,7 @@ def test_a_finished_command_is_no_longer_registered(tmp_path: Path) -> None:
         "echo running",
         cwd=tmp_path,
         env=minimal_env(venv=None, home=tmp_path),
-        timeout=30,
+        timeout=scaled(60),
         log=log,
         label="test command",
         registry=registry,

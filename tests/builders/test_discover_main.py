@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.waiting import scaled
 
 import controller.builders
 from controller import taskfiles
@@ -113,7 +114,7 @@ def discover(
         [python, "-I", "-B", str(DISCOVER_MAIN), "--source", str(source), "--tasks-dir", tasks_dir],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
         check=False,
         cwd=source.parent,
     )

@@ -12,6 +12,7 @@ import pytest
 from support import payloads
 from support.repos import TaskRepo
 from support.server import Server
+from support.waiting import scaled
 
 REPO = "octo-org/demo"
 
@@ -27,7 +28,7 @@ def cli(server: Server, *args: str, check: bool = True) -> subprocess.CompletedP
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=scaled(300),
         cwd=server.data_dir.parent,
     )
     if check and result.returncode != 0:
@@ -72,7 +73,7 @@ class Flow:
                     return dep
             return None
 
-        return dict(self.server.wait_for(find, timeout=30))
+        return dict(self.server.wait_for(find))
 
     def pull_request(
         self, action: str, *, branch: str, sha: str, number: int = 7, **kw: Any

@@ -14,18 +14,26 @@ from support.procs import stat_fields
 from support.server import Server
 
 
-def test_three_quick_pushes_the_middle_one_is_superseded(server: Server, task_repo) -> None:  # type: ignore[no-untyped-def]
+def test_three_quick_pushes_the_middle_one_is_superseded(
+    server: Server, task_repo, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     flow = Flow(server, task_repo)
-    # A slow pre-build keeps the first deployment busy while the next two arrive.
-    flow.connect(pre_build_command="sleep 2")
+    # A held pre-build keeps the first deployment busy until all three are routed (a
+    # "sleep 2" could end first on a busy machine, and then nothing is superseded).
+    hold = tmp_path / "hold"
+    hold.touch()
+    flow.connect(pre_build_command=f"while [ -e {hold} ]; do sleep 0.05; done")
     shas = [task_repo.head(), task_repo.set_message("v2"), task_repo.set_message("v3")]
     before = "0" * 40
-    for sha in shas:
-        response = server.deliver("push", payloads.push(repo=REPO, before=before, after=sha))
-        assert response.status_code == 202
-        before = sha
-    deps = {d["sha"]: d for d in (flow.deployment_for(sha) for sha in shas)}
-    last = server.wait_deployment(deps[shas[2]]["id"], timeout=120)
+    try:
+        for sha in shas:
+            response = server.deliver("push", payloads.push(repo=REPO, before=before, after=sha))
+            assert response.status_code == 202
+            before = sha
+        deps = {d["sha"]: d for d in (flow.deployment_for(sha) for sha in shas)}
+    finally:
+        hold.unlink(missing_ok=True)
+    last = server.wait_deployment(deps[shas[2]]["id"])
     assert last["status"] == "deployed"
     middle = server.ok("GET", f"/api/v1/deployments/{deps[shas[1]]['id']}")
     assert middle["status"] == "superseded"
@@ -154,7 +162,7 @@ def test_a_burst_acknowledged_before_a_crash_is_routed_once_after_restart(
         rows, waiting = _delivery_rows(server.data_dir)
         return rows if waiting == 0 and len(rows) == len(ids) and all(p for _, p in rows) else None
 
-    rows = server.wait_for(routed, timeout=60)
+    rows = server.wait_for(routed)
     assert sorted(d for d, _ in rows) == sorted(ids), "each one exactly once"
     again = server.deliver("push", body, delivery=ids[0])
     assert again.status_code == 202 and again.json()["duplicate"] is True

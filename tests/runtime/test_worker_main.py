@@ -1,4 +1,9 @@
-"""The per-version worker, run for real: ``python -I -B worker_main.py`` on a sample repo."""
+"""The per-version worker, run for real: ``python -I -B worker_main.py`` on a sample repo.
+
+No test here relies on timing: a run that must still be in flight waits on a gate file
+(``tasks/gated.py``), concurrency is shown by two runs that each wait for the other, and
+deadlines only bound how long a broken test takes to fail (``support.waiting``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.waiting import poll_until, scaled
 
 import controller.runtimes
 
@@ -95,6 +100,23 @@ SAMPLE_TASKS = {
         def run(payload, ctx):
             time.sleep(payload["seconds"])
             return "rested"
+    """,
+    "tasks/gated.py": """
+        import os
+        import time
+
+        def run(payload, ctx):
+            # Until the test opens the gate (or, with "meet", until the other run arrived).
+            deadline = time.monotonic() + payload["deadline"]
+            if payload.get("meet"):
+                open(payload["meet"] + "." + payload["me"], "w").close()
+                wanted = payload["meet"] + "." + payload["other"]
+                while not os.path.exists(wanted) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                return "met" if os.path.exists(wanted) else "alone"
+            while not os.path.exists(payload["gate"]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return "through"
     """,
     "tasks/chatty.py": """
         import os
@@ -193,7 +215,9 @@ class RunningWorker:
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.ready['port']}", timeout=30)
+        self.client = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.ready['port']}", timeout=scaled(60)
+        )
 
     def run(self, task_id: str, payload: Any = None, **extra: Any) -> httpx.Response:
         body = {"run_id": f"run_{task_id}", "task_id": task_id, "payload": payload, **extra}
@@ -207,7 +231,7 @@ class RunningWorker:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=scaled(60))
         leftovers = processes_for(self.source)
         for pid in leftovers:
             with contextlib.suppress(OSError):
@@ -218,11 +242,11 @@ class RunningWorker:
         assert not leftovers, f"processes left behind: {leftovers}"
 
 
-def read_line(proc: subprocess.Popen[bytes], timeout: float = 15) -> bytes:
+def read_line(proc: subprocess.Popen[bytes], timeout: float = 60) -> bytes:
     assert proc.stdout is not None
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
+        if not selector.select(scaled(timeout)):
             raise TimeoutError("the worker printed nothing on stdout")
     return proc.stdout.readline()
 
@@ -274,14 +298,6 @@ def running_worker(source: Path) -> Iterator[RunningWorker]:
         proc.stdout.close()
 
 
-def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
-
-
 @pytest.fixture(scope="module")
 def sample_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_repo(tmp_path_factory.mktemp("repo") / "source", SAMPLE_TASKS)
@@ -301,6 +317,7 @@ EXPECTED_TASKS = [
     "exits",
     "fails",
     "forks",
+    "gated",
     "hello",
     "not_json",
     "relative",
@@ -418,33 +435,37 @@ def test_a_dying_run_does_not_take_the_worker_down(worker: RunningWorker) -> Non
 
 
 def test_max_duration_times_out_the_run(worker: RunningWorker) -> None:
-    started = time.monotonic()
-    result = worker.run("slow").json()
+    result = worker.run("slow").json()  # it would sleep 30 s
     assert result["status"] == "timed_out"
     assert "0.5s" in result["error"]["message"]
     assert "starting slowly" in result["logs"]
-    assert 0.4 < time.monotonic() - started < 3
+    assert result["duration_ms"] >= 500
 
 
 def test_request_timeout_is_honoured(worker: RunningWorker) -> None:
-    result = worker.run("sleepy", {"seconds": 10}, timeout=0.3).json()
+    result = worker.run("sleepy", {"seconds": 60}, timeout=0.3).json()
     assert result["status"] == "timed_out"
-    assert result["duration_ms"] < 3000
+    assert 300 <= result["duration_ms"] < 60_000, "cut at the request's timeout"
 
 
 def test_subprocesses_left_behind_are_killed(worker: RunningWorker) -> None:
     result = worker.run("forks").json()
     assert result["status"] == "completed"
-    wait_until(lambda: is_gone(result["output"]))
+    poll_until(lambda: is_gone(result["output"]))
 
 
-def test_runs_execute_concurrently(worker: RunningWorker) -> None:
-    started = time.monotonic()
+def test_runs_execute_concurrently(worker: RunningWorker, tmp_path: Path) -> None:
+    """Each run waits for the other to have started: run one after the other, the first
+    would give up alone at its deadline."""
+    meet = str(tmp_path / "meet")
+
+    def run(me: str, other: str) -> Any:
+        payload = {"meet": meet, "me": me, "other": other, "deadline": scaled(60)}
+        return worker.run("gated", payload).json()
+
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda _: worker.run("sleepy", {"seconds": 1}).json(), [1, 2]))
-    elapsed = time.monotonic() - started
-    assert [r["output"] for r in results] == ["rested", "rested"]
-    assert elapsed < 1.8, elapsed
+        results = list(pool.map(run, ["a", "b"], ["b", "a"]))
+    assert [r["output"] for r in results] == ["met", "met"]
 
 
 def test_bad_requests(worker: RunningWorker) -> None:
@@ -485,26 +506,31 @@ def test_sigterm_drains_in_flight_runs_then_exits_0(tmp_path: Path) -> None:
     with running_worker(source) as worker:
         results: dict[str, Any] = {}
 
+        gate = tmp_path / "gate"
+        payload = {"gate": str(gate), "deadline": scaled(120)}
+
         def in_flight() -> None:
-            with httpx.Client(base_url=str(worker.client.base_url), timeout=30) as client:
-                body = {"run_id": "run_long", "task_id": "sleepy", "payload": {"seconds": 1}}
+            with httpx.Client(base_url=str(worker.client.base_url), timeout=scaled(180)) as client:
+                body = {"run_id": "run_long", "task_id": "gated", "payload": payload}
                 results["long"] = client.post("/runs", json=body)
 
         thread = threading.Thread(target=in_flight)
         thread.start()
         try:
-            wait_until(lambda: worker.client.get("/health").json()["in_flight"] == 1)
+            poll_until(lambda: worker.client.get("/health").json()["in_flight"] == 1)
             worker.proc.send_signal(signal.SIGTERM)
-            wait_until(lambda: worker.client.get("/health").status_code == 503)
+            poll_until(lambda: worker.client.get("/health").status_code == 503)
             assert worker.client.get("/health").json()["status"] == "draining"
             refused = worker.run("hello", {"name": "late"})
             assert refused.status_code == 503
         finally:
-            thread.join(timeout=10)
+            gate.touch()
+            thread.join(timeout=scaled(180))
         assert results["long"].status_code == 200
         assert results["long"].json()["status"] == "completed"
-        assert worker.proc.wait(timeout=10) == 0
-        wait_until(lambda: not processes_for(source))
+        assert results["long"].json()["output"] == "through"
+        assert worker.proc.wait(timeout=scaled(60)) == 0
+        poll_until(lambda: not processes_for(source))
 
 
 def test_a_killed_worker_leaves_no_runs_behind(tmp_path: Path) -> None:
@@ -512,16 +538,18 @@ def test_a_killed_worker_leaves_no_runs_behind(tmp_path: Path) -> None:
     proc = spawn_worker(source, tmp_path / "stderr")
     try:
         ready = json.loads(read_line(proc))
-        with httpx.Client(base_url=f"http://127.0.0.1:{ready['port']}", timeout=30) as client:
-            body = {"run_id": "run_orphan", "task_id": "sleepy", "payload": {"seconds": 30}}
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{ready['port']}", timeout=scaled(60)
+        ) as client:
+            body = {"run_id": "run_orphan", "task_id": "sleepy", "payload": {"seconds": 300}}
             thread = threading.Thread(target=_post_ignoring_errors, args=(client, body))
             thread.start()
-            wait_until(lambda: client.get("/health").json()["in_flight"] == 1)
-            wait_until(lambda: len(processes_for(source)) == 3)
+            poll_until(lambda: client.get("/health").json()["in_flight"] == 1)
+            poll_until(lambda: len(processes_for(source)) == 3)
             proc.kill()
-            proc.wait(timeout=10)
-            thread.join(timeout=10)
-        wait_until(lambda: not processes_for(source))
+            proc.wait(timeout=scaled(60))
+            thread.join(timeout=scaled(60))
+        poll_until(lambda: not processes_for(source))
     finally:
         for pid in processes_for(source):
             subprocess.run(["kill", "-9", str(pid)], check=False)

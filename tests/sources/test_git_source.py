@@ -9,12 +9,12 @@ import socket
 import stat
 import subprocess
 import threading
-import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from support.waiting import scaled
 
 from controller.errors import PermanentError, SourceNotFound, SourceUnavailable
 from controller.sources.archive import content_digest
@@ -184,19 +184,19 @@ def test_http_errors_are_classified_and_no_credential_leaks(error_server, source
 def test_a_hanging_server_is_killed_after_the_timeout(error_server, tmp_path):
     error_server.status = None
     source = GitSource(tmp_path / "cache", timeout=1)
-    started = time.monotonic()
 
+    # The server hangs for 60 s (see ErrorServer): only our timeout says "timed out".
     with pytest.raises(SourceUnavailable, match="timed out after 1s"):
         source.fetch(clone_url=f"{error_server.url}/octo-org/demo.git", sha="1234abc")
-
-    assert time.monotonic() - started < 20
 
 
 def test_fetch_and_reads_wait_for_the_mirror_lock(upstream, tmp_path):
     url = str(upstream.path)
     sha = upstream.git("rev-parse", "HEAD")
     GitSource(tmp_path / "cache").fetch(clone_url=url, sha=sha)
-    impatient = GitSource(tmp_path / "cache", timeout=0.2)
+    impatient = GitSource(tmp_path / "cache", timeout=0.2)  # waits 0.2 s for the lock
+    # ...and gives git 0.2 s too, too little on a busy machine: what must succeed gets time.
+    patient = GitSource(tmp_path / "cache", timeout=scaled(60))
     (lock,) = (tmp_path / "cache").glob("*.lock")
 
     with lock.open("rb") as held:
@@ -206,7 +206,7 @@ def test_fetch_and_reads_wait_for_the_mirror_lock(upstream, tmp_path):
         with pytest.raises(SourceUnavailable, match="busy"):
             impatient.read_file(clone_url=url, sha=sha, path="README.md")
         fcntl.flock(held, fcntl.LOCK_SH)  # another process is exporting: reads go ahead
-        assert impatient.read_file(clone_url=url, sha=sha, path="README.md") == b"# demo\n"
+        assert patient.read_file(clone_url=url, sha=sha, path="README.md") == b"# demo\n"
         with pytest.raises(SourceUnavailable, match="busy"):
             impatient.fetch(clone_url=url, sha=sha)
 
@@ -238,7 +238,7 @@ def test_concurrent_fetches_of_one_mirror_are_safe(upstream, tmp_path):
 
     def deploy(index: int) -> str:
         source = GitSource(cache, timeout=60)  # as separate processes would: own descriptors
-        start.wait(timeout=30)
+        start.wait(timeout=scaled(60))
         source.fetch(clone_url=url, sha=commits[index % 2])
         return source.export(clone_url=url, sha=commits[0], dest=tmp_path / f"out{index}")
 

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from support.payloads import body_of, push
+from support.waiting import scaled
 
 from controller.deployments import env_key
 from controller.dispatch import process_delivery
@@ -66,7 +67,7 @@ class Writer:
             self.writer.start()
             return await asyncio.gather(*tasks, return_exceptions=True)
 
-        results = asyncio.run(asyncio.wait_for(burst(), timeout=30))
+        results = asyncio.run(asyncio.wait_for(burst(), timeout=scaled(60)))
         self.writer.stop()
         if move:
             self.move()

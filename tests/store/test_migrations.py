@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, ForeignKeyConstraint, inspect, select, text
 from sqlalchemy.exc import IntegrityError
+from support.waiting import scaled
 
 from controller.queue import Queue
 from controller.store.db import Database, alembic_config
@@ -122,7 +123,7 @@ def test_downgrade_to_base_then_replicas_migrate_together(database: Database) ->
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(timeout=30)
+            thread.join(timeout=scaled(60))
     finally:
         for replica in replicas:
             replica.dispose()

@@ -1,5 +1,10 @@
 """The durable queue on both engines: order, one key one worker, kind limits, leases,
-finishing, newest-wins and a multi-threaded stress run."""
+finishing, newest-wins and a multi-threaded stress run.
+
+Time passing (a lease running out, a retry's delay) is moved into the past in the
+database rather than slept through: a 0.3 s sleep against a 0.2 s lease proves nothing on
+a machine where the assertion before it can itself take longer than the lease.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
+from support.waiting import scaled
 
 from controller.queue import Backoff, Queue
 from controller.store.db import Database
@@ -54,6 +60,14 @@ def set_running(database: Database, job_id: int, owner: str) -> None:
                 attempts=1,
             )
         )
+
+
+def move_back(database: Database, job_id: int, *, field: str, seconds: float) -> None:
+    """Let ``seconds`` pass for one of ``job_id``'s times (``lease_expires_at``, ``run_after``)."""
+    row = job(database, job_id)
+    moved = getattr(row, field) - timedelta(seconds=seconds)
+    with database.transaction() as session:
+        session.execute(update(Job).where(Job.id == job_id).values({field: moved}))
 
 
 # -- claiming ----------------------------------------------------------------------------
@@ -126,13 +140,13 @@ def test_kind_limit_caps_running_jobs_across_owners(database: Database) -> None:
 
 def test_an_expired_lease_queues_the_job_again(database: Database) -> None:
     (job_id,) = add(database, ("deploy", "env:1"))
-    crashed = Queue(database, lease_seconds=0.2)
+    crashed = Queue(database, lease_seconds=60)
     survivor = Queue(database)
 
     assert (c := crashed.claim(["deploy"])) is not None and c.id == job_id
     assert survivor.claim(["deploy"]) is None, "the lease is still valid"
 
-    time.sleep(0.3)
+    move_back(database, job_id, field="lease_expires_at", seconds=61)  # crashed never renewed
     taken = survivor.claim(["deploy"])
 
     assert taken is not None and taken.id == job_id
@@ -223,13 +237,13 @@ def test_retry_waits_for_run_after(database: Database) -> None:
     queue = Queue(database)
     assert queue.claim(["deploy"]) is not None
 
-    assert queue.retry(job_id, delay=0.3, error="git fetch timed out")
+    assert queue.retry(job_id, delay=60, error="git fetch timed out")
 
     row = job(database, job_id)
     assert (row.status, row.last_error, row.lease_owner) == ("queued", "git fetch timed out", None)
     assert row.run_after > utcnow()
     assert queue.claim(["deploy"]) is None, "not before run_after"
-    time.sleep(0.35)
+    move_back(database, job_id, field="run_after", seconds=61)
     again = queue.claim(["deploy"])
     assert again is not None and again.id == job_id
     assert again.attempts == 2
@@ -316,7 +330,7 @@ def test_concurrent_workers_never_share_a_key_nor_lose_a_job(database: Database)
     violations: list[str] = []
     errors: list[BaseException] = []
     done = threading.Event()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(60)
 
     def work() -> None:
         queue = Queue(database)
@@ -350,7 +364,7 @@ def test_concurrent_workers_never_share_a_key_nor_lose_a_job(database: Database)
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=40)
+        thread.join(timeout=scaled(90))
     assert not any(thread.is_alive() for thread in threads)
 
     assert errors == []

@@ -35,6 +35,8 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from support.waiting import scaled
+
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 NODE_MODULES = NODE_DIR / "node_modules"
 EXAMPLES_PATH = NODE_MODULES / "@octokit" / "webhooks-examples" / "api.github.com" / "index.json"
@@ -45,7 +47,7 @@ INSTALL_HINT = "run `npm ci --prefix tests/node`"
 
 ZERO_SHA = "0" * 40
 DEFAULT_INSTALLATION_ID = 4242
-SIGN_TIMEOUT = 30.0
+SIGN_TIMEOUT = scaled(60)
 
 _SCHEMA_URI = "urn:octokit:webhooks-schemas"
 _SIGNATURE_RE = re.compile(r"sha256=[0-9a-f]{64}")

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 
 from controller.branchnames import branch_headers
+from support.waiting import poll_until, scaled
 from webhooks.signatures import sign
 
 SLIPWAY = [sys.executable, "-m", "controller.cli"]
@@ -64,11 +64,13 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None  # of the last stop()/interrupt()
         self.log_path = data_dir.parent / f"serve-{self.port}.log"
-        self.client = httpx.Client(base_url=self.url, timeout=60, trust_env=False)
+        self.client = httpx.Client(base_url=self.url, timeout=scaled(60), trust_env=False)
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> Server:
+    def start(self, timeout: float = 180.0) -> Server:
+        """Start and wait until ``/readyz`` says ready, which includes the controller
+        process: at ``nice`` +10 on a busy machine it can take tens of seconds to start."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -80,19 +82,20 @@ class Server:
             process_group=0,  # as from a shell: Ctrl-C (interrupt()) reaches its group
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(f"slipway serve exited:\n{self.log()}")
             try:
-                if self.client.get("/readyz").status_code == 200:
-                    return self
+                return self.client.get("/readyz").status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"slipway serve did not become ready:\n{self.log()}")
+                return False
 
-    def stop(self, timeout: float = 30.0, *, signum: int = signal.SIGTERM) -> None:
+        poll_until(ready, timeout=timeout, what="/readyz", context=self._log_section)
+        return self
+
+    def stop(self, timeout: float = 60.0, *, signum: int = signal.SIGTERM) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -101,7 +104,7 @@ class Server:
             else:
                 self.proc.send_signal(signum)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(scaled(timeout))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -175,19 +178,14 @@ class Server:
     def deployments(self, ref: str = "demo", **params: Any) -> list[dict[str, Any]]:
         return list(self.ok("GET", f"/api/v1/projects/{ref}/deployments", params=params))
 
-    def wait_for(self, predicate: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(interval)
-        raise AssertionError(
-            f"timed out waiting; last value: {last!r}\n--- server log ---\n{self.log()}"
-        )
+    def _log_section(self) -> str:
+        return f"--- server log ---\n{self.log()}"
 
-    def wait_deployment(self, deployment_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    def wait_for(self, predicate: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
+        """:func:`~support.waiting.poll_until` with the server log in the failure."""
+        return poll_until(predicate, timeout=timeout, interval=interval, context=self._log_section)
+
+    def wait_deployment(self, deployment_id: str, timeout: float = 240.0) -> dict[str, Any]:
         final = {"deployed", "failed", "canceled", "superseded", "timed_out"}
 
         def done() -> dict[str, Any] | None:
