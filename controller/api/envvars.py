@@ -17,14 +17,15 @@ Decisions where SPEC.md is silent:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.auth import require_admin
 from controller.api.branches import branch_header
+from controller.api.errors import EnvName, ProjectRef, error_responses
 from controller.deployments import get_project
 from controller.errors import InvalidInput
 from controller.secretstore.store import (
@@ -37,11 +38,25 @@ from controller.secretstore.store import (
     set_variables,
     unset_variable,
 )
-from controller.secretstore.variables import parse_import
+from controller.secretstore.variables import MAX_NAME, NAME_PATTERN, parse_import
 from controller.store.tables import EnvVar
 from controller.views import iso
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)], tags=["envvars"])
+router = APIRouter(
+    prefix="/api/v1",
+    dependencies=[Depends(require_admin)],
+    tags=["envvars"],
+    responses=error_responses(400, 401, 404, 409, 422, 503),
+)
+
+VarName = Annotated[
+    str,
+    Path(
+        pattern=NAME_PATTERN.pattern,
+        max_length=MAX_NAME,
+        description="[A-Za-z_][A-Za-z0-9_]*; SLIPWAY_* is reserved except SLIPWAY_BUILD_*",
+    ),
+]
 
 ADMIN = "admin token"
 MAX_IMPORT_BYTES = 4 << 20
@@ -90,8 +105,8 @@ def _view(services: Any, row: EnvVar) -> dict[str, Any]:
 @router.get("/projects/{ref}/envvars/{env}")
 def list_envvars(
     request: Request,
-    ref: str,
-    env: str,
+    ref: ProjectRef,
+    env: EnvName,
     branch: str | None = None,
     x_slipway_branch: str | None = Depends(branch_header),
 ) -> list[dict[str, Any]]:
@@ -104,8 +119,8 @@ def list_envvars(
 @router.post("/projects/{ref}/envvars/{env}", status_code=201)
 def create_envvars(
     request: Request,
-    ref: str,
-    env: str,
+    ref: ProjectRef,
+    env: EnvName,
     body: VariableWrite,
     branch: str | None = None,
     x_slipway_branch: str | None = Depends(branch_header),
@@ -135,8 +150,8 @@ def create_envvars(
 @router.get("/projects/{ref}/envvar-history/{env}")
 def envvar_history(
     request: Request,
-    ref: str,
-    env: str,
+    ref: ProjectRef,
+    env: EnvName,
     branch: str | None = None,
     x_slipway_branch: str | None = Depends(branch_header),
 ) -> list[dict[str, Any]]:
@@ -151,8 +166,8 @@ def envvar_history(
 @router.post("/projects/{ref}/envvars/{env}/import")
 async def import_envvars(
     request: Request,
-    ref: str,
-    env: str,
+    ref: ProjectRef,
+    env: EnvName,
     override: bool = False,
     branch: str | None = None,
     x_slipway_branch: str | None = Depends(branch_header),
@@ -188,9 +203,9 @@ async def import_envvars(
 @router.get("/projects/{ref}/envvars/{env}/{name}")
 def get_envvar(
     request: Request,
-    ref: str,
-    env: str,
-    name: str,
+    ref: ProjectRef,
+    env: EnvName,
+    name: VarName,
     branch: str | None = None,
     x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
@@ -203,9 +218,9 @@ def get_envvar(
 @router.put("/projects/{ref}/envvars/{env}/{name}")
 def put_envvar(
     request: Request,
-    ref: str,
-    env: str,
-    name: str,
+    ref: ProjectRef,
+    env: EnvName,
+    name: VarName,
     body: ValueWrite,
     branch: str | None = None,
     x_slipway_branch: str | None = Depends(branch_header),
@@ -229,9 +244,9 @@ def put_envvar(
 @router.delete("/projects/{ref}/envvars/{env}/{name}")
 def delete_envvar(
     request: Request,
-    ref: str,
-    env: str,
-    name: str,
+    ref: ProjectRef,
+    env: EnvName,
+    name: VarName,
     branch: str | None = None,
     x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:

@@ -204,14 +204,14 @@ def test_a_batch_that_fails_to_apply_routes_the_rest_one_by_one(
     the deliveries after it in the batch are routed at once. Once its attempts run out it
     is recorded ``failed``: every delivery ends with an outcome."""
     cipher = _setup(database)
-    real_apply = dispatch._apply_deploy
+    real_apply = dispatch.apply_deploy
 
     def apply(session: Any, cipher: Any, project: Any, intent: Any, *args: Any, **kw: Any) -> None:
         if intent.sha == "2" * 40:
             raise OperationalError("INSERT", {}, Exception("disk I/O error"))
         real_apply(session, cipher, project, intent, *args, **kw)
 
-    monkeypatch.setattr(dispatch, "_apply_deploy", apply)
+    monkeypatch.setattr(dispatch, "apply_deploy", apply)
     opened = payloads.pull_request(action="opened", repo=REPO, head_sha="2" * 40)
     _queue_bodies(
         database,

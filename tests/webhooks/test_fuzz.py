@@ -28,6 +28,7 @@ import json
 import random
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -131,7 +132,10 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(root / "data", extra_env={"SLIPWAY_WEBHOOK_BODY_TIMEOUT": "1"})
     try:
         server.start()
-        server.create_project("demo", repo=REPO, clone_url=str(root / "no-such-repo"))
+        # An empty repository: deployments the fuzz causes fail fast (no such commit).
+        empty = root / "empty-repo.git"
+        subprocess.run(["git", "init", "-q", "--bare", str(empty)], check=True)
+        server.create_project("demo", repo=REPO, clone_url=str(empty))
         yield server
     finally:
         server.close()
