@@ -19,6 +19,7 @@ neither means no client (``None``). A half-configured or unreadable identity is 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,10 @@ from controller.errors import PermanentError
 from controller.github.app import StoredApp
 from controller.github.errors import map_github_error
 from controller.settings import Settings
+
+# PyGithub's debug line of a request can carry the answer's body (it does for text
+# bodies), and an access-token answer holds the token: never below INFO.
+logging.getLogger("github.Requester").setLevel(logging.INFO)
 
 TOKEN_REFRESH_MARGIN = timedelta(minutes=5)
 REQUEST_TIMEOUT = 15

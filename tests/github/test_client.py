@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -240,3 +241,14 @@ def test_web_url_of_an_api_url() -> None:
 
 def test_the_git_header_is_basic_auth_of_x_access_token() -> None:
     assert git_auth_header("ghs_abc") == "Authorization: basic eC1hY2Nlc3MtdG9rZW46Z2hzX2FiYw=="
+
+
+def test_no_token_reaches_a_log_line_even_at_debug(
+    fake_github: FakeGitHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = client_for(fake_github)
+    token = client.installation_token(INSTALLATION_ID)
+    client.installation_repositories(INSTALLATION_ID)
+    assert caplog.records  # PyGithub and urllib3 did log
+    assert not [r for r in caplog.records if token in r.getMessage()]
