@@ -428,6 +428,8 @@ def _handler(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")  # no handler thread outlives a test
+            self.close_connection = True
             for name, value in extra.items():
                 self.send_header(name, value)
             self.end_headers()

@@ -82,7 +82,9 @@ def _handler(server: GitHttpServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="test git"')
                 self.send_header("Content-Length", "0")
+                self.send_header("Connection", "close")
                 self.end_headers()
+                self.close_connection = True
                 return
             env = {
                 "PATH": "/usr/bin:/bin:/usr/local/bin",
@@ -113,6 +115,8 @@ def _handler(server: GitHttpServer) -> type[BaseHTTPRequestHandler]:
             for name, value in headers:
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(content)))
+            self.send_header("Connection", "close")  # no handler thread outlives a test
+            self.close_connection = True
             self.end_headers()
             self.wfile.write(content)
 
