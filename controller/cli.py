@@ -255,6 +255,7 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
     import uvicorn
 
     from controller.api.app import create_app
+    from controller.github.startup import check_app
     from controller.logs import setup_logging
     from controller.services import Services
     from controller.settings import load_settings, prepare
@@ -267,11 +268,14 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
     setup_logging(log_level, process_name="web")
     try:
         settings, notices = prepare(load_settings(**overrides))
+        app_notice = check_app(settings)  # a wrong App id or key stops here, clearly
         services = Services(settings, role="web", log_level=log_level)
     except Exception as exc:  # settings or database errors: one clear line
         fail(f"cannot start: {exc}")
     for notice in notices:
         err_console.print(f"[yellow]{notice}[/yellow]")
+    if app_notice:
+        err_console.print(app_notice, markup=False)
     if not settings.webhook_secret:
         err_console.print(
             "[yellow]SLIPWAY_WEBHOOK_SECRET is not set: every webhook delivery is refused (503).[/yellow]"

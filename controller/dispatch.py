@@ -347,6 +347,8 @@ class _Batch:
         try:
             routed = route(delivery.event, payload, views)
             _record_default_branch(projects.values(), payload)
+            if projects:
+                _record_repository(session, payload)
         except (PayloadError, ValueError) as exc:
             self._reject(delivery, str(exc))
             return
@@ -458,6 +460,36 @@ def _record_default_branch(projects: Iterable[Project], payload: dict[str, Any])
     for project in projects:
         if project.default_branch != branch:
             project.default_branch = branch
+
+
+def _record_repository(session: Session, payload: dict[str, Any]) -> None:
+    """Remember the clone URL and installation a delivery of a connected repository names:
+    a project without ``--clone-url`` fetches from there with an installation token."""
+    repository = payload.get("repository") if isinstance(payload, dict) else None
+    installation = payload.get("installation") if isinstance(payload, dict) else None
+    if not isinstance(repository, dict) or not isinstance(repository.get("full_name"), str):
+        return
+    clone_url = repository.get("clone_url")
+    installation_id = installation.get("id") if isinstance(installation, dict) else None
+    if not isinstance(clone_url, str) or not clone_url.startswith(("https://", "http://")):
+        clone_url = None
+    if not isinstance(installation_id, int) or isinstance(installation_id, bool):
+        installation_id = None
+    if clone_url is None and installation_id is None:
+        return
+    lower = repository["full_name"].lower()
+    found = session.execute(
+        select(Repository).where(Repository.full_name_lower == lower)
+    ).scalar_one_or_none()
+    if found is None:
+        found = Repository(full_name=repository["full_name"], full_name_lower=lower)
+        session.add(found)
+    if clone_url is not None and found.clone_url != clone_url:
+        found.clone_url = clone_url
+    if installation_id is not None and found.installation_id != installation_id:
+        found.installation_id = installation_id
+
+
 def _body(session: Session, delivery: Delivery) -> bytes:
     """The delivery's body, read on its own: not kept on the row for the whole batch."""
     body = session.execute(select(Delivery.body).where(Delivery.id == delivery.id)).scalar_one()

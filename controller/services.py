@@ -31,6 +31,7 @@ from controller.datadir import private_dir
 from controller.deployments import orphaned_queued_deployments
 from controller.dispatch import route_pending
 from controller.errors import PermanentError
+from controller.github.auth import github_clone_auth
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
@@ -160,6 +161,7 @@ class Services:
             build_timeout=settings.runtime.build_timeout,
             stopping=self.manager.stopping,
             cipher=self.cipher,
+            clone_auth=github_clone_auth(settings),
         )
         self._started = False
 

@@ -23,6 +23,12 @@ Failures are classified: a :class:`PermanentError` fails the deployment with its
 and hint; a :class:`TemporaryError` is retried (in the step, then by the queue) until the
 attempts run out. The current version is never touched by a failed deployment.
 
+**Clone URL and credentials**: ``--clone-url`` if the project has one (fetched as is);
+else the ``clone_url`` GitHub reported in the repository's newest delivery, with an
+installation token from ``clone_auth`` (the GitHub App) as an ``http.extraHeader``; else
+``https://github.com/OWNER/NAME.git`` without credentials. A token only ever goes to the
+URL GitHub reported.
+
 **Env vars**: build steps see the build-time variables and ``sync-env`` imports what
 ``sync_env_vars`` prints (:mod:`controller.pipeline.envvars`); release tasks run with
 the variables runs see, their secrets masked in the deployment log.
@@ -41,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 
@@ -63,7 +69,14 @@ from controller.secretstore.crypto import Cipher
 from controller.sources.archive import content_digest, safe_extract
 from controller.sources.git import GitSource
 from controller.store.db import Database
-from controller.store.tables import Deployment, Environment, Project, Version, utcnow
+from controller.store.tables import (
+    Deployment,
+    Environment,
+    Project,
+    Repository,
+    Version,
+    utcnow,
+)
 from controller.versions import allocate_version, promote, spec_for
 
 log = logging.getLogger(__name__)
@@ -78,6 +91,12 @@ class Stop(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class CloneAuth(Protocol):
+    """Credentials for a GitHub-reported clone URL (``controller.github.auth``)."""
+
+    def header_for(self, *, clone_url: str, installation_id: int | None) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -99,8 +118,10 @@ class Pipeline:
         build_timeout: float,
         stopping: threading.Event,
         cipher: Cipher | None = None,
+        clone_auth: CloneAuth | None = None,
     ) -> None:
         self.db = db
+        self.clone_auth = clone_auth
         self.cipher = cipher
         self.envvars = EnvVarsPhase(db=db, cipher=cipher, builder=builder, stopping=stopping)
         self.source = source
@@ -163,7 +184,7 @@ class Pipeline:
         self._set_status(dep.id, "installing")
         work = self.builds / dep.id
         checkout = work / "src"
-        clone_url = project.clone_url or f"https://github.com/{project.repo}.git"
+        clone_url, installation_id = self._clone_target(project)
 
         def fetch(_attempt: int) -> dict[str, Any]:
             if dep.upload_path:
@@ -171,7 +192,17 @@ class Pipeline:
                     raise PermanentError("the uploaded source is missing from the data dir")
                 return {"source": "upload"}
             assert dep.sha is not None
-            self.source.fetch(clone_url=clone_url, sha=dep.sha, refs=[dep.ref] if dep.ref else [])
+            auth_header = None
+            if self.clone_auth is not None and installation_id is not None:
+                auth_header = self.clone_auth.header_for(
+                    clone_url=clone_url, installation_id=installation_id
+                )
+            self.source.fetch(
+                clone_url=clone_url,
+                sha=dep.sha,
+                refs=[dep.ref] if dep.ref else [],
+                auth_header=auth_header,
+            )
             return {"source": "git", "sha": dep.sha}
 
         journal.step("fetch", fetch, retry=Backoff(limit=5, min_timeout=2, max_timeout=60))
@@ -380,6 +411,18 @@ class Pipeline:
             env = session.get(Environment, dep.environment_id)
             assert project is not None and env is not None
             return Snapshot(dep, project, env)
+
+    def _clone_target(self, project: Project) -> tuple[str, int | None]:
+        """The URL to fetch and, for a GitHub-reported URL, the installation to ask."""
+        if project.clone_url:
+            return project.clone_url, None
+        with self.db.read() as session:
+            repo = session.execute(
+                select(Repository).where(Repository.full_name_lower == project.repo_lower)
+            ).scalar_one_or_none()
+            if repo is not None and repo.clone_url:
+                return repo.clone_url, repo.installation_id
+        return f"https://github.com/{project.repo}.git", None
 
     def _guard(self, snap: Snapshot) -> None:
         if self.stopping.is_set():

@@ -85,6 +85,8 @@ class Repository(Base):
     full_name_lower: Mapped[str] = mapped_column(String(300), unique=True)
     github_id: Mapped[int | None] = mapped_column(Integer)
     installation_id: Mapped[int | None] = mapped_column(Integer)
+    # The clone_url the newest delivery reported; fetched with an installation token.
+    clone_url: Mapped[str | None] = mapped_column(Text)
     reachable: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
