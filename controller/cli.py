@@ -918,9 +918,13 @@ def demo(keep_running: bool | None, port: int) -> None:
 
 
 from controller.cli_env import env_group, keys_group  # noqa: E402 - see cli_env's docstring
+from controller.cli_github import github_group  # noqa: E402 - as cli_env
 
 main.add_command(env_group)
 main.add_command(keys_group)
+main.add_command(github_group)
+for _command in github_group.commands.values():  # --json/--token/--api-url after the command
+    _command.params.extend(_late_global_options())
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -369,3 +369,36 @@ class EnvVarChange(Base):
     action: Mapped[str] = mapped_column(String(20))
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GitHubApp(Base):
+    """The GitHub App the manifest flow created (one row: the newest set-up replaces it).
+
+    The private key, webhook secret and client secret are AES-GCM ciphertexts bound to
+    ``github-app/<app_id>/<field>`` (see :mod:`controller.github.storage`).
+    """
+
+    __tablename__ = "github_apps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(Integer)
+    slug: Mapped[str] = mapped_column(String(200))
+    html_url: Mapped[str] = mapped_column(Text)
+    client_id: Mapped[str] = mapped_column(String(200))
+    private_key_encrypted: Mapped[str] = mapped_column(Text)
+    webhook_secret_encrypted: Mapped[str] = mapped_column(Text)
+    client_secret_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GitHubSetupToken(Base):
+    """A one-time set-up token (``setup``) or manifest ``state``: stored as a SHA-256."""
+
+    __tablename__ = "github_setup_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    org: Mapped[str | None] = mapped_column(String(100))
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

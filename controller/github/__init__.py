@@ -1,0 +1,1 @@
+"""GitHub: the App's identity, its set-up (manifest flow) and its storage."""
