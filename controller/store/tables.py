@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -401,4 +402,24 @@ class GitHubSetupToken(Base):
     org: Mapped[str | None] = mapped_column(String(100))
     expires_at: Mapped[datetime] = mapped_column()
     used_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CommitSignal(Base):
+    """A ``deployment_status`` or ``check_run`` GitHub reported for a commit: what a
+    promotion gate (``github-deployment:NAME``, ``check-run:NAME``) decides with."""
+
+    __tablename__ = "commit_signals"
+    __table_args__ = (Index("ix_commit_signals_repo_sha", "repo_lower", "sha"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    repo_lower: Mapped[str] = mapped_column(String(300))
+    sha: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(50))
+    github_id: Mapped[int] = mapped_column(BigInteger)
+    deployment_id: Mapped[int | None] = mapped_column(BigInteger)
+    url: Mapped[str | None] = mapped_column(Text)
+    delivery_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,4 +1,6 @@
-"""the GitHub App from the manifest flow, and its one-time set-up tokens
+"""the GitHub App from the manifest flow, its one-time set-up tokens, commit signals
+
+Commit signals: the deployment statuses and check runs GitHub reports (promotion gates).
 
 Revision ID: 0005
 Revises: 0004
@@ -39,8 +41,26 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_github_setup_tokens")),
     )
+    op.create_table(
+        "commit_signals",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("repo_lower", sa.String(length=300), nullable=False),
+        sa.Column("sha", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("state", sa.String(length=50), nullable=False),
+        sa.Column("github_id", sa.BigInteger(), nullable=False),
+        sa.Column("deployment_id", sa.BigInteger(), nullable=True),
+        sa.Column("url", sa.Text(), nullable=True),
+        sa.Column("delivery_id", sa.String(length=100), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_commit_signals")),
+    )
+    op.create_index("ix_commit_signals_repo_sha", "commit_signals", ["repo_lower", "sha"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_commit_signals_repo_sha", table_name="commit_signals")
+    op.drop_table("commit_signals")
     op.drop_table("github_setup_tokens")
     op.drop_table("github_apps")
