@@ -31,7 +31,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.api.auth import require_admin
-from controller.api.errors import error_responses
+from controller.api.errors import DESCRIPTIONS, ErrorBody, error_responses
 from controller.errors import Forbidden, SlipwayError
 from controller.github.app import StoredApp
 from controller.github.manifest import exchange_code, manifest, new_app_url, web_url
@@ -47,9 +47,25 @@ api = APIRouter(
     prefix="/api/v1/github",
     dependencies=[Depends(require_admin)],
     tags=["github"],
-    responses=error_responses(401, 422),
+    responses=error_responses(400, 401, 422),
 )
-pages = APIRouter(prefix="/github", tags=["github"], responses=error_responses(403))
+
+
+def _json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Error answers of the HTML pages: JSON like every error (a route's own
+    ``response_class`` would otherwise document them as ``text/html``)."""
+    schema = ErrorBody.model_json_schema()
+    described = {**DESCRIPTIONS, 403: "The set-up link or state is wrong, expired or used"}
+    return {
+        code: {
+            "description": described[code],
+            "content": {"application/json": {"schema": schema}},
+        }
+        for code in codes
+    }
+
+
+pages = APIRouter(prefix="/github", tags=["github"], responses=_json_errors(403, 422))
 
 REFUSED = "this set-up link is not valid (wrong, expired or already used): run `slipway github setup` again"
 
@@ -141,7 +157,7 @@ def setup_page(request: Request, token: str = Query(max_length=200)) -> HTMLResp
     return _page("Create the GitHub App", body, nonce=nonce, form_action=web_url(api_url))
 
 
-@pages.get("/callback", response_class=HTMLResponse, responses=error_responses(400, 503))
+@pages.get("/callback", response_class=HTMLResponse, responses=_json_errors(400, 503))
 def callback(
     request: Request, code: str = Query(max_length=200), state: str = Query(max_length=200)
 ) -> HTMLResponse:
