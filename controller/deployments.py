@@ -22,6 +22,7 @@ from controller.store.tables import (
     Deployment,
     Environment,
     Event,
+    Installation,
     Job,
     Project,
     Repository,
@@ -135,6 +136,16 @@ def project_not_deploying_reason(session: Session, project: Project) -> str | No
         return (
             f"the GitHub App can no longer reach {project.repo} (it was removed from the "
             "installation, or the installation was suspended or deleted)"
+        )
+    installation = (
+        session.get(Installation, repo.installation_id)
+        if repo is not None and repo.installation_id is not None
+        else None
+    )
+    if installation is not None and installation.suspended:
+        return (
+            f"the GitHub App's installation on {installation.account or installation.id} is "
+            f"suspended, so it cannot reach {project.repo}"
         )
     return None
 

@@ -53,6 +53,7 @@ from controller.models import BRANCH_PATTERN
 from controller.queue import Backoff
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
+from controller.store.tables import CommitSignal as SignalRow
 from controller.store.tables import (
     Delivery,
     Environment,
@@ -62,12 +63,18 @@ from controller.store.tables import (
     Repository,
     utcnow,
 )
-from webhooks.events import InstallationChange, PayloadError, repository_full_name
+from webhooks.events import (
+    CommitSignal,
+    InstallationChange,
+    PayloadError,
+    repository_full_name,
+)
 from webhooks.routing import (
     AccessChange,
     Archive,
     Deploy,
     ProjectView,
+    RecordSignal,
     Skip,
     route,
 )
@@ -392,6 +399,8 @@ class _Batch:
                 )
             elif isinstance(intent, AccessChange):
                 _apply_access(session, intent.change)
+            elif isinstance(intent, RecordSignal):
+                _record_signal(session, intent.signal, delivery.delivery_id)
         delivery.processed_at = utcnow()
         delivery.outcome = applied.outcome[:4000]
         self.results.append(applied)
@@ -608,9 +617,11 @@ def _apply_access(session: Session, change: InstallationChange) -> None:
         installation.deleted = change.action == "deleted"
         if change.action in ("suspend", "unsuspend"):
             installation.suspended = change.action == "suspend"
+            _announce_suspension(session, installation)
+            return
     reachable = {r.full_name.lower(): r for r in change.added}
     gone = {r.full_name.lower(): r for r in change.removed}
-    if change.event == "installation" and change.action in ("deleted", "suspend"):
+    if change.event == "installation" and change.action == "deleted":
         # GitHub may omit the list; every repository of the installation is gone.
         for repo in session.execute(
             select(Repository).where(Repository.installation_id == change.installation_id)
@@ -646,3 +657,47 @@ def _apply_access(session: Session, change: InstallationChange) -> None:
                 record_event(
                     session, project.id, "access", f"the GitHub App can reach {ref.full_name}"
                 )
+
+
+def _announce_suspension(session: Session, installation: Installation) -> None:
+    """A suspended installation's projects stop deploying (their queued work is
+    canceled); unsuspended, those whose repository the App still reaches resume."""
+    account = installation.account or f"installation {installation.id}"
+    for repo in session.execute(
+        select(Repository).where(Repository.installation_id == installation.id)
+    ).scalars():
+        for project in session.execute(
+            select(Project).where(Project.repo_lower == repo.full_name_lower)
+        ).scalars():
+            if installation.suspended:
+                for (env_id,) in session.execute(
+                    select(Environment.id).where(Environment.project_id == project.id)
+                ):
+                    cancel_queued(session, env_id, f"the GitHub App on {account} was suspended")
+                message = (
+                    f"the GitHub App's installation on {account} was suspended; deployments "
+                    "stop (data kept) until it is unsuspended"
+                )
+            elif repo.reachable:
+                message = (
+                    f"the GitHub App's installation on {account} was unsuspended; deploying again"
+                )
+            else:
+                continue
+            record_event(session, project.id, "access", message)
+
+
+def _record_signal(session: Session, signal: CommitSignal, delivery_id: str) -> None:
+    session.add(
+        SignalRow(
+            kind=signal.kind,
+            repo_lower=signal.repo.lower(),
+            sha=signal.sha,
+            name=signal.name,
+            state=signal.state,
+            github_id=signal.github_id,
+            deployment_id=signal.deployment_id,
+            url=signal.url,
+            delivery_id=delivery_id,
+        )
+    )

@@ -203,8 +203,10 @@ class InstallationChange:
         action = _req_str(payload, "action")
         if event == "installation":
             repos = _repos(payload, "repositories")
-            added = repos if action in ("created", "new_permissions_accepted", "unsuspend") else []
-            removed = repos if action in ("deleted", "suspend") else []
+            # suspend/unsuspend list no repositories: the installation's flag changes, and
+            # each repository keeps its own access (see controller.dispatch).
+            added = repos if action in ("created", "new_permissions_accepted") else []
+            removed = repos if action == "deleted" else []
         else:
             added = _repos(payload, "repositories_added")
             removed = _repos(payload, "repositories_removed")
@@ -215,4 +217,87 @@ class InstallationChange:
             account=_opt(payload, str, "installation", "account", "login"),
             added=added,
             removed=removed,
+        )
+
+
+@dataclass(frozen=True)
+class DeletedRef:
+    """A ``delete`` delivery: a branch or tag was deleted (``ref`` is the short name)."""
+
+    repo: str
+    ref: str
+    ref_type: str  # branch | tag
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> DeletedRef:
+        return cls(
+            repo=_req_str(payload, "repository", "full_name"),
+            ref=_req_str(payload, "ref").removeprefix("refs/heads/"),
+            ref_type=_req_str(payload, "ref_type"),
+        )
+
+
+def _url(data: Any, *path: str) -> str | None:
+    value = _get(data, *path)
+    if not isinstance(value, str) or not value:
+        return None
+    if len(value) > 2000 or "\x00" in value:
+        raise PayloadError(f"payload field {'.'.join(path)} is not a URL Slipway can store")
+    return value
+
+
+@dataclass(frozen=True)
+class CommitSignal:
+    """What a promotion gate reads from ``deployment_status`` and ``check_run``.
+
+    ``name`` is the GitHub environment (deployment status) or the check's name; ``state``
+    the deployment status's state, or the check's conclusion once completed (else its
+    status); ``github_id`` the status's or check run's id; ``url`` the log URL (else the
+    target or details URL).
+    """
+
+    kind: str  # deployment_status | check_run
+    action: str
+    repo: str
+    sha: str
+    name: str
+    state: str
+    github_id: int
+    deployment_id: int | None
+    url: str | None
+
+    @classmethod
+    def parse(cls, event: str, payload: dict[str, Any]) -> CommitSignal:
+        repo = _req_str(payload, "repository", "full_name")
+        action = _req_str(payload, "action")
+        if event == "deployment_status":
+            status = _get(payload, "deployment_status")
+            deployment = _get(payload, "deployment")
+            sha = _req_str(deployment, "sha")
+            name = _opt(status, str, "environment") or _req_str(deployment, "environment")
+            state = _req_str(status, "state")
+            github_id = _id(status, "id", required=True)
+            deployment_id = _id(deployment, "id", required=True)
+            url = _url(status, "log_url") or _url(status, "target_url")
+        else:
+            run = _get(payload, "check_run")
+            sha = _req_str(run, "head_sha")
+            name = _req_str(run, "name")
+            state = _opt(run, str, "conclusion") or _req_str(run, "status")
+            github_id = _id(run, "id", required=True)
+            deployment_id = None
+            url = _url(run, "details_url") or _url(run, "html_url")
+        if not _SHA.fullmatch(sha):
+            raise PayloadError(f"payload of {event} has a commit that is not a sha")
+        assert github_id is not None
+        return cls(
+            kind=event,
+            action=action,
+            repo=repo,
+            sha=sha.lower(),
+            name=name,
+            state=state,
+            github_id=github_id,
+            deployment_id=deployment_id,
+            url=url,
         )

@@ -15,6 +15,12 @@ Decisions where SPEC.md is silent:
   case-insensitively; a deleted fork (``head.repo`` null) counts as a fork.
 * The preview limit counts active preview branches; redeploying an existing one never
   counts against it.
+* ``deployment_status`` and ``check_run`` are recorded (:class:`RecordSignal`) for a
+  repository with a connected project, whatever the project's state: the promotion gate
+  decides with them later. ``check_run`` is recorded when ``created`` or ``completed``;
+  ``rerequested`` and ``requested_action`` carry no new result.
+* ``installation`` ``suspend``/``unsuspend`` change the installation, not the list of its
+  repositories (GitHub's payloads list none).
 """
 
 from __future__ import annotations
@@ -22,7 +28,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhooks.events import InstallationChange, PayloadError, PullRequest, Push
+from webhooks.events import (
+    CommitSignal,
+    DeletedRef,
+    InstallationChange,
+    PayloadError,
+    PullRequest,
+    Push,
+)
 
 PREVIEW_ACTIONS = frozenset({"opened", "reopened", "synchronize", "ready_for_review"})
 
@@ -76,7 +89,13 @@ class AccessChange:
     change: InstallationChange
 
 
-Intent = Deploy | Archive | Skip | AccessChange
+@dataclass(frozen=True)
+class RecordSignal:
+    signal: CommitSignal
+
+
+Intent = Deploy | Archive | Skip | AccessChange | RecordSignal
+SIGNAL_ACTIONS = {"deployment_status": {"created"}, "check_run": {"created", "completed"}}
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,10 @@ def route(event: str, payload: dict[str, Any], projects: list[ProjectView]) -> R
         return _route_push(Push.parse(payload), projects)
     if event == "pull_request":
         return _route_pull_request(PullRequest.parse(payload), projects)
+    if event == "delete":
+        return _route_delete(DeletedRef.parse(payload), projects)
+    if event in SIGNAL_ACTIONS:
+        return _route_signal(event, payload, projects)
     return Routed(outcome=f"ignored: Slipway does not act on '{event}' events")
 
 
@@ -134,6 +157,32 @@ def _route_push(push: Push, projects: list[ProjectView]) -> Routed:
     if not intents:
         return Routed(outcome=f"ignored: {branch} is not a tracked branch")
     return Routed(intents, _summary(intents))
+
+
+def _route_delete(deleted: DeletedRef, projects: list[ProjectView]) -> Routed:
+    if not projects:
+        return _no_projects(deleted.repo)
+    if deleted.ref_type != "branch":
+        return Routed(outcome=f"ignored: {deleted.ref_type} {deleted.ref} deleted")
+    branch = deleted.ref
+    intents: list[Intent] = [
+        Archive(project.id, branch, f"branch {branch} was deleted")
+        for project in projects
+        if branch in project.active_previews
+    ]
+    return Routed(intents, f"branch {branch} deleted: {len(intents)} preview(s) archived")
+
+
+def _route_signal(event: str, payload: dict[str, Any], projects: list[ProjectView]) -> Routed:
+    signal = CommitSignal.parse(event, payload)
+    if not projects:
+        return _no_projects(signal.repo)
+    if signal.action not in SIGNAL_ACTIONS[event]:
+        return Routed(outcome=f"ignored: {event}.{signal.action}")
+    return Routed(
+        [RecordSignal(signal)],
+        f"recorded {event} {signal.name!r} {signal.state} for {signal.sha[:7]}",
+    )
 
 
 def _route_pull_request(pr: PullRequest, projects: list[ProjectView]) -> Routed:
@@ -223,6 +272,7 @@ __all__ = [
     "Intent",
     "PayloadError",
     "ProjectView",
+    "RecordSignal",
     "Routed",
     "Skip",
     "route",

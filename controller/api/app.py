@@ -28,6 +28,7 @@ from controller.errors import (
     SlipwayError,
     TemporaryError,
 )
+from controller.github.storage import AppSecretCache
 from controller.metrics import count_deliveries, make_metrics_endpoint
 from webhooks.receiver import make_endpoint
 
@@ -68,6 +69,9 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
+    # The manifest-flow App's webhook secret, cached for the hot path (controller.github.storage).
+    github_apps = AppSecretCache(db=lambda: services.db, cipher=lambda: services.cipher)
+    app.state.github_apps = github_apps
 
     @app.exception_handler(SlipwayError)
     async def _slipway_error(_request: Request, exc: SlipwayError) -> JSONResponse:
@@ -102,7 +106,7 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
         "/webhooks/github",
         count_deliveries(
             make_endpoint(
-                secret=lambda: services.settings.webhook_secret,
+                secret=lambda: services.settings.webhook_secret or github_apps.webhook_secret(),
                 writer=lambda: services.writer,
                 body_timeout=lambda: services.settings.github.webhook_body_timeout,
             )
@@ -132,7 +136,7 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
         "/metrics", make_metrics_endpoint(services), methods=["GET"], include_in_schema=False
     )
 
-    from controller.api import deployments, envvars, projects, runs, versions
+    from controller.api import deployments, envvars, github, projects, runs, versions
     from controller.web import pages
 
     app.include_router(projects.router)
@@ -140,5 +144,7 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(versions.router)
     app.include_router(runs.router)
     app.include_router(envvars.router)
+    app.include_router(github.api)
+    app.include_router(github.pages)
     app.include_router(pages.router)
     return app

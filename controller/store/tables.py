@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -370,4 +371,57 @@ class EnvVarChange(Base):
     name: Mapped[str] = mapped_column(String(255))
     action: Mapped[str] = mapped_column(String(20))
     actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GitHubApp(Base):
+    """The GitHub App the manifest flow created (one row: the newest set-up replaces it).
+
+    The private key, webhook secret and client secret are AES-GCM ciphertexts bound to
+    ``github-app/<app_id>/<field>`` (see :mod:`controller.github.storage`).
+    """
+
+    __tablename__ = "github_apps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(Integer)
+    slug: Mapped[str] = mapped_column(String(200))
+    html_url: Mapped[str] = mapped_column(Text)
+    client_id: Mapped[str] = mapped_column(String(200))
+    private_key_encrypted: Mapped[str] = mapped_column(Text)
+    webhook_secret_encrypted: Mapped[str] = mapped_column(Text)
+    client_secret_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GitHubSetupToken(Base):
+    """A one-time set-up token (``setup``) or manifest ``state``: stored as a SHA-256."""
+
+    __tablename__ = "github_setup_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    org: Mapped[str | None] = mapped_column(String(100))
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CommitSignal(Base):
+    """A ``deployment_status`` or ``check_run`` GitHub reported for a commit: what a
+    promotion gate (``github-deployment:NAME``, ``check-run:NAME``) decides with."""
+
+    __tablename__ = "commit_signals"
+    __table_args__ = (Index("ix_commit_signals_repo_sha", "repo_lower", "sha"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    repo_lower: Mapped[str] = mapped_column(String(300))
+    sha: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(50))
+    github_id: Mapped[int] = mapped_column(BigInteger)
+    deployment_id: Mapped[int | None] = mapped_column(BigInteger)
+    url: Mapped[str | None] = mapped_column(Text)
+    delivery_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

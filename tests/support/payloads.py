@@ -534,6 +534,67 @@ def installation_repositories(
     return _checked("installation_repositories", payload)
 
 
+def delete(
+    *,
+    repo: str = "octo-org/demo",
+    ref: str,
+    ref_type: str = "branch",
+    installation_id: int = DEFAULT_INSTALLATION_ID,
+) -> Payload:
+    """A ``delete`` delivery (the examples are all tags; a branch is an edited one)."""
+    payload = _first_valid("delete")
+    _replace_strings(payload, payload["repository"]["full_name"], repo)
+    _set_repository(payload["repository"], repo)
+    _set_installation_lite(payload, installation_id)
+    payload.pop("organization", None)
+    payload.update(ref=ref, ref_type=ref_type)
+    return _checked("delete", payload)
+
+
+def deployment_status(
+    *,
+    repo: str = "octo-org/demo",
+    sha: str,
+    environment: str = "production",
+    state: str = "success",
+    installation_id: int = DEFAULT_INSTALLATION_ID,
+) -> Payload:
+    """A ``deployment_status`` delivery of a deployment of ``sha`` in ``environment``."""
+    payload = _first_valid(
+        "deployment_status", where=lambda p: bool(p["deployment_status"].get("log_url"))
+    )
+    _replace_strings(payload, payload["repository"]["full_name"], repo)
+    _set_repository(payload["repository"], repo)
+    _set_installation_lite(payload, installation_id)
+    payload.pop("organization", None)
+    payload["deployment"].update(sha=sha, environment=environment)
+    payload["deployment_status"].update(state=state, environment=environment)
+    return _checked("deployment_status", payload)
+
+
+def check_run(
+    *,
+    action: str = "completed",
+    repo: str = "octo-org/demo",
+    sha: str,
+    name: str = "ci",
+    conclusion: str | None = "success",
+    installation_id: int = DEFAULT_INSTALLATION_ID,
+) -> Payload:
+    """A ``check_run`` delivery (``created`` runs are queued; ``completed`` ones conclude)."""
+    payload = _first_valid("check_run", action)
+    _replace_strings(payload, payload["repository"]["full_name"], repo)
+    _set_repository(payload["repository"], repo)
+    _set_installation_lite(payload, installation_id)
+    payload.pop("organization", None)
+    run = payload["check_run"]
+    run.update(name=name, head_sha=sha)
+    run["check_suite"]["head_sha"] = sha
+    if action == "completed":
+        run["conclusion"] = conclusion
+    return _checked("check_run", payload)
+
+
 def ping() -> Payload:
     """A real ``ping`` delivery (the first example that matches the current schema)."""
     return _checked("ping", _first_valid("ping"))

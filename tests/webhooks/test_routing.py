@@ -20,6 +20,7 @@ from webhooks.routing import (
     Archive,
     Deploy,
     ProjectView,
+    RecordSignal,
     Routed,
     Skip,
     route,
@@ -313,14 +314,16 @@ def access_change(routed: Routed) -> AccessChange:
     ("action", "added", "removed"),
     [
         ("created", REPOS, []),
-        ("unsuspend", REPOS, []),
         ("new_permissions_accepted", REPOS, []),
         ("deleted", [], REPOS),
-        ("suspend", [], REPOS),
+        # GitHub lists no repositories here: the installation itself is (un)suspended.
+        ("unsuspend", [], []),
+        ("suspend", [], []),
     ],
 )
 def test_installation_changes_access(action: str, added: list[str], removed: list[str]) -> None:
-    payload = payloads.installation(action=action, repos=REPOS)
+    repos = [] if action in ("suspend", "unsuspend") else REPOS
+    payload = payloads.installation(action=action, repos=repos)
     change = access_change(route("installation", payload, [])).change
     assert (change.event, change.action) == ("installation", action)
     assert change.installation_id == payloads.DEFAULT_INSTALLATION_ID
@@ -361,7 +364,72 @@ def test_ping_is_acknowledged() -> None:
     assert "acknowledged" in routed.outcome
 
 
-@pytest.mark.parametrize("event", ["create", "delete"])
+# --- delete, deployment_status, check_run -------------------------------------------------
+
+
+def test_deleting_a_branch_archives_its_open_preview() -> None:
+    views = [project(active_previews=frozenset({"feature/x"})), project(id=2, ref="other")]
+    routed = route("delete", payloads.delete(ref="feature/x"), views)
+    assert routed.intents == [Archive(1, "feature/x", "branch feature/x was deleted")]
+    assert "1 preview(s) archived" in routed.outcome
+
+
+def test_deleting_a_branch_without_a_preview_or_a_tag_archives_nothing() -> None:
+    views = [project(active_previews=frozenset({"feature/x"}))]
+    assert route("delete", payloads.delete(ref="feature/y"), views).intents == []
+    tag = route("delete", payloads.delete(ref="feature/x", ref_type="tag"), views)
+    assert tag.intents == [] and tag.outcome == "ignored: tag feature/x deleted"
+    none = route("delete", payloads.delete(ref="feature/x"), [])
+    assert none.intents == [] and "no project is connected" in none.outcome
+
+
+def only_signal(routed: Routed) -> RecordSignal:
+    assert len(routed.intents) == 1, routed
+    intent = routed.intents[0]
+    assert isinstance(intent, RecordSignal)
+    return intent
+
+
+def test_a_deployment_status_is_recorded_with_what_a_gate_needs() -> None:
+    payload = payloads.deployment_status(sha=SHA_B, environment="vercel", state="failure")
+    signal = only_signal(route("deployment_status", payload, [project()])).signal
+    assert (signal.kind, signal.repo, signal.sha) == ("deployment_status", REPO, SHA_B)
+    assert (signal.name, signal.state) == ("vercel", "failure")
+    assert signal.github_id == payload["deployment_status"]["id"]
+    assert signal.deployment_id == payload["deployment"]["id"]
+    assert signal.url == payload["deployment_status"]["log_url"]
+
+
+@pytest.mark.parametrize(("action", "state"), [("completed", "success"), ("created", "queued")])
+def test_a_check_run_is_recorded_with_its_conclusion_or_status(action: str, state: str) -> None:
+    payload = payloads.check_run(action=action, sha=SHA_B, name="tests")
+    signal = only_signal(route("check_run", payload, [project()])).signal
+    assert (signal.kind, signal.sha, signal.name, signal.state) == (
+        "check_run",
+        SHA_B,
+        "tests",
+        state,
+    )
+    assert signal.github_id == payload["check_run"]["id"]
+    assert signal.url == payload["check_run"]["details_url"]
+
+
+def test_signals_without_a_project_or_a_result_are_ignored() -> None:
+    none = route("check_run", payloads.check_run(sha=SHA_B), [])
+    assert none.intents == [] and "no project is connected" in none.outcome
+    again = payloads.example("check_run", "rerequested")
+    routed = route("check_run", again, [project(repo=again["repository"]["full_name"])])
+    assert routed.intents == [] and routed.outcome == "ignored: check_run.rerequested"
+
+
+def test_a_deployment_status_without_a_sha_is_a_payload_error() -> None:
+    payload = payloads.deployment_status(sha=SHA_B)
+    payload["deployment"]["sha"] = "not-a-sha"
+    with pytest.raises(PayloadError):
+        route("deployment_status", payload, [project()])
+
+
+@pytest.mark.parametrize("event", ["create"])
 def test_unknown_event_is_ignored(event: str) -> None:
     payload = payloads.example(event)
     routed = route(event, payload, [project(repo=payload["repository"]["full_name"])])
@@ -401,7 +469,7 @@ def _all_examples() -> list[Any]:
     if not payloads.node_modules_available():
         return []
     found = []
-    for event in ("push", "pull_request"):
+    for event in ("push", "pull_request", "delete", "deployment_status", "check_run"):
         for index, payload in enumerate(payloads.examples(event)):
             label = f"{event}-{index}-{payload.get('action') or payload.get('ref')}"
             found.append(pytest.param(event, payload, id=label))
@@ -421,6 +489,9 @@ def test_every_real_example_routes(event: str, payload: dict[str, Any]) -> None:
         assert isinstance(routed, Routed)
         assert routed.outcome
         for intent in routed.intents:
+            if isinstance(intent, RecordSignal):
+                assert intent.signal.repo == repo
+                continue
             assert isinstance(intent, Deploy | Archive | Skip)
             assert dataclasses.asdict(intent)["project_id"] == view.id
 
