@@ -42,6 +42,15 @@ STEPS = ("fetch", "checkout", "install", "build", "version", "health", "promote"
 def seed(data_dir: Path, *, deployments: int, previews: int) -> None:
     db = Database(f"sqlite:///{data_dir / 'slipway.db'}")
     cipher = Cipher([(data_dir / "encryption.key").read_text().strip()])
+    try:
+        seed_database(db, cipher, deployments=deployments, previews=previews)
+    finally:
+        db.dispose()
+
+
+def seed_database(db: Database, cipher: Cipher, *, deployments: int, previews: int) -> None:
+    """Project ``demo`` (it must exist) gets production, ``previews`` preview branches and
+    ``deployments`` deployments, half of them production's, each with steps and a version."""
     start = utcnow() - timedelta(days=1)
     with db.transaction() as session:
         project = get_project(session, "demo")
@@ -104,7 +113,6 @@ def seed(data_dir: Path, *, deployments: int, previews: int) -> None:
             session.flush()
             dep.version_id = version.id
             env.current_version_id = version.id
-    db.dispose()
 
 
 def measure(server: Server, path: str, rounds: int) -> dict[str, float]:
