@@ -119,3 +119,4 @@ def test_the_page_links_to_the_other_preview_pages(db: Database) -> None:
     assert 'href="/projects/demo?previews=1#previews" rel="prev"' in html
     assert 'href="/projects/demo?previews=3#previews" rel="next"' in html
     assert "51\u2013100 of 120 (117 active, 3 archived" in html
+    assert 'name="back" value="/projects/demo?previews=2"' in html  # forms come back here
