@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from controller.errors import Conflict, InvalidInput, NotFound, SlipwayError, TemporaryError
 from controller.models import ACTIVE_STATUSES, normalise_environment
-from controller.web import reads
+from controller.web import overview, reads
 from controller.web.session import (
     COOKIE,
     WebSession,
@@ -41,6 +41,8 @@ from controller.web.session import (
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.globals["duration"] = reads.duration_seconds
 templates.env.globals["active_statuses"] = ACTIVE_STATUSES
+templates.env.globals["previews_per_page"] = overview.PREVIEWS_PER_PAGE
+templates.env.globals["shown_deployments"] = overview.SHOWN_DEPLOYMENTS
 
 router = APIRouter(include_in_schema=False)
 
@@ -180,29 +182,15 @@ async def logout(request: Request) -> Response:
 
 
 @router.get("/projects/{ref}")
-def project_page(request: Request, ref: str) -> Response:
+def project_page(request: Request, ref: str, previews: str = "1") -> Response:
     session = _session(request)
     if session is None:
         return _login_redirect(request)
+    page = int(previews) if previews.isdigit() else 1
     try:
-        project = reads.project(request, ref)
-        envs = reads.environments(request, ref)
-        deployments = reads.deployments(request, ref)
-        last = reads.last_deployments(request, ref)
-        events = reads.events(request, ref)
+        context = overview.project_overview(request, ref, preview_page=page)
     except SlipwayError as exc:
         return _error(request, session, exc)
-    fixed = [e for e in envs if e["branch"] is None and e["name"] != "preview"]
-    previews = [e for e in envs if e["name"] == "preview" and e["branch"]]
-    previews.sort(key=lambda e: (e["status"] != "active", e["branch"]))
-    context = {
-        "project": project,
-        "environments": fixed,
-        "previews": previews,
-        "last": last,
-        "deployments": deployments,
-        "events": events,
-    }
     return _render(request, "project.html", context, session=session)
 
 
@@ -215,14 +203,7 @@ def environment_page(request: Request, ref: str, env: str, branch: str | None = 
         name = normalise_environment(env)
         project = reads.project(request, ref)
         target = branch if name == "preview" else None
-        environment = next(
-            (
-                e
-                for e in reads.environments(request, ref)
-                if e["name"] == name and e["branch"] == target
-            ),
-            None,
-        )
+        environment = reads.environment(request, ref, name, target)
         versions = reads.versions(request, ref, name, target)
         deployments = reads.deployments(request, ref, env=name, branch=target)
     except ValueError as exc:
@@ -251,6 +232,9 @@ def environment_page(request: Request, ref: str, env: str, branch: str | None = 
         "deployments": deployments,
         "runs": reads.recent_runs(request, environment["id"]),
         "envvars": reads.envvar_rows(request, ref, environment),
+        "can_roll_back": {environment["id"]}
+        if overview.can_roll_back(request, environment["id"])
+        else set(),
     }
     return _render(request, "environment.html", context, session=session)
 

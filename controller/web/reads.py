@@ -3,13 +3,17 @@
 The pages show exactly what the API answers because they call the same handlers
 (``controller.api.*``), which are plain functions under their decorators; arguments
 FastAPI would fill from headers or query defaults are passed explicitly here. The one
-reads the API does not have yet — an environment's recent runs (:func:`recent_runs`) and
-each environment's newest deployment (:func:`last_deployments`) — are kept here, beside
-their only caller, until the API offers them too.
+read the API does not have yet — an environment's recent runs (:func:`recent_runs`) — is
+kept here, beside its only caller, until the API offers it too. The project page reads
+through :mod:`controller.web.overview` instead (one transaction, bounded lists).
 
-The environment-variable section is a seam: :func:`envvar_rows` answers ``None`` ("not
-available") until env vars land; then it returns the names, who changed them and when
-— never a value.
+The environment-variable section (:func:`envvar_rows`) reads the rows with the store
+function the API's list uses (:func:`controller.secretstore.store.list_variables`) and
+keeps only what the API's view says about a variable *besides* its value: the pages show
+names, never values — not a secret's (the API never answers one) and not a plain one's
+either, so nothing is decrypted for a page and a value typed into the wrong variable
+cannot leak onto a screen. A preview branch lists the preview-wide variables it inherits
+and its own overrides, marked.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import select
 from starlette.requests import Request
 
 from controller.api import deployments as api_deployments
+from controller.api import envvars as api_envvars
 from controller.api import projects as api_projects
 from controller.api import versions as api_versions
 from controller.deployments import get_project
 from controller.runs import get_run
-from controller.store.tables import Deployment, Run, Version
-from controller.views import run_view
+from controller.secretstore.store import Scope, list_variables
+from controller.store.tables import Environment, Run, Version
+from controller.views import environment_view, run_view, version_strings
 
 SHOWN_DEPLOYMENTS = 50
 SHOWN_VERSIONS = 100
@@ -40,12 +46,22 @@ def project(request: Request, ref: str) -> dict[str, Any]:
     return api_projects.get_one(request, ref)
 
 
-def environments(request: Request, ref: str) -> list[dict[str, Any]]:
-    return api_projects.list_environments(request, ref)
-
-
-def events(request: Request, ref: str, limit: int = 20) -> list[dict[str, Any]]:
-    return api_projects.list_events(request, ref, limit=limit)
+def environment(request: Request, ref: str, name: str, branch: str | None) -> dict[str, Any] | None:
+    """One environment as the API's list shows it, or ``None``: found by its key, not by
+    listing every preview branch of the project."""
+    with request.app.state.services.db.read() as session:
+        project = get_project(session, ref)
+        env = session.execute(
+            select(Environment).where(
+                Environment.project_id == project.id,
+                Environment.name == name,
+                Environment.branch_key == (branch or ""),
+            )
+        ).scalar_one_or_none()
+        if env is None:
+            return None
+        versions = version_strings(session, {env.current_version_id})
+        return environment_view(env, versions.get(env.current_version_id or 0))
 
 
 def deployments(
@@ -106,36 +122,43 @@ def recent_runs(request: Request, environment_id: int, limit: int = 50) -> list[
         return [run_view(r, v, with_logs=False) for r, v in rows]
 
 
-def envvar_rows(request: Request, ref: str, env: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Env var names of an environment (``name``, ``updated_by``, ``updated_at``), or
-    ``None`` while Slipway has no env vars yet. Never values."""
-    return None
+ENVVAR_FIELDS = ("name", "secret", "fork_safe", "source", "updated_by", "updated_at")
 
 
-def last_deployments(request: Request, ref: str) -> dict[int, dict[str, str]]:
-    """Each environment's newest deployment (``id``, ``status``), keyed by environment id:
-    one grouped query, so a project with thousands of deployments and hundreds of preview
-    branches does not load every deployment to find them."""
+def envvar_rows(request: Request, ref: str, env: dict[str, Any]) -> list[dict[str, Any]]:
+    """What ``env`` (an environment view) sees, by name: each variable's ``secret``,
+    ``fork_safe``, ``source``, ``updated_by``, ``updated_at`` and ``layer`` (``own``, or
+    ``inherited`` from the preview root, or ``override`` of an inherited name). Never a
+    value: :func:`api_envvars.variable_view` gets ``None`` for it and the key is dropped."""
     with request.app.state.services.db.read() as session:
-        project_id = get_project(session, ref).id
-        newest = (
-            select(Deployment.environment_id, func.max(Deployment.created_at).label("at"))
-            .where(Deployment.project_id == project_id)
-            .group_by(Deployment.environment_id)
-            .subquery()
+        project = get_project(session, ref)
+        own = list_variables(session, Scope.of(project, env["name"], env["branch"]))
+        inherited = (
+            list_variables(session, Scope.of(project, "preview", None)) if env["branch"] else []
         )
-        rows = session.execute(
-            select(Deployment.environment_id, Deployment.id, Deployment.status)
-            .join(
-                newest,
-                and_(
-                    Deployment.environment_id == newest.c.environment_id,
-                    Deployment.created_at == newest.c.at,
-                ),
-            )
-            .order_by(Deployment.id)
-        ).all()
-    return {env_id: {"id": dep_id, "status": status} for env_id, dep_id, status in rows}
+        views = {
+            "own": [api_envvars.variable_view(row, None) for row in own],
+            "inherited": [api_envvars.variable_view(row, None) for row in inherited],
+        }
+    overridden = {v["name"] for v in views["own"]}
+    rows = [
+        {
+            **{k: v[k] for k in ENVVAR_FIELDS},
+            "layer": "inherited",
+            "overridden": v["name"] in overridden,
+        }
+        for v in views["inherited"]
+    ]
+    inherited_names = {v["name"] for v in views["inherited"]}
+    rows += [
+        {
+            **{k: v[k] for k in ENVVAR_FIELDS},
+            "layer": "override" if v["name"] in inherited_names else "own",
+            "overridden": False,
+        }
+        for v in views["own"]
+    ]
+    return sorted(rows, key=lambda r: (r["name"], r["layer"] != "inherited"))
 
 
 def duration_seconds(start: str | None, end: str | None) -> float | None:

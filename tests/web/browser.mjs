@@ -1,15 +1,16 @@
 // Drives headless Chromium (Debian's /usr/bin/chromium) through the pages with
 // playwright-core: sign in, find the project, read a deployment's log, press Rollback,
 // see the current version change. Prints one JSON line: what it saw, and any JavaScript
-// error or failed request. Usage: node browser.mjs URL TOKEN ARTIFACTS_DIR
+// error or failed request. Every page it loads is searched for the env var values given
+// (they must never appear). Usage: node browser.mjs URL TOKEN ARTIFACTS_DIR [VALUE ...]
 import { createRequire } from "node:module";
 
 // playwright-core lives in tests/node (the project's npm fixtures), not beside this file.
 const { chromium } = createRequire(new URL("../node/package.json", import.meta.url))("playwright-core");
 
-const [url, token, artifacts] = process.argv.slice(2);
+const [url, token, artifacts, ...hidden] = process.argv.slice(2);
 const problems = [];
-const seen = {};
+const seen = { pagesSearched: 0, valuesFound: [] };
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -24,6 +25,15 @@ try {
   page.on("pageerror", (err) => problems.push(`pageerror: ${err.message}`));
   page.on("console", (msg) => { if (msg.type() === "error") problems.push(`console: ${msg.text()}`); });
   page.on("requestfailed", (req) => problems.push(`requestfailed: ${req.url()}`));
+  page.on("load", async () => {
+    try {
+      const html = await page.content();
+      seen.pagesSearched += 1;
+      for (const value of hidden) if (html.includes(value)) seen.valuesFound.push(`${page.url()}: ${value}`);
+    } catch (err) {
+      if (!String(err).includes("navigat")) problems.push(`search: ${err}`);
+    }
+  });
   const shot = (name) => page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: true });
 
   await page.goto(url + "/");
@@ -62,7 +72,15 @@ try {
 
   await page.getByRole("link", { name: "production" }).click();
   await page.waitForURL(/\/environments\/production/);
+  seen.envvarNames = await page.locator("tr[data-envvar] td:first-child").allInnerTexts();
   await shot("environment");
+
+  await page.goto(url + "/projects/demo");
+  await page.getByRole("link", { name: "feature/pages" }).click();
+  await page.waitForURL(/\/environments\/preview\?branch=/);
+  seen.previewEnvvars = await page.locator("tr[data-envvar]").evaluateAll(
+    (rows) => rows.map((r) => `${r.dataset.envvar}:${r.dataset.layer}`));
+  await shot("environment-preview");
 
   // Keyboard: the skip link is the first thing Tab reaches, and it is visible then.
   await page.keyboard.press("Tab");

@@ -20,6 +20,8 @@ from support.repos import TaskRepo
 from support.server import Server
 
 REPO = "octo-org/demo"
+SECRET_VALUE = "s3cr3t-value-never-on-a-page"
+PLAIN_VALUE = "plain-value-not-shown-either"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
@@ -75,6 +77,28 @@ def deploy(server: Server, *, sha: str, env: str = "production") -> dict[str, An
     return dict(final)
 
 
+def set_envvars(server: Server) -> None:
+    """Production: a secret and a plain variable; preview-wide: two plain ones, one of which
+    the ``feature/pages`` branch overrides with a secret of its own."""
+    base = "/api/v1/projects/demo/envvars"
+    server.ok(
+        "POST",
+        f"{base}/production",
+        json={"name": "API_TOKEN", "value": SECRET_VALUE, "secret": True},
+    )
+    server.ok("POST", f"{base}/production", json={"name": "LOG_LEVEL", "value": PLAIN_VALUE})
+    server.ok(
+        "POST",
+        f"{base}/preview",
+        json={"variables": {"SHARED_URL": PLAIN_VALUE, "DB_URL": PLAIN_VALUE}, "fork_safe": True},
+    )
+    server.ok(
+        "POST",
+        f"{base}/preview?branch=feature%2Fpages",
+        json={"name": "DB_URL", "value": SECRET_VALUE, "secret": True},
+    )
+
+
 def build_site(tmp: Path, **server_args: Any) -> Site:
     payloads.require_node_modules()
     repo = TaskRepo(tmp / "repo")
@@ -98,6 +122,7 @@ def build_site(tmp: Path, **server_args: Any) -> Site:
         preview = deploy(server, sha=head, env="preview")
         ran = server.trigger("demo", "production", "hello", {"n": 1})
         assert ran.status_code == 200, ran.text
+        set_envvars(server)
     except BaseException:
         server.close()
         raise

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, Site
+from conftest import ARTIFACTS, PLAIN_VALUE, SECRET_VALUE, Site
 from support import payloads
 
 NODE_DIR = Path(__file__).parents[1] / "node"
@@ -49,6 +49,8 @@ def test_sign_in_read_a_log_and_roll_back_in_chromium(site: Site) -> None:
                 site.server.url,
                 site.server.token,
                 str(ARTIFACTS),
+                SECRET_VALUE,
+                PLAIN_VALUE,
             ],
             cwd=NODE_DIR,
             capture_output=True,
@@ -69,7 +71,21 @@ def test_sign_in_read_a_log_and_roll_back_in_chromium(site: Site) -> None:
         assert seen["firstTab"] == "Skip to content"
         assert seen["forgedStatus"] == 403 and seen["forgedChanged"] is False
         assert seen["narrowOverflow"] is False
-        for name in ("login", "projects", "project", "deployment", "environment"):
+        assert seen["envvarNames"] == ["API_TOKEN", "LOG_LEVEL"]
+        assert seen["previewEnvvars"] == [
+            "DB_URL:inherited",
+            "DB_URL:override",
+            "SHARED_URL:inherited",
+        ]
+        assert seen["pagesSearched"] >= 8 and seen["valuesFound"] == []
+        for name in (
+            "login",
+            "projects",
+            "project",
+            "deployment",
+            "environment",
+            "environment-preview",
+        ):
             assert (ARTIFACTS / f"{name}.png").stat().st_size > 1000
     finally:
         site.restore()

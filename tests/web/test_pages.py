@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
-from conftest import Site, csrf_of
+from conftest import PLAIN_VALUE, SECRET_VALUE, Site, csrf_of
 
 pytestmark = pytest.mark.node
 
@@ -55,6 +57,9 @@ def test_project_page_shows_versions_statuses_and_preview_branches(
     assert site.second["id"] in html  # last deployment of production
     assert "status-deployed" in html and "status-active" in html
     assert ">Rollback</button>" in html and ">Promote</button>" in html
+    # Rollback only where an older deployed version exists (the preview has one version)
+    assert 'aria-label="Roll back production"' in html
+    assert 'aria-label="Roll back feature/pages"' not in html
 
 
 def test_deployment_page_has_the_log_and_step_durations(
@@ -85,7 +90,7 @@ def test_environment_page_lists_versions_tasks_and_runs(
     assert site.first["version"] in html and site.second["version"] in html
     assert "<code>hello</code>" in html and "<code>db:migrate</code>" in html
     assert site.run["id"] in html
-    assert 'id="envvars"' in html  # the seam env vars fill later
+    assert 'id="envvars"' in html
     run = browser_client.get(f"/runs/{site.run['id']}").text
     assert "status-completed" in run and "hello v2" in run
     preview = browser_client.get(
@@ -153,12 +158,50 @@ def test_a_session_from_another_admin_token_is_refused(site: Site) -> None:
         assert client.get("/projects/demo").status_code == 303
 
 
+def _envvar_rows(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<tr data-envvar="([A-Z_]+)" data-layer="(\w+)"', html))
+
+
+def test_environment_page_lists_env_var_names_not_values(
+    site: Site, browser_client: httpx.Client
+) -> None:
+    html = browser_client.get("/projects/demo/environments/production").text
+    assert _envvar_rows(html) == {"API_TOKEN": "own", "LOG_LEVEL": "own"}
+    row = html[html.index('data-envvar="API_TOKEN"') :].split("</tr>")[0]
+    assert "<td>secret</td>" in row and "admin token" in row and "<time" in row
+    assert "<td>set</td>" in row
+    assert SECRET_VALUE not in html and PLAIN_VALUE not in html
+
+
+def test_preview_branch_page_shows_inherited_variables_and_its_overrides(
+    site: Site, browser_client: httpx.Client
+) -> None:
+    html = browser_client.get(
+        "/projects/demo/environments/preview", params={"branch": "feature/pages"}
+    ).text
+    found = re.findall(r'<tr data-envvar="([A-Z_]+)" data-layer="(\w+)"( class="muted")?', html)
+    assert found == [
+        ("DB_URL", "inherited", ' class="muted"'),
+        ("DB_URL", "override", ""),
+        ("SHARED_URL", "inherited", ""),
+    ]
+    assert "overrides preview-wide" in html and "(overridden)" in html
+    assert SECRET_VALUE not in html and PLAIN_VALUE not in html
+
+
 def test_no_secret_in_any_page(site: Site, browser_client: httpx.Client) -> None:
-    secrets = [site.server.token, "test-secret", site.server.secret_key("demo", "production")]
+    secrets = [
+        site.server.token,
+        "test-secret",
+        site.server.secret_key("demo", "production"),
+        SECRET_VALUE,
+        PLAIN_VALUE,
+    ]
     paths = [
         "/",
         "/projects/demo",
         "/projects/demo/environments/production",
+        "/projects/demo/environments/preview?branch=feature%2Fpages",
         f"/deployments/{site.second['id']}",
         f"/deployments/{site.second['id']}/log",
         f"/runs/{site.run['id']}",
