@@ -21,10 +21,9 @@ of them it was is not told. The pages send ``Referrer-Policy: no-referrer`` and
 from __future__ import annotations
 
 import html
-import importlib
 import json
 import secrets
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
@@ -34,6 +33,7 @@ from controller.api.auth import require_admin
 from controller.api.errors import DESCRIPTIONS, ErrorBody, error_responses
 from controller.errors import Forbidden, SlipwayError
 from controller.github.app import StoredApp
+from controller.github.client import GitHubClient, make_client
 from controller.github.manifest import exchange_code, manifest, new_app_url, web_url
 from controller.github.storage import (
     AppSecretCache,
@@ -76,23 +76,10 @@ class SetupRequest(BaseModel):
     org: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}$")
 
 
-class GitHubClientLike(Protocol):
-    """The part of ``controller.github.client.GitHubClient`` that status reads."""
-
-    def app_info(self) -> dict[str, Any]: ...
-    def installations(self) -> list[dict[str, Any]]: ...
-    def installation_repositories(self, installation_id: int) -> list[dict[str, Any]]: ...
-
-
-def make_github_client(settings: Any, stored: StoredApp | None) -> GitHubClientLike | None:
-    """``controller.github.client.make_client`` once it exists (built in parallel; until
-    then status shows the stored App alone). Tests replace ``app.state.github_client``."""
-    try:
-        module = importlib.import_module("controller.github.client")
-    except ImportError:
-        return None
-    client: GitHubClientLike | None = module.make_client(settings, stored_app=stored)
-    return client
+def make_github_client(settings: Any, stored: StoredApp | None) -> GitHubClient | None:
+    """The App's client (settings win over the stored App). Tests replace
+    ``app.state.github_client``."""
+    return make_client(settings, stored_app=stored)
 
 
 def _services(request: Request) -> Any:
@@ -201,7 +188,7 @@ def status(request: Request) -> dict[str, Any]:
 
 
 def describe_status(
-    settings: Any, stored: StoredApp | None, client: GitHubClientLike | None
+    settings: Any, stored: StoredApp | None, client: GitHubClient | None
 ) -> dict[str, Any]:
     app: dict[str, Any] | None = None
     if settings.github.github_app_id:
