@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -375,8 +376,14 @@ class Services:
             except Exception as exc:
                 log.warning("resync: version %s does not serve: %s", spec.version, exc)
 
+        started = time.monotonic()
         with ThreadPoolExecutor(max_workers=RESYNC_CHECKS, thread_name_prefix="resync") as pool:
             list(pool.map(ensure, check))
+        log.debug(
+            "resync: %d worker(s) checked in %.1f ms",
+            len(check),
+            (time.monotonic() - started) * 1000,
+        )
         if isinstance(self.runtime, LocalRuntime):
             self.runtime.stop_idle_previews()
         self.runtime.stop_unlisted(wanted | busy | self.runtime.serving())
