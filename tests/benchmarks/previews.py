@@ -287,7 +287,7 @@ def measure(*, n: int, idle: float, warm_runs: int, window: float) -> dict[str, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="previews opened in the burst")
-    parser.add_argument("--idle", type=float, default=20.0, help="SLIPWAY_PREVIEW_IDLE_TIMEOUT")
+    parser.add_argument("--idle", type=float, default=60.0, help="SLIPWAY_PREVIEW_IDLE_TIMEOUT")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 previews, short")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
