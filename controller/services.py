@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
 from controller.reconcile import resync_passes
-from controller.runtimes.base import Runtime
+from controller.runtimes.base import Runtime, VersionSpec
 from controller.runtimes.control import (
     ControlClient,
     ControlServer,
@@ -64,6 +66,8 @@ from controller.versions import spec_for
 log = logging.getLogger(__name__)
 
 IDLE_RETIRE_SECONDS = 300.0
+# Health checks in flight at once during a resync pass.
+RESYNC_CHECKS = 8
 # The controller's drain for workers at a graceful stop: the web process already gave runs
 # the shutdown grace period before it asked the controller to stop.
 WORKER_STOP_SECONDS = 5.0
@@ -71,7 +75,12 @@ WORKER_STOP_SECONDS = 5.0
 
 def make_runtime(settings: Settings, *, may_start: Callable[[int], str | None]) -> LocalRuntime:
     if settings.runtime.runtime == "local":
-        return LocalRuntime(data_dir=settings.data_dir, may_start=may_start)
+        return LocalRuntime(
+            data_dir=settings.data_dir,
+            may_start=may_start,
+            preview_idle_timeout=settings.runtime.preview_idle_timeout,
+            max_live_previews=settings.runtime.max_live_preview_workers,
+        )
     raise PermanentError(
         f"SLIPWAY_RUNTIME={settings.runtime.runtime} is not available in this build",
         hint="use SLIPWAY_RUNTIME=local",
@@ -335,7 +344,8 @@ class Services:
             )
 
     def resync_runtime(self) -> None:
-        """Current versions serve; archived or idle non-current versions stop."""
+        """Current versions serve (previews only while they have runs: they scale to
+        zero); archived or idle non-current versions stop."""
         with self.db.read() as session:
             rows = session.execute(
                 select(Environment, Version)
@@ -351,11 +361,33 @@ class Services:
             ).scalars()
             busy = {version_id for version_id in deploying if version_id is not None}
         wanted = {spec.version_id for spec in specs}
-        for spec in specs:
+        # A preview scaled to zero stays stopped until its next run; production and
+        # staging always serve. Health checks run in parallel, bounded.
+        serving = self.runtime.serving()
+        if isinstance(self.runtime, LocalRuntime):
+            serving |= self.runtime.recorded()  # adopted, then stopped when idle
+        check = [
+            spec
+            for spec in specs
+            if spec.context.get("environment") != "preview" or spec.version_id in serving
+        ]
+
+        def ensure(spec: VersionSpec) -> None:
             try:
                 self.runtime.ensure(spec)
             except Exception as exc:
                 log.warning("resync: version %s does not serve: %s", spec.version, exc)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=RESYNC_CHECKS, thread_name_prefix="resync") as pool:
+            list(pool.map(ensure, check))
+        log.debug(
+            "resync: %d worker(s) checked in %.1f ms",
+            len(check),
+            (time.monotonic() - started) * 1000,
+        )
+        if isinstance(self.runtime, LocalRuntime):
+            self.runtime.stop_idle_previews()
         self.runtime.stop_unlisted(wanted | busy | self.runtime.serving())
         for version_id in self.runtime.serving() - wanted - busy:
             if self.runtime.idle_for(version_id) > IDLE_RETIRE_SECONDS:

@@ -63,6 +63,8 @@ class RuntimeSettings(BaseSettings):
 
     runtime: Literal["local", "kubernetes"] = "local"
     max_concurrent_builds: int = Field(default=2, ge=1, le=64)
+    preview_idle_timeout: float = Field(default=600.0, ge=0)
+    max_live_preview_workers: int = Field(default=50, ge=1)
     # Not in SPEC's table: tuning knobs with safe defaults, documented in the README.
     resync_interval: float = Field(default=60.0, gt=0)
     build_timeout: float = Field(default=1800.0, gt=0)

@@ -288,10 +288,17 @@ class RemoteRuntime:
         try:
             for attempt in (1, 2):
                 response = self._run_once(
-                    spec, run_id=run_id, task_id=task_id, payload=payload, timeout=timeout, env=env
+                    spec,
+                    run_id=run_id,
+                    task_id=task_id,
+                    payload=payload,
+                    timeout=timeout,
+                    env=env,
+                    attempt=attempt,
                 )
-                if response.status_code != 503 or attempt == 2:
-                    break
+                if response is not None and (response.status_code != 503 or attempt == 2):
+                    return answer_of(response, spec=spec, task_id=task_id)
+            assert response is not None
             return answer_of(response, spec=spec, task_id=task_id)
         finally:
             with self._changed:
@@ -307,7 +314,8 @@ class RemoteRuntime:
         payload: Any,
         timeout: float | None,
         env: dict[str, str] | None,
-    ) -> httpx.Response:
+        attempt: int,
+    ) -> httpx.Response | None:
         lease = self.client.call(
             "acquire", spec=spec_to_json(spec), timeout=ACQUIRE_TIMEOUT, wait=RESTART_WAIT
         )
@@ -321,6 +329,16 @@ class RemoteRuntime:
                 timeout=timeout,
                 env=env,
             )
+        except httpx.ConnectError as exc:
+            if attempt == 2 or self._stopping.is_set():
+                raise RuntimeUnavailable(
+                    f"the worker of version {spec.version} is unreachable: {exc}"
+                ) from exc
+            # Nothing reached the worker (the run has not started): the controller
+            # replaces it and we ask once more. No health check precedes a run.
+            with contextlib.suppress(SlipwayError):
+                self.client.call("refused", version_id=spec.version_id, port=lease["port"])
+            return None
         except httpx.HTTPError as exc:
             if self._stopping.is_set():
                 raise RuntimeUnavailable(

@@ -67,6 +67,7 @@ class _Worker:
     proc: subprocess.Popen[bytes] | None = None
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
+    preview: bool = False
 
     @property
     def url(self) -> str:
@@ -128,6 +129,8 @@ class LocalRuntime:
         start_timeout: float = 60.0,
         drain_timeout: float = 3600.0,
         may_start: Callable[[int], str | None] | None = None,
+        preview_idle_timeout: float = 600.0,
+        max_live_previews: int = 50,
     ) -> None:
         self.registry = data_dir / "workers"
         self.logs = data_dir / "logs" / "workers"
@@ -137,6 +140,8 @@ class LocalRuntime:
         self.start_timeout = start_timeout
         self.drain_timeout = drain_timeout
         self.may_start = may_start
+        self.preview_idle_timeout = preview_idle_timeout
+        self.max_live_previews = max_live_previews
         self._workers: dict[int, _Worker] = {}
         self._retiring: dict[int, _Worker] = {}
         self._locks: dict[int, threading.Lock] = {}
@@ -154,13 +159,19 @@ class LocalRuntime:
 
     def ensure(self, spec: VersionSpec) -> None:
         with self._version_lock(spec.version_id):
-            self._ensure_locked(spec)
+            serving = spec.version_id in self._workers
+            self._ensure_locked(spec, check=True)
+        if not serving:
+            self.stop_previews_over_cap(keep=spec.version_id)
 
-    def _ensure_locked(self, spec: VersionSpec) -> _Worker:
+    def _ensure_locked(self, spec: VersionSpec, *, check: bool) -> _Worker:
+        """``check``: health-check a worker we already have (the resync does); a run
+        does not: its request failing to connect is the health signal (see :meth:`run`)."""
         if self._closing.is_set():
             raise RuntimeUnavailable("the controller is stopping and starts no worker")
         worker = self._workers.get(spec.version_id)
-        if worker is not None and self._healthy(worker, spec.version_id):
+        alive = worker is not None and not worker.gone()
+        if worker is not None and alive and (not check or self._healthy(worker, spec.version_id)):
             return worker
         if worker is not None:
             self._forget(spec.version_id)
@@ -169,6 +180,7 @@ class LocalRuntime:
             raise PermanentError(f"version {spec.version} is not started: {refusal}")
         adopted = self._adopt(spec.version_id)
         worker = adopted if adopted is not None else self._start(spec)
+        worker.preview = spec.context.get("environment") == "preview"
         self._workers[spec.version_id] = worker
         return worker
 
@@ -402,6 +414,10 @@ class LocalRuntime:
             if version_id not in keep and version_id not in self._workers:
                 self.retire(version_id)
 
+    def recorded(self) -> set[int]:
+        """Versions with a worker record (maybe one a previous controller started)."""
+        return {int(p.stem) for p in self.registry.glob("*.json") if p.stem.isdigit()}
+
     def serving(self) -> set[int]:
         return set(self._workers)
 
@@ -410,6 +426,47 @@ class LocalRuntime:
         if worker is None or worker.in_flight:
             return 0.0
         return time.monotonic() - worker.last_used
+
+    def live_previews(self) -> list[_Worker]:
+        """Preview workers, least recently used first."""
+        with self._lock:
+            workers = [w for w in self._workers.values() if w.preview]
+        return sorted(workers, key=lambda w: w.last_used)
+
+    def stop_idle_previews(self) -> int:
+        """Scale to zero: retire preview workers without a run for the idle timeout
+        (0: never). The next run starts the worker again."""
+        if self.preview_idle_timeout <= 0:
+            return 0
+        idle = [
+            w
+            for w in self.live_previews()
+            if self.idle_for(w.version_id) > self.preview_idle_timeout
+        ]
+        for worker in idle:
+            log.info("the preview worker of version id %s is idle: stopping it", worker.version_id)
+            self._retire_if_idle(worker)
+        return len(idle)
+
+    def stop_previews_over_cap(self, *, keep: int) -> None:
+        """At most ``max_live_previews`` preview workers: the least recently used idle
+        ones stop first. A worker with a run in flight is not picked, and its retire
+        waits for runs leased meanwhile, so no run in flight is cut off."""
+        previews = self.live_previews()
+        excess = len(previews) - self.max_live_previews
+        for worker in (w for w in previews if w.version_id != keep):
+            if excess <= 0:
+                break
+            if worker.in_flight == 0 and self._retire_if_idle(worker):
+                excess -= 1
+
+    def _retire_if_idle(self, worker: _Worker) -> bool:
+        with self._version_lock(worker.version_id):
+            if self._workers.get(worker.version_id) is not worker or worker.in_flight:
+                return False
+            self._forget(worker.version_id)
+        self._retire_in_background(worker)
+        return True
 
     def close(self, *, timeout: float = 15.0) -> None:
         """Stop every worker of this data dir: ours, recorded ones, retiring ones and
@@ -457,8 +514,11 @@ class LocalRuntime:
         """A lease for one run: the worker is started if needed and counts the run in
         flight until :meth:`release`, so a concurrent retire waits for it."""
         with self._version_lock(spec.version_id):
-            worker = self._ensure_locked(spec)
+            serving = spec.version_id in self._workers
+            worker = self._ensure_locked(spec, check=False)
             worker.in_flight += 1
+        if not serving:
+            self.stop_previews_over_cap(keep=spec.version_id)
         return {"url": worker.url, "port": worker.port}
 
     def release(self, version_id: int, port: int) -> None:
@@ -499,12 +559,22 @@ class LocalRuntime:
                     timeout=timeout,
                     env=env,
                 )
-            except httpx.HTTPError as exc:
+            except httpx.ConnectError as exc:
+                # Nothing reached the worker, so the run has not started: replace the
+                # worker and try once more.
+                self.release(spec.version_id, lease["port"])
+                self.refused(spec.version_id, lease["port"])
+                if attempt == 1:
+                    continue
                 raise RuntimeUnavailable(
                     f"the worker of version {spec.version} is unreachable: {exc}"
                 ) from exc
-            finally:
+            except httpx.HTTPError as exc:
                 self.release(spec.version_id, lease["port"])
+                raise RuntimeUnavailable(
+                    f"the worker of version {spec.version} is unreachable: {exc}"
+                ) from exc
+            self.release(spec.version_id, lease["port"])
             if response.status_code == 503 and attempt == 1:
                 # Retired after we picked it: the worker refused the run before starting
                 # it, so start the version again.

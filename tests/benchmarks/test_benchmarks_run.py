@@ -36,3 +36,18 @@ def test_the_intake_benchmark_runs_and_loses_no_acknowledged_delivery(tmp_path: 
         assert run["ok_2xx"] > 0
         assert run["durable_added"] >= run["ok_2xx"], run
     assert len(report["targets"]) == 2, "both targets are reported"
+
+
+def test_the_previews_benchmark_runs_and_scales_previews_to_zero(tmp_path: Path) -> None:
+    out = tmp_path / "previews.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "previews.py"), "--quick", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["peak_workers"] >= report["previews"] == 4
+    assert report["preview_workers_after_idle"] == 0
+    assert report["warm_p50_ms"] > 0 and report["cold_p50_ms"] > 0
