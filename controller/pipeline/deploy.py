@@ -39,11 +39,12 @@ import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from controller.builders.base import Builder
 from controller.builders.config import BuildConfig, load_config
@@ -159,7 +160,7 @@ class Pipeline:
                 f"Deploying {dep.sha[:12] if dep.sha else 'an upload'} of {project.repo} to "
                 f"{env.name}{'/' + env.branch if env.branch else ''}"
             )
-        self._set_status(dep.id, "installing")
+        self._set_status(journal, dep.id, "installing")
         work = self.builds / dep.id
         checkout = work / "src"
         clone_url = project.clone_url or f"https://github.com/{project.repo}.git"
@@ -221,7 +222,7 @@ class Pipeline:
         env_result = journal.step("install", install, retry=Backoff(limit=1))
         venv = Path(env_result["venv"])
         self._guard(snap)
-        self._set_status(dep.id, "building")
+        self._set_status(journal, dep.id, "building")
         artifact = self.artifacts / dep.id
 
         def build(attempt: int) -> dict[str, Any]:
@@ -230,6 +231,7 @@ class Pipeline:
                 journal.log("Starting the build again from a clean checkout")
                 digest = materialise()
             if config.pre_build:
+                journal.begin_durably()  # a rerun must know the checkout may be dirty
                 build_env, log = self.envvars.build_variables(
                     snap.deployment, snap.environment, journal
                 )
@@ -269,7 +271,7 @@ class Pipeline:
                 venv=venv,
                 timeout=lambda: min(self._remaining(dep), 600.0),
             )
-        self._set_status(dep.id, "deploying")
+        self._set_status(journal, dep.id, "deploying")
 
         def number(_attempt: int) -> dict[str, Any]:
             version = allocate_version(
@@ -282,13 +284,19 @@ class Pipeline:
                 venv_path=str(venv),
                 tasks_dir=config.tasks_dir,
                 release_tasks=config.release_tasks,
+                record=record,
             )
-            journal.log(f"Version {version.version}")
             return {"version_id": version.id, "version": version.version}
+
+        def record(session: Session, version: Version) -> None:
+            row = session.get(Deployment, dep.id)
+            assert row is not None
+            row.version_id, row.artifact_digest = version.id, built["digest"]
+            journal.log(f"Version {version.version}")
+            journal.record(session, {"version_id": version.id, "version": version.version})
 
         numbered = journal.step("version", number)
         version_id, version = numbered["version_id"], numbered["version"]
-        self._set_fields(dep.id, version_id=version_id, artifact_digest=built["digest"])
 
         def health(_attempt: int) -> dict[str, Any]:
             with self.db.read() as session:
@@ -315,9 +323,12 @@ class Pipeline:
             self.runtime.retire(version_id)
         else:
 
-            def do_promote(_attempt: int) -> dict[str, Any]:
-                new, old = promote(self.db, self.runtime, version_id=version_id)
+            def promoted(session: Session, new: str, old: str | None) -> None:
                 journal.log(f"Promoted {new} to current" + (f" (was {old})" if old else ""))
+                journal.record(session, {"version": new, "previous": old})
+
+            def do_promote(_attempt: int) -> dict[str, Any]:
+                new, old = promote(self.db, self.runtime, version_id=version_id, record=promoted)
                 return {"version": new, "previous": old}
 
             journal.step(
@@ -395,13 +406,16 @@ class Pipeline:
                 raise Stop("canceled", f"canceled: {reason}")
             if dep.status in FINAL_STATUSES:
                 raise Stop(dep.status, dep.error or dep.status)
-        self._remaining(snap.deployment)
+            self._left(dep.started_at)
 
     def _remaining(self, dep: Deployment) -> float:
         with self.db.read() as session:
             started = session.execute(
                 select(Deployment.started_at).where(Deployment.id == dep.id)
             ).scalar_one()
+        return self._left(started)
+
+    def _left(self, started: datetime | None) -> float:
         if started is None:
             return self.build_timeout
         left = (started + timedelta(seconds=self.build_timeout) - utcnow()).total_seconds()
@@ -411,32 +425,33 @@ class Pipeline:
             )
         return left
 
-    def _set_status(self, deployment_id: str, status: str) -> None:
-        with self.db.transaction() as session:
+    def _set_status(self, journal: Journal, deployment_id: str, status: str) -> None:
+        """Staged: written with the journal's next transaction (a step's end, or the
+        durable start of a step that runs a user's command)."""
+        started_at = utcnow()
+
+        def write(session: Session) -> None:
             dep = session.get(Deployment, deployment_id)
             assert dep is not None
             if dep.status in FINAL_STATUSES:
                 return
             dep.status = status
             if dep.started_at is None:
-                dep.started_at = utcnow()
+                dep.started_at = started_at
 
-    def _set_fields(self, deployment_id: str, **values: Any) -> None:
-        with self.db.transaction() as session:
-            dep = session.get(Deployment, deployment_id)
-            assert dep is not None
-            for name, value in values.items():
-                setattr(dep, name, value)
+        journal.stage(write)
 
     def _finish(self, snap: Snapshot, journal: Journal, status: str, error: str | None) -> None:
-        journal.flush()
-        with self.db.transaction() as session:
+        def write(session: Session) -> None:
             dep = session.get(Deployment, snap.deployment.id)
             assert dep is not None
             if dep.status not in FINAL_STATUSES or dep.status == status:
                 dep.status = status
                 dep.error = error[:8000] if error else None
                 dep.finished_at = dep.finished_at or utcnow()
+
+        journal.stage(write)
+        journal.flush()
         log.info("deployment %s finished: %s", snap.deployment.id, status)
         if status != "deployed":
             shutil.rmtree(self.builds / snap.deployment.id, ignore_errors=True)
