@@ -248,7 +248,14 @@ class Pipeline:
             checkout.rename(artifact)
             shutil.rmtree(work, ignore_errors=True)
             root = artifact / config.root
-            tasks = self.builder.discover(root, venv=venv, tasks_dir=config.tasks_dir, timeout=120)
+            tasks = self.builder.discover(
+                root,
+                venv=venv,
+                tasks_dir=config.tasks_dir,
+                timeout=120,
+                tree=None if config.pre_build else f"{digest}:{config.root}",
+                log=journal.log,
+            )
             ids = {t["id"] for t in tasks}
             missing = [t for t in config.release_tasks if t not in ids]
             if missing:
