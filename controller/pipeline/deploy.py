@@ -304,8 +304,11 @@ class Pipeline:
             row = session.get(Deployment, dep.id)
             assert row is not None
             row.version_id, row.artifact_digest = version.id, built["digest"]
-            journal.log(f"Version {version.version}")
-            journal.record(session, {"version_id": version.id, "version": version.version})
+            journal.record(
+                session,
+                {"version_id": version.id, "version": version.version},
+                lines=[f"Version {version.version}"],
+            )
 
         numbered = journal.step("version", number)
         version_id, version = numbered["version_id"], numbered["version"]
@@ -336,8 +339,11 @@ class Pipeline:
         else:
 
             def promoted(session: Session, new: str, old: str | None) -> None:
-                journal.log(f"Promoted {new} to current" + (f" (was {old})" if old else ""))
-                journal.record(session, {"version": new, "previous": old})
+                journal.record(
+                    session,
+                    {"version": new, "previous": old},
+                    lines=[f"Promoted {new} to current" + (f" (was {old})" if old else "")],
+                )
 
             def do_promote(_attempt: int) -> dict[str, Any]:
                 new, old = promote(self.db, self.runtime, version_id=version_id, record=promoted)

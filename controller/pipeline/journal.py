@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -76,6 +76,7 @@ class _Running:
     started: float
     written: bool = False
     ending: bool = False
+    lines: bool = False
     recorded: tuple[dict[str, Any], tuple[int, int]] | None = None
     holding: bool = False
 
@@ -106,10 +107,17 @@ class Journal:
     # -- logs -----------------------------------------------------------------------------
 
     def log(self, message: str, *, level: str = "info", step: str | None = None) -> None:
+        if self._buffered(message, level=level, step=step):
+            running = self._running
+            if running is None or not running.ending:  # never inside a step's own write
+                self.flush()
+
+    def _buffered(self, message: str, *, level: str, step: str | None) -> bool:
+        """Buffer one line; whether a flush is due."""
         with self._lock:
             self._count += 1
             if self._count > MAX_LOG_LINES:
-                return
+                return False
             if self._count == MAX_LOG_LINES:
                 message, level = "[slipway] log limit reached; further lines are dropped", "warn"
             self._buffer.append(
@@ -120,9 +128,7 @@ class Journal:
                     "created_at": utcnow(),
                 }
             )
-            due = len(self._buffer) >= 200 or time.monotonic() - self._last_flush > 0.5
-        if due:
-            self.flush()
+            return len(self._buffer) >= 200 or time.monotonic() - self._last_flush > 0.5
 
     def stage(self, write: Write) -> None:
         """Apply ``write`` in the journal's next transaction (status and field updates
@@ -301,14 +307,21 @@ class Journal:
         """Write the running step's start now (before work a rerun must know about)."""
         self.flush()
 
-    def record(self, session: Session, result: dict[str, Any]) -> None:
-        """End the running step inside the caller's transaction with ``result``, so the
-        step's effect and its result commit together. The step must return only once
-        that transaction committed; if it raises instead, nothing recorded is kept.
-        Called again (the caller retries its transaction), the last call counts."""
+    def record(
+        self, session: Session, result: dict[str, Any], *, lines: Sequence[str] = ()
+    ) -> None:
+        """End the running step inside the caller's transaction with ``result`` (and
+        ``lines`` logged), so the step's effect and its result commit together. The
+        step must return only once that transaction committed; if it raises instead,
+        nothing recorded is kept. Called again (the caller retries its transaction),
+        the last call counts. Inside that transaction use ``lines``, not :meth:`log`."""
         running = self._running
         assert running is not None, "record() is for the step being run"
         running.ending = True
+        if not running.lines:
+            running.lines = True
+            for line in lines:
+                self._buffered(line, level="info", step=None)
         if not running.holding:
             # Never wait here: a log flush of another thread may be waiting for the
             # write lock this transaction holds. Its lines then go with the next write.

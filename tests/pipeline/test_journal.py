@@ -115,8 +115,8 @@ def test_a_step_recorded_in_its_own_transaction_commits_with_its_effect(
             dep = session.get(Deployment, deployment_id)
             assert dep is not None
             dep.artifact_digest = "sha256:abc"
-            journal.log("Version 1")
-            journal.record(session, {"version": "1"})
+            journal._last_flush = 0.0  # a flush is due: it must not nest a transaction
+            journal.record(session, {"version": "1"}, lines=["Version 1"])
         return {"version": "1"}
 
     assert journal.step("version", number) == {"version": "1"}
