@@ -8,10 +8,15 @@ version it already numbered instead of making a second one.
 
 Promotion is one UPDATE of ``environments.current_version_id`` after the new version's
 worker passed its health check; the old version's worker is then retired gracefully.
+
+Both take a ``record`` callback that runs inside their transaction: the deploy pipeline
+writes its journal step's end there, so a version is numbered (or promoted) and its step
+recorded as done in one commit — a controller killed in between cannot happen.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ def allocate_version(
     tasks_dir: str,
     release_tasks: list[str],
     now: datetime | None = None,
+    record: Callable[[Session, Version], None] | None = None,
 ) -> Version:
     day = (now or datetime.now(UTC)).strftime("%Y%m%d")
     for _ in range(50):
@@ -47,6 +53,8 @@ def allocate_version(
                     select(Version).where(Version.deployment_id == deployment.id)
                 ).scalar_one_or_none()
                 if existing is not None:
+                    if record is not None:
+                        record(session, existing)
                     return existing
                 top = session.execute(
                     select(func.max(Version.seq)).where(
@@ -74,6 +82,8 @@ def allocate_version(
                 dep = session.get(Deployment, deployment.id)
                 if dep is not None:
                     dep.version_id = version.id
+                if record is not None:
+                    record(session, version)
                 return version
         except IntegrityError:
             continue  # another deployment took this number; take the next
@@ -151,9 +161,16 @@ def previous_version(session: Session, env: Environment) -> Version:
     return row
 
 
-def promote(db: Database, runtime: Runtime, *, version_id: int) -> tuple[str, str | None]:
+def promote(
+    db: Database,
+    runtime: Runtime,
+    *,
+    version_id: int,
+    record: Callable[[Session, str, str | None], None] | None = None,
+) -> tuple[str, str | None]:
     """Make ``version_id`` current in its environment, atomically, once it is healthy.
-    Returns ``(new, old)`` version strings."""
+    Returns ``(new, old)`` version strings; ``record(session, new, old)`` runs in the
+    promoting transaction."""
     with db.read() as session:
         version = session.get(Version, version_id)
         if version is None:
@@ -173,6 +190,8 @@ def promote(db: Database, runtime: Runtime, *, version_id: int) -> tuple[str, st
         row.promoted_at = utcnow()
         old = session.get(Version, old_id) if old_id else None
         old_name = old.version if old else None
+        if record is not None:
+            record(session, version.version, old_name)
     if old_id and old_id != version_id:
         runtime.retire(old_id)
     return version.version, old_name

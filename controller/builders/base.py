@@ -57,5 +57,16 @@ class Builder(Protocol):
         ...
 
     def discover(
-        self, root: Path, *, venv: Path, tasks_dir: str, timeout: float
-    ) -> list[dict[str, Any]]: ...
+        self,
+        root: Path,
+        *,
+        venv: Path,
+        tasks_dir: str,
+        timeout: float,
+        tree: str | None = None,
+        log: Log | None = None,
+    ) -> list[dict[str, Any]]:
+        """The tasks under ``root / tasks_dir``. ``tree`` names the content of ``root``
+        (a digest); when given, a builder may reuse what it found for the same tree and
+        environment before."""
+        ...

@@ -24,7 +24,6 @@ non-daemon thread or registers a hanging ``atexit`` hook must not stall the buil
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -80,14 +79,33 @@ def discover(source: Path, tasks_dir: str) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="List a repository's Slipway tasks as JSON.")
-    parser.add_argument("--source", required=True, help="the repository checkout")
-    parser.add_argument("--tasks-dir", default="tasks", help="relative to --source")
-    args = parser.parse_args(argv)
+USAGE = "usage: discover_main.py --source DIR [--tasks-dir DIR]"
 
+
+def parse_args(argv: Sequence[str]) -> dict[str, str]:
+    """``--source DIR`` (required) and ``--tasks-dir DIR`` (default ``tasks``), also as
+    ``--name=value``. Not argparse: it and gettext would be the only modules this
+    script imports beyond what ``taskfiles`` needs, on every build."""
+    options = {"--source": "", "--tasks-dir": "tasks"}
+    items = list(argv)
+    while items:
+        name, sep, value = items.pop(0).partition("=")
+        if name not in options:
+            raise SystemExit(f"{USAGE}\nunknown argument: {name}")
+        if not sep:
+            if not items:
+                raise SystemExit(f"{USAGE}\n{name} needs a value")
+            value = items.pop(0)
+        options[name] = value
+    if not options["--source"]:
+        raise SystemExit(f"{USAGE}\n--source is required")
+    return {"source": options["--source"], "tasks_dir": options["--tasks-dir"]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     protocol = taskfiles.divert_stdout()
-    document = discover(Path(args.source).resolve(), args.tasks_dir)
+    document = discover(Path(args["source"]).resolve(), args["tasks_dir"])
     protocol.write(json.dumps(document) + "\n")
     protocol.close()
     return 2 if document["errors"] else 0

@@ -28,6 +28,17 @@ SHA-256 of all of them: a new token rebuilds the environment, and no value is wr
 into a key or a path. ``PIP_CONF`` (base64) is decoded into a pip configuration file in
 a private temporary directory outside the data dir and the checkout, named by
 ``PIP_CONFIG_FILE``, and removed when the command ends, whatever the outcome.
+
+**Discovery reuse**: importing the task files costs an interpreter start and every
+import they make (~0.1 s), and its result depends only on the tree, the environment
+and the discovery code. Given the tree's digest, a successful result is kept under
+``<cache>/_discovery/<key>`` (key: tree digest + dependency-cache key of the
+environment + tasks dir + a digest of ``discover_main.py`` and ``taskfiles.py``) and
+reused: a redeploy, a rollback-by-push or a second environment of the same commit skips
+the subprocess. Failures are never kept. The pipeline passes no digest when a pre-build
+ran (it may have changed the tree after the digest was taken).
+
+Over 400 lines: one builder, its cache rules and its commands read best together.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import base64
 import binascii
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import shlex
@@ -45,6 +57,7 @@ import sys
 import tempfile
 import threading
 import tomllib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,6 +89,24 @@ PROTECTED = frozenset(
     }
 )
 DISCOVER = Path(__file__).with_name("discover_main.py")
+DISCOVERY_CACHE = "_discovery"
+DISCOVERY_CODE = (DISCOVER, Path(__file__).parent.parent / "taskfiles.py")
+
+
+@functools.cache
+def discovery_code_version() -> str:
+    """A digest of the code that discovers tasks: a new Slipway never reuses old results."""
+    digest = hashlib.sha256()
+    for path in DISCOVERY_CODE:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def discovery_key(*, tree: str, venv: Path, tasks_dir: str) -> str:
+    """Tree digest + environment (its dependency-cache key: complete environments are
+    never modified) + tasks dir + discovery code version."""
+    parts = (tree, venv.name, tasks_dir, discovery_code_version())
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
 def detect_install(root: Path) -> tuple[str | None, str]:
@@ -354,6 +385,32 @@ class VirtualenvBuilder:
             ) from exc
 
     def discover(
+        self,
+        root: Path,
+        *,
+        venv: Path,
+        tasks_dir: str,
+        timeout: float,
+        tree: str | None = None,
+        log: Log | None = None,
+    ) -> list[dict[str, Any]]:
+        if tree is None:
+            return self._discover(root, venv=venv, tasks_dir=tasks_dir, timeout=timeout)
+        key = discovery_key(tree=tree, venv=venv, tasks_dir=tasks_dir)
+        stored = self.cache_dir / DISCOVERY_CACHE / f"{key}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            tasks = list(json.loads(stored.read_text())["tasks"])
+            if log is not None:
+                log(f"Tree and environment unchanged: reusing task discovery {key[:12]}")
+            return tasks
+        tasks = self._discover(root, venv=venv, tasks_dir=tasks_dir, timeout=timeout)
+        stored.parent.mkdir(exist_ok=True)
+        partial = stored.with_name(f"{key}.{uuid.uuid4().hex}.tmp")
+        partial.write_text(json.dumps({"tasks": tasks}))
+        partial.replace(stored)
+        return tasks
+
+    def _discover(
         self, root: Path, *, venv: Path, tasks_dir: str, timeout: float
     ) -> list[dict[str, Any]]:
         python = venv / "bin" / "python"

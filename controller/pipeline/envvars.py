@@ -9,7 +9,8 @@ and ``SLIPWAY_BRANCH`` set) and imports what it printed, marked as synced, into 
 environment or preview branch being deployed — never another one. It writes all of them
 in one transaction only after the command succeeded and its output parsed, so a failing,
 timed-out or malformed sync fails the deployment and changes nothing; the journaled
-step's result holds the names only. It is skipped with ``--skip-sync-env-vars``, and for
+step's result holds the names only, and is recorded in that same transaction, so a
+controller killed after the import never imports twice. It is skipped with ``--skip-sync-env-vars``, and for
 fork previews: what a fork's code prints must not become the project's variables.
 """
 
@@ -104,6 +105,9 @@ class EnvVarsPhase:
                 values = parse_sync_output(printed)
             except InvalidInput as exc:
                 raise BuildFailed(exc.message, hint="no variable was changed") from None
+            where = f"preview branch {env.branch}" if env.branch else env.name
+            journal.log(f"Synced {len(values)} env var(s) into {where}: {', '.join(values)}")
+            result = {"synced": sorted(values)}
             if values and self.cipher is not None:
                 with self.db.transaction() as session:
                     set_variables(
@@ -114,8 +118,7 @@ class EnvVarsPhase:
                         actor=f"sync of deployment {dep.id}",
                         source="sync",
                     )
-            where = f"preview branch {env.branch}" if env.branch else env.name
-            journal.log(f"Synced {len(values)} env var(s) into {where}: {', '.join(values)}")
-            return {"synced": sorted(values)}
+                    journal.record(session, result)
+            return result
 
         journal.step("sync-env", sync, retry=Backoff(limit=1))

@@ -273,3 +273,33 @@ def test_runs_without_slipway_installed(tmp_path: Path) -> None:
     proc, document = discover(source, python=str(base))
     assert proc.returncode == 0, proc.stderr
     assert len(document["tasks"]) == 4
+
+
+def test_discovery_imports_no_argument_parser(tmp_path: Path) -> None:
+    """Every build starts this script: it imports what the task files need, not argparse."""
+    root = write_repo(
+        tmp_path / "repo",
+        {
+            "tasks/probe.py": """
+                import sys
+                loaded = sorted(m for m in ("argparse", "gettext") if m in sys.modules)
+                sys.stderr.write(f"loaded={loaded}\\n")
+
+                def run(payload, ctx):
+                    return None
+            """
+        },
+    )
+    proc, document = discover(root)
+    assert proc.returncode == 0 and [t["id"] for t in document["tasks"]] == ["probe"]
+    assert "loaded=[]" in proc.stderr
+
+
+def test_discovery_arguments() -> None:
+    from controller.builders.discover_main import parse_args
+
+    assert parse_args(["--source", "/x"]) == {"source": "/x", "tasks_dir": "tasks"}
+    assert parse_args(["--tasks-dir=jobs", "--source=/x"]) == {"source": "/x", "tasks_dir": "jobs"}
+    for wrong in ([], ["--tasks-dir", "t"], ["--source"], ["--verbose", "--source", "/x"]):
+        with pytest.raises(SystemExit, match=r"usage: discover_main\.py"):
+            parse_args(wrong)
