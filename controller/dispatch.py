@@ -67,6 +67,7 @@ from webhooks.events import (
     CommitSignal,
     InstallationChange,
     PayloadError,
+    RepositorySource,
     repository_full_name,
 )
 from webhooks.routing import (
@@ -473,30 +474,26 @@ def _record_default_branch(projects: Iterable[Project], payload: dict[str, Any])
 
 def _record_repository(session: Session, payload: dict[str, Any]) -> None:
     """Remember the clone URL and installation a delivery of a connected repository names:
-    a project without ``--clone-url`` fetches from there with an installation token."""
-    repository = payload.get("repository") if isinstance(payload, dict) else None
-    installation = payload.get("installation") if isinstance(payload, dict) else None
-    if not isinstance(repository, dict) or not isinstance(repository.get("full_name"), str):
+    a project without ``--clone-url`` fetches from there with an installation token. A
+    field of the wrong shape records nothing (the delivery is still routed)."""
+    try:
+        source = RepositorySource.parse(payload)
+    except PayloadError as exc:
+        log.info("not recording the repository's clone URL or installation: %s", exc)
         return
-    clone_url = repository.get("clone_url")
-    installation_id = installation.get("id") if isinstance(installation, dict) else None
-    if not isinstance(clone_url, str) or not clone_url.startswith(("https://", "http://")):
-        clone_url = None
-    if not isinstance(installation_id, int) or isinstance(installation_id, bool):
-        installation_id = None
-    if clone_url is None and installation_id is None:
+    if source is None or (source.clone_url is None and source.installation_id is None):
         return
-    lower = repository["full_name"].lower()
+    lower = source.full_name.lower()
     found = session.execute(
         select(Repository).where(Repository.full_name_lower == lower)
     ).scalar_one_or_none()
     if found is None:
-        found = Repository(full_name=repository["full_name"], full_name_lower=lower)
+        found = Repository(full_name=source.full_name, full_name_lower=lower)
         session.add(found)
-    if clone_url is not None and found.clone_url != clone_url:
-        found.clone_url = clone_url
-    if installation_id is not None and found.installation_id != installation_id:
-        found.installation_id = installation_id
+    if source.clone_url is not None and found.clone_url != source.clone_url:
+        found.clone_url = source.clone_url
+    if source.installation_id is not None and found.installation_id != source.installation_id:
+        found.installation_id = source.installation_id
 
 
 def _body(session: Session, delivery: Delivery) -> bytes:

@@ -247,6 +247,30 @@ def _url(data: Any, *path: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class RepositorySource:
+    """Where a delivery says its repository is fetched from, and through which App
+    installation: ``repository.clone_url`` (http(s) only) and ``installation.id``."""
+
+    full_name: str
+    clone_url: str | None
+    installation_id: int | None
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> RepositorySource | None:
+        full_name = _opt(payload, str, "repository", "full_name")
+        if full_name is None:
+            return None
+        clone_url = _url(payload, "repository", "clone_url")
+        if clone_url is not None and not clone_url.startswith(("https://", "http://")):
+            clone_url = None
+        return cls(
+            full_name=_checked_text(full_name, ("repository", "full_name")),
+            clone_url=clone_url,
+            installation_id=_id(payload, "installation", "id"),
+        )
+
+
+@dataclass(frozen=True)
 class CommitSignal:
     """What a promotion gate reads from ``deployment_status`` and ``check_run``.
 

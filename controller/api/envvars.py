@@ -28,6 +28,7 @@ from controller.api.branches import branch_header
 from controller.api.errors import EnvName, ProjectRef, error_responses
 from controller.deployments import get_project
 from controller.errors import InvalidInput
+from controller.models import normalise_environment
 from controller.secretstore.store import (
     Scope,
     decrypt_value,
@@ -81,7 +82,9 @@ class ValueWrite(BaseModel):
 
 
 def _scope(session: Any, ref: str, env: str, branch: str | None) -> Scope:
-    return Scope.of(get_project(session, ref), env, branch)
+    """As everywhere in the API, a branch only matters with ``preview``."""
+    named = branch if normalise_environment(env) == "preview" else None
+    return Scope.of(get_project(session, ref), env, named)
 
 
 def variable_view(row: EnvVar, value: str | None) -> dict[str, Any]:
@@ -130,8 +133,6 @@ def create_envvars(
         if body.value is None:
             raise InvalidInput("a variable needs a value")
         values[body.name] = body.value
-    if not values:
-        raise InvalidInput('nothing to set: send {"name", "value"} or {"variables": {...}}')
     services = request.app.state.services
     with services.db.transaction() as session:
         scope = _scope(session, ref, env, branch or x_slipway_branch)
@@ -180,7 +181,7 @@ async def import_envvars(
         body += chunk
         if len(body) > MAX_IMPORT_BYTES:
             raise InvalidInput(f"the import body is larger than {MAX_IMPORT_BYTES} bytes")
-    values, json_override = parse_import(body)
+    values, json_override = parse_import(body) if body.strip() else ({}, False)
     services = request.app.state.services
 
     def write() -> dict[str, Any]:

@@ -100,13 +100,17 @@ def allowed_methods(app: FastAPI, path: str) -> str:
 
     Starlette's own 405 names the methods of the first route that matched the path only;
     a path served by several routes (``GET`` and ``POST /projects``) needs all of them.
-    The document is the one list of every route (FastAPI nests included routers).
+    The document is the one list of every route (FastAPI nests included routers). Where
+    templates of different shapes match (``…/envvars/{env}/import`` and
+    ``…/envvars/{env}/{name}``), the one with the fewest parameters names the path, as a
+    literal segment is more specific than a parameter.
     """
-    methods: set[str] = set()
+    by_params: dict[int, set[str]] = {}
     for template, operations in app.openapi()["paths"].items():
         pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
         if "{branch}" in template:
             pattern = pattern.replace("branches/[^/]+", "branches/.+")
         if re.fullmatch(pattern, path):
-            methods |= {method.upper() for method in operations}
-    return ", ".join(sorted(methods))
+            found = by_params.setdefault(template.count("{"), set())
+            found |= {method.upper() for method in operations}
+    return ", ".join(sorted(by_params[min(by_params)])) if by_params else ""

@@ -57,6 +57,7 @@ import git
 from controller.datadir import private_dir
 from controller.errors import (
     InvalidInput,
+    NotFound,
     PermanentError,
     SourceNotFound,
     SourceUnavailable,
@@ -225,7 +226,7 @@ class GitSource:
     def probe(self, *, clone_url: str, timeout: float = 10.0) -> None:
         """Check that ``clone_url`` answers as a git repository (``git ls-remote``).
 
-        A local path that is missing or not a repository is :class:`InvalidInput` (the
+        A local path that is missing or not a repository is :class:`NotFound` (the
         caller can fix it now); a remote that denies access or does not exist is
         :class:`SourceNotFound`, one that cannot be reached in ``timeout`` seconds
         :class:`SourceUnavailable`. Nothing is written.
@@ -233,7 +234,7 @@ class GitSource:
         remote = _parse_remote(clone_url)
         local_hint = "pass the path of a git repository, or a file://, https:// or ssh URL"
         if remote.local_path is not None and not remote.local_path.is_dir():
-            raise InvalidInput(f"{remote.name} is not a directory", hint=local_hint)
+            raise NotFound(f"{remote.name} is not a directory", hint=local_hint)
         try:
             _run(["ls-remote", "--heads", "--", remote.url], timeout=timeout)
         except _GitFailed as exc:
@@ -242,9 +243,7 @@ class GitSource:
                     f"{remote.name} did not answer within {timeout:g}s"
                 ) from exc
             if remote.local_path is not None:
-                raise InvalidInput(
-                    f"{remote.name} is not a git repository", hint=local_hint
-                ) from exc
+                raise NotFound(f"{remote.name} is not a git repository", hint=local_hint) from exc
             if _NO_ACCESS.search(exc.detail):
                 raise SourceNotFound(
                     f"{remote.name} is not a git repository or not accessible: "

@@ -48,7 +48,7 @@ def test_project_clone_urls_are_checked_at_creation(server: Server, tmp_path: Pa
         check=False,
     )
     assert missing.returncode == 1
-    assert "is not a directory" in missing.stderr and "[HTTP 422]" in missing.stderr
+    assert "is not a directory" in missing.stderr and "[HTTP 404]" in missing.stderr
 
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -63,12 +63,12 @@ def test_project_clone_urls_are_checked_at_creation(server: Server, tmp_path: Pa
         str(plain),
         check=False,
     )
-    assert "is not a git repository" in refused.stderr and "[HTTP 422]" in refused.stderr
+    assert "is not a git repository" in refused.stderr and "[HTTP 404]" in refused.stderr
     for url in (str(tmp_path / "gone"), f"file://{plain}"):
         answer = server.api(
             "POST", "/api/v1/projects", json={"ref": "x", "repo": REPO, "clone_url": url}
         )
-        assert answer.status_code == 422, answer.text
+        assert answer.status_code == 404, answer.text
     assert server.ok("GET", "/api/v1/projects") == []
 
     unreachable = "https://x-access-token:s3cr3t-value@127.0.0.1:9/acme/shop.git"
@@ -93,7 +93,7 @@ def test_project_clone_urls_are_checked_at_creation(server: Server, tmp_path: Pa
     )
     assert updated["warnings"] == []
     refused = cli(server, "projects", "update", "shop", "--clone-url", str(plain), check=False)
-    assert "[HTTP 422]" in refused.stderr
+    assert "[HTTP 404]" in refused.stderr
 
 
 def test_an_upload_from_a_git_repository_records_its_commit(flow: Flow, tmp_path: Path) -> None:

@@ -70,3 +70,10 @@ class TaskRepo:
 
     def checkout(self, branch: str, *, create: bool = False) -> None:
         git(self.path, "checkout", "-q", *(["-b"] if create else []), branch)
+
+
+def empty_repository(path: Path) -> Path:
+    """An empty bare repository: a clone URL that exists, whose deployments fail fast
+    (no such commit)."""
+    subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
+    return path

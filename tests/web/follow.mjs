@@ -26,13 +26,25 @@ try {
   seen.activeAtStart = await page.locator("#following").count() === 1;
   seen.logAtStart = await page.locator("#log").innerText();
   await page.evaluate(() => { window.__notReloaded = true; });
+  // Resolves only in the page as first loaded: the line was appended without a reload.
   await page.waitForFunction(
-    () => document.getElementById("log").innerText.includes("slow install done 42"),
+    () => window.__notReloaded === true
+      && document.getElementById("log").innerText.includes("slow install done 42"),
     null, { timeout: 120000 });
-  seen.appendedWithoutReload = await page.evaluate(() => window.__notReloaded === true);
-  await page.waitForFunction(
-    () => !document.getElementById("following") && document.getElementById("status").innerText.trim() === "deployed",
-    null, { timeout: 120000 });
+  seen.appendedWithoutReload = true;
+  // The page reloads itself once the deployment ends: a wait may see its context go.
+  const deadline = Date.now() + 120000;
+  for (;;) {
+    try {
+      await page.waitForFunction(
+        () => !document.getElementById("following") && document.getElementById("status").innerText.trim() === "deployed",
+        null, { timeout: Math.max(1000, deadline - Date.now()) });
+      break;
+    } catch (err) {
+      if (!String(err).includes("Execution context was destroyed") || Date.now() > deadline) throw err;
+      await page.waitForLoadState();
+    }
+  }
   seen.finalLog = await page.locator("#log").innerText();
 } catch (err) {
   problems.push(`script: ${err && err.stack ? err.stack : err}`);

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from support import payloads
 from support.payloads import body_of
+from support.repos import empty_repository
 from support.server import Server
 
 pytestmark = pytest.mark.node
@@ -46,7 +47,9 @@ def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(root / "data", extra_env={"SLIPWAY_WEBHOOK_BODY_TIMEOUT": str(BODY_TIMEOUT)})
     try:
         server.start()
-        server.create_project("demo", repo=REPO, clone_url=str(root / "no-such-repo"))
+        server.create_project(
+            "demo", repo=REPO, clone_url=str(empty_repository(root / "empty-repo.git"))
+        )
         yield server
     finally:
         server.close()

@@ -15,7 +15,6 @@ default deadline (60 s, scaled): routing is done by the controller process at ``
 from __future__ import annotations
 
 import itertools
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import httpx
 import pytest
 from support import payloads
 from support.payloads import ZERO_SHA, body_of, octokit_sign
+from support.repos import empty_repository
 from support.server import Server
 
 from webhooks.receiver import MAX_BODY
@@ -49,8 +49,7 @@ def _node_modules() -> None:
 def demo(server: Server, tmp_path: Path) -> Server:
     """The server with project ``demo`` connected to ``octo-org/demo``, whose clone URL is
     an empty repository: the deployments deliveries cause fail fast (no such commit)."""
-    empty = tmp_path / "empty-repo.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(empty)], check=True)
+    empty = empty_repository(tmp_path / "empty-repo.git")
     server.create_project("demo", repo=REPO, clone_url=str(empty))
     return server
 
