@@ -7,6 +7,7 @@ its temp dir under ``tmp_path``. Each printed command is run by a shell whose PA
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -46,6 +47,7 @@ class Demo:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            process_group=0,  # close() stops the demo's own server too
         )
         self.reader = threading.Thread(target=self._read)
         self.reader.start()
@@ -71,8 +73,15 @@ class Demo:
         raise AssertionError(f"no {marker!r} in the demo's output:\n" + "\n".join(self.seen))
 
     def close(self) -> None:
+        """Ctrl-C to the demo's whole group (it then stops its server and removes its temp
+        dir), and SIGKILL to whatever is left: a failed test leaves no server behind."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(60)
         self.reader.join(60)
         if self.proc.stdout is not None:
