@@ -52,11 +52,13 @@ from controller.datadir import open_private, private_dir, write_private
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes.base import VersionSpec
 from controller.runtimes.procs import kill_session, session_of, workers_marked
+from controller.runtimes.slots import PreviewSlots
 
 log = logging.getLogger(__name__)
 
 WORKER_MAIN = Path(__file__).with_name("worker_main.py")
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+EVICT_WAIT = 10.0  # an idle worker exits at once on SIGTERM; its session is killed after this
 
 
 @dataclass
@@ -68,6 +70,7 @@ class _Worker:
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
     preview: bool = False
+    slot: bool = False  # holds one of the preview slots until its process is gone
 
     @property
     def url(self) -> str:
@@ -142,13 +145,14 @@ class LocalRuntime:
         self.may_start = may_start
         self.preview_idle_timeout = preview_idle_timeout
         self.max_live_previews = max_live_previews
+        self._closing = threading.Event()
+        self.slots = PreviewSlots(max_live_previews, stopping=self._closing)
         self._workers: dict[int, _Worker] = {}
         self._retiring: dict[int, _Worker] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False)
         self._reapers: list[threading.Thread] = []
-        self._closing = threading.Event()
         self._close_by = float("inf")
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -159,10 +163,7 @@ class LocalRuntime:
 
     def ensure(self, spec: VersionSpec) -> None:
         with self._version_lock(spec.version_id):
-            serving = spec.version_id in self._workers
             self._ensure_locked(spec, check=True)
-        if not serving:
-            self.stop_previews_over_cap(keep=spec.version_id)
 
     def _ensure_locked(self, spec: VersionSpec, *, check: bool) -> _Worker:
         """``check``: health-check a worker we already have (the resync does); a run
@@ -175,14 +176,37 @@ class LocalRuntime:
             return worker
         if worker is not None:
             self._forget(spec.version_id)
+            self._discard(worker)
         refusal = self.may_start(spec.version_id) if self.may_start is not None else None
         if refusal:
             raise PermanentError(f"version {spec.version} is not started: {refusal}")
-        adopted = self._adopt(spec.version_id)
-        worker = adopted if adopted is not None else self._start(spec)
-        worker.preview = spec.context.get("environment") == "preview"
+        preview = spec.context.get("environment") == "preview"
+        if preview:
+            self.slots.reserve(evict=self._evict_idle_preview, timeout=self.start_timeout)
+        try:
+            adopted = self._adopt(spec.version_id)
+            worker = adopted if adopted is not None else self._start(spec)
+        except BaseException:
+            if preview:
+                self.slots.give_back()
+            raise
+        worker.preview = worker.slot = preview
         self._workers[spec.version_id] = worker
         return worker
+
+    def _discard(self, worker: _Worker) -> None:
+        """A worker we no longer use (dead, unhealthy, refusing): stopped if it is not
+        gone yet, its preview slot given back once its process is."""
+        if worker.gone():
+            self._give_back(worker)
+        else:
+            self._retire_in_background(worker)
+
+    def _give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            held, worker.slot = worker.slot, False
+        if held:
+            self.slots.give_back()
 
     def _healthy(self, worker: _Worker, version_id: int) -> bool:
         if worker.proc is not None and worker.proc.poll() is not None:
@@ -362,8 +386,14 @@ class LocalRuntime:
 
     def _terminate(self, worker: _Worker, *, wait: float) -> None:
         """SIGTERM (drain), then SIGKILL to the worker's session at the deadline (or at
-        the close deadline, whichever comes first)."""
-        deadline = time.monotonic() + wait
+        the close deadline, whichever comes first). Its preview slot is given back only
+        here, once the process is gone, or by :meth:`_discard` for one already gone."""
+        try:
+            self._stop(worker, deadline=time.monotonic() + wait)
+        finally:
+            self._give_back(worker)
+
+    def _stop(self, worker: _Worker, *, deadline: float) -> None:
         # Runs this controller already handed to the worker finish before it drains.
         while worker.in_flight and time.monotonic() < min(deadline, self._close_by):
             time.sleep(0.02)
@@ -371,11 +401,7 @@ class LocalRuntime:
             os.kill(worker.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        while time.monotonic() < min(deadline, self._close_by):
-            if worker.gone():
-                break
-            time.sleep(0.05)
-        else:
+        if not self._wait_gone(worker, deadline=deadline):
             log.warning(
                 "the worker of version id %s (pid %s) did not drain in time; killing it and "
                 "its runs",
@@ -385,6 +411,22 @@ class LocalRuntime:
         kill_session(worker.pid)
         if worker.proc is not None:
             worker.proc.wait()
+
+    def _wait_gone(self, worker: _Worker, *, deadline: float) -> bool:
+        """Wait for the worker's exit until ``deadline`` or the close deadline; a child of
+        ours is waited on (woken by its exit), an adopted one is polled."""
+        while (remaining := min(deadline, self._close_by) - time.monotonic()) > 0:
+            if worker.proc is None:
+                if worker.gone():
+                    return True
+                time.sleep(min(remaining, 0.02))
+                continue
+            try:
+                worker.proc.wait(timeout=min(remaining, 0.5))
+                return True
+            except subprocess.TimeoutExpired:
+                continue
+        return worker.gone()
 
     def owned_sessions(self) -> set[int]:
         """Pids of live workers (session leaders) carrying this registry's mark."""
@@ -448,17 +490,29 @@ class LocalRuntime:
             self._retire_if_idle(worker)
         return len(idle)
 
-    def stop_previews_over_cap(self, *, keep: int) -> None:
-        """At most ``max_live_previews`` preview workers: the least recently used idle
-        ones stop first. A worker with a run in flight is not picked, and its retire
-        waits for runs leased meanwhile, so no run in flight is cut off."""
-        previews = self.live_previews()
-        excess = len(previews) - self.max_live_previews
-        for worker in (w for w in previews if w.version_id != keep):
-            if excess <= 0:
-                break
-            if worker.in_flight == 0 and self._retire_if_idle(worker):
-                excess -= 1
+    def _evict_idle_preview(self) -> bool:
+        """Stop the least recently used idle preview worker and wait for its exit (called
+        by :meth:`PreviewSlots.reserve` under its lock). A worker with a run in flight, or
+        whose version lock is taken (a run is leasing it), is passed over."""
+        for worker in self.live_previews():
+            lock = self._version_lock(worker.version_id)
+            if worker.in_flight or not lock.acquire(blocking=False):
+                continue
+            try:
+                if self._workers.get(worker.version_id) is not worker or worker.in_flight:
+                    continue
+                self._forget(worker.version_id)
+            finally:
+                lock.release()
+            log.info(
+                "%d preview workers live (SLIPWAY_MAX_LIVE_PREVIEW_WORKERS): stopping the "
+                "least recently used, version id %s",
+                self.max_live_previews,
+                worker.version_id,
+            )
+            self._terminate(worker, wait=EVICT_WAIT)
+            return True
+        return False
 
     def _retire_if_idle(self, worker: _Worker) -> bool:
         with self._version_lock(worker.version_id):
@@ -473,6 +527,7 @@ class LocalRuntime:
         unrecorded marked ones; nothing of the data dir's workers outlives this call."""
         self._close_by = time.monotonic() + timeout
         self._closing.set()
+        self.slots.notify()
         with self._lock:
             locks = list(self._locks.values())
         for lock in locks:  # a start in progress finishes (and is stopped below)
@@ -514,11 +569,8 @@ class LocalRuntime:
         """A lease for one run: the worker is started if needed and counts the run in
         flight until :meth:`release`, so a concurrent retire waits for it."""
         with self._version_lock(spec.version_id):
-            serving = spec.version_id in self._workers
             worker = self._ensure_locked(spec, check=False)
             worker.in_flight += 1
-        if not serving:
-            self.stop_previews_over_cap(keep=spec.version_id)
         return {"url": worker.url, "port": worker.port}
 
     def release(self, version_id: int, port: int) -> None:
@@ -528,7 +580,8 @@ class LocalRuntime:
                 if worker is not None and worker.port == port and worker.in_flight > 0:
                     worker.in_flight -= 1
                     worker.last_used = time.monotonic()
-                    return
+                    break
+        self.slots.notify()  # after both locks: a start waiting for a slot may evict it
 
     def refused(self, version_id: int, port: int) -> None:
         """The worker on ``port`` refused a run (it is draining): start the version anew."""
@@ -536,6 +589,7 @@ class LocalRuntime:
             worker = self._workers.get(version_id)
             if worker is not None and worker.port == port:
                 self._forget(version_id)
+                self._discard(worker)
 
     def run(
         self,

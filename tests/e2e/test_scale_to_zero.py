@@ -43,11 +43,6 @@ def live_workers(server: Server) -> set[int]:
     return workers_marked(WORKER_MAIN, owner=server.data_dir / "workers")
 
 
-@pytest.mark.xfail(
-    reason="under 3 xdist workers a 12th preview worker was seen live with a cap of 10 "
-    "(12 <= 11 failed once): the cap's race with concurrent starts is not yet found",
-    strict=False,
-)
 def test_previews_stop_when_idle_stay_under_the_cap_and_start_on_the_next_run(
     small_server: Server, task_repo: TaskRepo
 ) -> None:
