@@ -57,7 +57,9 @@ Timeout: the smaller of the task's ``max_duration`` and the request's ``timeout`
 it passes, the run's process group gets SIGTERM, then SIGKILL after a short grace, and
 the answer is ``timed_out``. A child that exits without a result is ``failed`` with its
 exit code or signal. After every run the group is SIGKILLed, so subprocesses a task left
-behind do not outlive it.
+behind do not outlive it. A run that wrote its result is answered once its logs are read
+(the group killed), without waiting for the spawner to reap it and report the exit code
+(``exit_code`` is then null): that report is two more wake-ups on a loaded machine.
 
 Draining: SIGTERM or SIGINT turns ``/health`` and new ``POST /runs`` into 503; in-flight
 runs finish (or time out), then the server closes, the spawner's socket is closed so it
@@ -453,6 +455,7 @@ class _Tail:
 class _Outcome:
     result: bytes = b""
     result_too_large: bool = False
+    result_done: bool = False  # the child wrote its result and closed the pipe
     exit_code: int | None = None
     timed_out: bool = False
     spawner_lost: bool = False
@@ -494,7 +497,8 @@ def _supervise(
     try:
         while True:
             now = time.monotonic()
-            if outcome.exit_code is None and not outcome.spawner_lost:
+            answered = outcome.result_done and pid is not None
+            if outcome.exit_code is None and not outcome.spawner_lost and not answered:
                 if deadline is not None and now >= deadline:
                     outcome.timed_out = True
                 if outcome.timed_out and pid is not None:
@@ -507,7 +511,11 @@ def _supervise(
             elif finish_by is None:
                 signal_group(signal.SIGKILL)
                 finish_by = now + AFTER_EXIT_GRACE
-            readers = [k for k in selector.get_map().values() if k.data != "request"]
+            readers = [
+                k
+                for k in selector.get_map().values()
+                if k.data != "request" and not (answered and k.data == "control")
+            ]
             if finish_by is not None and (now >= finish_by or not readers):
                 break
 
@@ -542,6 +550,8 @@ def _supervise(
                     os.close(fd)
                     if key.data == "control" and outcome.exit_code is None:
                         outcome.spawner_lost = True
+                    if key.data == "result" and (result or outcome.result_too_large):
+                        outcome.result_done = True
                     continue
                 if key.data == "log":
                     logs.write(chunk)

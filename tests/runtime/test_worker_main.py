@@ -563,3 +563,35 @@ def test_a_killed_worker_leaves_no_runs_behind(tmp_path: Path) -> None:
 def _post_ignoring_errors(client: httpx.Client, body: dict[str, Any]) -> None:
     with contextlib.suppress(httpx.HTTPError):
         client.post("/runs", json=body)
+
+
+def test_a_run_is_answered_without_waiting_for_the_spawner_to_reap_it(tmp_path: Path) -> None:
+    """The task stops its parent (the spawner) before returning: the spawner can then
+    neither reap the run nor report its exit code, and the answer must not wait for it
+    (those were two more wake-ups per run on a loaded machine)."""
+    tasks = {
+        "tasks/stops.py": """
+            import os
+            import signal
+
+            def run(payload, ctx):
+                os.kill(os.getppid(), signal.SIGSTOP)
+                return {"spawner": os.getppid()}
+        """,
+    }
+    source = write_repo(tmp_path / "source", tasks)
+    with running_worker(source) as running:
+        spawners = [p for p in processes_for(source) if p != running.proc.pid]
+        try:
+            response = running.client.post(
+                "/runs",
+                json={"run_id": "r", "task_id": "stops", "payload": None},
+                timeout=scaled(20),
+            )
+            result = response.json()
+            assert result["status"] == "completed", result
+            assert result["output"]["spawner"] in spawners
+        finally:
+            for pid in spawners:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
