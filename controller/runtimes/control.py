@@ -44,7 +44,7 @@ import httpx
 from controller import errors
 from controller.errors import RuntimeUnavailable, SlipwayError
 from controller.runtimes.base import VersionSpec
-from controller.runtimes.local import answer_of, post_run
+from controller.runtimes.runcall import run_leased
 
 log = logging.getLogger(__name__)
 
@@ -286,74 +286,41 @@ class RemoteRuntime:
         with self._changed:
             self._in_flight += 1
         try:
-            for attempt in (1, 2):
-                response = self._run_once(
-                    spec,
-                    run_id=run_id,
-                    task_id=task_id,
-                    payload=payload,
-                    timeout=timeout,
-                    env=env,
-                    attempt=attempt,
-                )
-                if response is not None and (response.status_code != 503 or attempt == 2):
-                    return answer_of(response, spec=spec, task_id=task_id)
-            assert response is not None
-            return answer_of(response, spec=spec, task_id=task_id)
-        finally:
-            with self._changed:
-                self._in_flight -= 1
-                self._changed.notify_all()
-
-    def _run_once(
-        self,
-        spec: VersionSpec,
-        *,
-        run_id: str,
-        task_id: str,
-        payload: Any,
-        timeout: float | None,
-        env: dict[str, str] | None,
-        attempt: int,
-    ) -> httpx.Response | None:
-        lease = self.client.call(
-            "acquire", spec=spec_to_json(spec), timeout=ACQUIRE_TIMEOUT, wait=RESTART_WAIT
-        )
-        try:
-            response = post_run(
+            return run_leased(
+                _ChannelLeases(self.client),
                 self._http,
-                lease["url"],
+                spec,
                 run_id=run_id,
                 task_id=task_id,
                 payload=payload,
                 timeout=timeout,
                 env=env,
+                stopping=self._stopping,
+                stopped_message="the run was stopped: slipway serve shut down and the run "
+                f"outlived the {self.grace:g}s shutdown grace period "
+                "(SLIPWAY_SHUTDOWN_GRACE_PERIOD)",
             )
-        except httpx.ConnectError as exc:
-            if attempt == 2 or self._stopping.is_set():
-                raise RuntimeUnavailable(
-                    f"the worker of version {spec.version} is unreachable: {exc}"
-                ) from exc
-            # Nothing reached the worker (the run has not started): the controller
-            # replaces it and we ask once more. No health check precedes a run.
-            with contextlib.suppress(SlipwayError):
-                self.client.call("refused", version_id=spec.version_id, port=lease["port"])
-            return None
-        except httpx.HTTPError as exc:
-            if self._stopping.is_set():
-                raise RuntimeUnavailable(
-                    "the run was stopped: slipway serve shut down and the run outlived the "
-                    f"{self.grace:g}s shutdown grace period (SLIPWAY_SHUTDOWN_GRACE_PERIOD)"
-                ) from exc
-            raise RuntimeUnavailable(
-                f"the worker of version {spec.version} is unreachable: {exc}"
-            ) from exc
         finally:
-            with contextlib.suppress(SlipwayError):
-                self.client.call("release", version_id=spec.version_id, port=lease["port"])
-        if response.status_code == 503:
-            # Retired after the controller handed it to us: it refused the run before
-            # starting it, so the controller replaces it and we ask once more.
-            with contextlib.suppress(SlipwayError):
-                self.client.call("refused", version_id=spec.version_id, port=lease["port"])
-        return response
+            with self._changed:
+                self._in_flight -= 1
+                self._changed.notify_all()
+
+
+class _ChannelLeases:
+    """Leases from the controller, over the control channel."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self.client = client
+
+    def acquire(self, spec: VersionSpec) -> dict[str, Any]:
+        return dict(
+            self.client.call(
+                "acquire", spec=spec_to_json(spec), timeout=ACQUIRE_TIMEOUT, wait=RESTART_WAIT
+            )
+        )
+
+    def release(self, version_id: int, port: int) -> None:
+        self.client.call("release", version_id=version_id, port=port)
+
+    def refused(self, version_id: int, port: int) -> None:
+        self.client.call("refused", version_id=version_id, port=port)

@@ -20,106 +20,44 @@ controller SIGKILLed between starting a worker and recording it, or a record
 overwritten): :meth:`LocalRuntime.stop_strays` stops them when a controller starts, and
 :meth:`LocalRuntime.close` sweeps them at a graceful stop.
 
-Stopping a worker: SIGTERM makes it refuse new runs and finish in-flight ones, then exit;
-after the deadline its whole session gets SIGKILL — worker, spawner and every run (runs
-sit in process groups of their own but stay in the worker's session), so no run is
-orphaned. Retiring does this in a reaper thread with a long deadline; :meth:`close` with
-a short one (the web process already gave runs their shutdown grace period).
+Retiring stops a worker (drain, then SIGKILL to its session) in a reaper thread with a
+long deadline; :meth:`close` with a short one (the web process already gave runs their
+shutdown grace period).
 
-This module is over 400 lines on purpose: starting, adopting, leasing and stopping share
-one set of per-version locks and one registry, and their invariants read best together.
+How a worker process starts and stops is :mod:`controller.runtimes.workers`; the cap on
+live previews is :mod:`controller.runtimes.slots`; a run's request and its one retry are
+:mod:`controller.runtimes.runcall`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import selectors
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from controller.datadir import open_private, private_dir, write_private
+from controller.datadir import private_dir
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes.base import VersionSpec
-from controller.runtimes.procs import kill_session, session_of, workers_marked
+from controller.runtimes.procs import kill_session, workers_marked
+from controller.runtimes.runcall import run_leased
 from controller.runtimes.slots import PreviewSlots
+from controller.runtimes.workers import (
+    WORKER_MAIN,
+    Registry,
+    Worker,
+    pid_alive,
+    spawn_worker,
+    stop_worker,
+)
 
 log = logging.getLogger(__name__)
 
-WORKER_MAIN = Path(__file__).with_name("worker_main.py")
-SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 EVICT_WAIT = 10.0  # an idle worker exits at once on SIGTERM; its session is killed after this
-
-
-@dataclass
-class _Worker:
-    version_id: int
-    pid: int
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-    last_used: float = field(default_factory=time.monotonic)
-    in_flight: int = 0
-    preview: bool = False
-    slot: bool = False  # holds one of the preview slots until its process is gone
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def gone(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is not None
-        return session_of(self.pid) is None  # gone, or a zombie its parent has to reap
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def post_run(
-    client: httpx.Client,
-    url: str,
-    *,
-    run_id: str,
-    task_id: str,
-    payload: Any,
-    timeout: float | None,
-    env: dict[str, str] | None = None,
-) -> httpx.Response:
-    request = {"run_id": run_id, "task_id": task_id, "payload": payload, "timeout": timeout}
-    if env:
-        request["env"] = env
-    return client.post(
-        url + "/runs",
-        json=request,
-        timeout=httpx.Timeout(5.0, read=(timeout or 24 * 3600) + 60),
-    )
-
-
-def answer_of(response: httpx.Response, *, spec: VersionSpec, task_id: str) -> dict[str, Any]:
-    if response.status_code == 404:
-        raise PermanentError(f"task {task_id!r} does not exist in version {spec.version}")
-    if response.status_code != 200:
-        raise RuntimeUnavailable(
-            f"the worker answered {response.status_code}: {response.text[:300]}"
-        )
-    return dict(response.json())
 
 
 class LocalRuntime:
@@ -136,6 +74,7 @@ class LocalRuntime:
         max_live_previews: int = 50,
     ) -> None:
         self.registry = data_dir / "workers"
+        self.records = Registry(self.registry)
         self.logs = data_dir / "logs" / "workers"
         self.home = data_dir / "home"
         for path in (self.registry, self.logs, self.home):
@@ -147,8 +86,8 @@ class LocalRuntime:
         self.max_live_previews = max_live_previews
         self._closing = threading.Event()
         self.slots = PreviewSlots(max_live_previews, stopping=self._closing)
-        self._workers: dict[int, _Worker] = {}
-        self._retiring: dict[int, _Worker] = {}
+        self._workers: dict[int, Worker] = {}
+        self._retiring: dict[int, Worker] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False)
@@ -165,7 +104,7 @@ class LocalRuntime:
         with self._version_lock(spec.version_id):
             self._ensure_locked(spec, check=True)
 
-    def _ensure_locked(self, spec: VersionSpec, *, check: bool) -> _Worker:
+    def _ensure_locked(self, spec: VersionSpec, *, check: bool) -> Worker:
         """``check``: health-check a worker we already have (the resync does); a run
         does not: its request failing to connect is the health signal (see :meth:`run`)."""
         if self._closing.is_set():
@@ -194,7 +133,7 @@ class LocalRuntime:
         self._workers[spec.version_id] = worker
         return worker
 
-    def _discard(self, worker: _Worker) -> None:
+    def _discard(self, worker: Worker) -> None:
         """A worker we no longer use (dead, unhealthy, refusing): stopped if it is not
         gone yet, its preview slot given back once its process is."""
         if worker.gone():
@@ -202,13 +141,13 @@ class LocalRuntime:
         else:
             self._retire_in_background(worker)
 
-    def _give_back(self, worker: _Worker) -> None:
+    def _give_back(self, worker: Worker) -> None:
         with self._lock:
             held, worker.slot = worker.slot, False
         if held:
             self.slots.give_back()
 
-    def _healthy(self, worker: _Worker, version_id: int) -> bool:
+    def _healthy(self, worker: Worker, version_id: int) -> bool:
         if worker.proc is not None and worker.proc.poll() is not None:
             return False
         try:
@@ -218,145 +157,40 @@ class LocalRuntime:
             return False
         return response.status_code == 200 and body.get("version_id") == version_id
 
-    def _record(self, version_id: int) -> dict[str, Any] | None:
-        try:
-            record = json.loads((self.registry / f"{version_id}.json").read_text())
-            return {"pid": int(record["pid"]), "port": int(record["port"])}
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+    def _adopt(self, version_id: int) -> Worker | None:
+        worker = self.records.read(version_id)
+        if worker is None:
             return None
-
-    def _adopt(self, version_id: int) -> _Worker | None:
-        record = self._record(version_id)
-        if record is None:
-            return None
-        worker = _Worker(version_id=version_id, pid=record["pid"], port=record["port"])
-        if _pid_alive(worker.pid) and self._healthy(worker, version_id):
+        if pid_alive(worker.pid) and self._healthy(worker, version_id):
             log.info("adopted the running worker of version id %s (pid %s)", version_id, worker.pid)
             return worker
-        (self.registry / f"{version_id}.json").unlink(missing_ok=True)
+        self.records.remove(version_id)
         if worker.pid in self.owned_sessions():
             self._terminate(worker, wait=5.0)  # recorded but unhealthy: it is replaced
         return None
 
-    def _start(self, spec: VersionSpec) -> _Worker:
-        if not (spec.venv / "bin" / "python").exists():
-            raise PermanentError(
-                f"the environment of version {spec.version} is missing: {spec.venv}"
-            )
-        env = {
-            "PATH": f"{spec.venv / 'bin'}:{SYSTEM_PATH}",
-            "HOME": str(self.home),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "VIRTUAL_ENV": str(spec.venv),
-            "PYTHONUNBUFFERED": "1",
-            **spec.env,
-        }
-        context = {**spec.context, "version": spec.version, "version_id": spec.version_id}
-        log_path = self.logs / f"{spec.version_id}.log"
-        stderr = open_private(log_path, "ab")  # handed to the child
-        try:
-            proc = subprocess.Popen(
-                [
-                    str(spec.venv / "bin" / "python"),
-                    "-I",
-                    "-B",
-                    str(WORKER_MAIN),
-                    "--source",
-                    str(spec.source),
-                    "--tasks-dir",
-                    spec.tasks_dir,
-                    "--context-json",
-                    json.dumps(context),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--owner",
-                    str(self.registry),
-                ],
-                cwd=spec.source,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise RuntimeUnavailable(f"could not start a worker for {spec.version}: {exc}") from exc
-        finally:
-            stderr.close()
-        try:
-            ready = self._read_ready(proc, log_path)
-        except BaseException:
-            kill_session(proc.pid)
-            proc.wait()
-            raise
-        worker = _Worker(
-            version_id=spec.version_id, pid=proc.pid, port=int(ready["port"]), proc=proc
+    def _start(self, spec: VersionSpec) -> Worker:
+        proc, port = spawn_worker(
+            spec,
+            registry=self.registry,
+            logs=self.logs,
+            home=self.home,
+            start_timeout=self.start_timeout,
         )
-        threading.Thread(target=self._drain_stdout, args=(proc, log_path), daemon=True).start()
+        worker = Worker(version_id=spec.version_id, pid=proc.pid, port=port, proc=proc)
         if not self._healthy(worker, spec.version_id):
             self._terminate(worker, wait=5)
             raise RuntimeUnavailable(
                 f"the worker of version {spec.version} failed its health check"
             )
-        write_private(
-            self.registry / f"{spec.version_id}.json",
-            json.dumps({"pid": proc.pid, "port": worker.port, "version": spec.version}),
-        )
+        self.records.write(worker, version=spec.version)
         log.info(
             "started worker for version %s (pid %s, port %s)", spec.version, proc.pid, worker.port
         )
         return worker
 
-    def _read_ready(self, proc: subprocess.Popen[bytes], log_path: Path) -> dict[str, Any]:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + self.start_timeout
-        buffer = b""
-        with selectors.DefaultSelector() as selector:
-            selector.register(proc.stdout, selectors.EVENT_READ)
-            while b"\n" not in buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RuntimeUnavailable(
-                        f"the worker did not start within {self.start_timeout:.0f}s"
-                    )
-                if selector.select(timeout=min(remaining, 0.5)):
-                    chunk = os.read(proc.stdout.fileno(), 65536)
-                    if not chunk:
-                        break
-                    buffer += chunk
-                elif proc.poll() is not None:
-                    break
-        line = buffer.split(b"\n", 1)[0]
-        try:
-            message = json.loads(line) if line else {}
-        except ValueError:
-            message = {}
-        if message.get("event") == "ready":
-            return message
-        proc.wait(timeout=10)
-        tail = log_path.read_bytes()[-2000:].decode("utf-8", "replace") if log_path.exists() else ""
-        errors = message.get("errors") or []
-        if errors:
-            detail = "; ".join(
-                f"{e.get('file')}: {e.get('type')}: {e.get('message')}" for e in errors[:5]
-            )
-            raise PermanentError(f"the worker could not load the tasks: {detail}")
-        raise RuntimeUnavailable(
-            f"the worker exited with code {proc.returncode}: {tail.strip()[-500:]}"
-        )
-
-    @staticmethod
-    def _drain_stdout(proc: subprocess.Popen[bytes], log_path: Path) -> None:
-        assert proc.stdout is not None
-        with proc.stdout, open_private(log_path, "ab") as out:
-            stream = proc.stdout
-            for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
-                out.write(chunk)
-
-    def _forget(self, version_id: int) -> _Worker | None:
-        (self.registry / f"{version_id}.json").unlink(missing_ok=True)
+    def _forget(self, version_id: int) -> Worker | None:
+        self.records.remove(version_id)
         return self._workers.pop(version_id, None)
 
     def retire(self, version_id: int) -> None:
@@ -364,13 +198,13 @@ class LocalRuntime:
             worker = self._forget(version_id)
             if worker is None:
                 worker = self._adopt(version_id)
-                (self.registry / f"{version_id}.json").unlink(missing_ok=True)
+                self.records.remove(version_id)
             if worker is None:
                 return
         log.info("retiring the worker of version id %s (pid %s)", version_id, worker.pid)
         self._retire_in_background(worker)
 
-    def _retire_in_background(self, worker: _Worker) -> None:
+    def _retire_in_background(self, worker: Worker) -> None:
         def reap() -> None:
             try:
                 self._terminate(worker, wait=self.drain_timeout)
@@ -384,49 +218,15 @@ class LocalRuntime:
         reaper.start()
         self._reapers = [t for t in self._reapers if t.is_alive()] + [reaper]
 
-    def _terminate(self, worker: _Worker, *, wait: float) -> None:
+    def _terminate(self, worker: Worker, *, wait: float) -> None:
         """SIGTERM (drain), then SIGKILL to the worker's session at the deadline (or at
         the close deadline, whichever comes first). Its preview slot is given back only
         here, once the process is gone, or by :meth:`_discard` for one already gone."""
         try:
-            self._stop(worker, deadline=time.monotonic() + wait)
+            deadline = time.monotonic() + wait
+            stop_worker(worker, until=lambda: min(deadline, self._close_by))
         finally:
             self._give_back(worker)
-
-    def _stop(self, worker: _Worker, *, deadline: float) -> None:
-        # Runs this controller already handed to the worker finish before it drains.
-        while worker.in_flight and time.monotonic() < min(deadline, self._close_by):
-            time.sleep(0.02)
-        try:
-            os.kill(worker.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        if not self._wait_gone(worker, deadline=deadline):
-            log.warning(
-                "the worker of version id %s (pid %s) did not drain in time; killing it and "
-                "its runs",
-                worker.version_id,
-                worker.pid,
-            )
-        kill_session(worker.pid)
-        if worker.proc is not None:
-            worker.proc.wait()
-
-    def _wait_gone(self, worker: _Worker, *, deadline: float) -> bool:
-        """Wait for the worker's exit until ``deadline`` or the close deadline; a child of
-        ours is waited on (woken by its exit), an adopted one is polled."""
-        while (remaining := min(deadline, self._close_by) - time.monotonic()) > 0:
-            if worker.proc is None:
-                if worker.gone():
-                    return True
-                time.sleep(min(remaining, 0.02))
-                continue
-            try:
-                worker.proc.wait(timeout=min(remaining, 0.5))
-                return True
-            except subprocess.TimeoutExpired:
-                continue
-        return worker.gone()
 
     def owned_sessions(self) -> set[int]:
         """Pids of live workers (session leaders) carrying this registry's mark."""
@@ -434,31 +234,22 @@ class LocalRuntime:
 
     def stop_strays(self) -> int:
         """Stop marked workers that no record names (nobody can adopt them)."""
-        recorded = set()
-        for path in self.registry.glob("*.json"):
-            with contextlib.suppress(ValueError):
-                record = self._record(int(path.stem))
-                if record is not None:
-                    recorded.add(record["pid"])
+        recorded = {worker.pid for worker in self.records.workers()}
         strays = self.owned_sessions() - recorded - {w.pid for w in self._workers.values()}
         for pid in strays:
             log.warning("stopping a worker (pid %s) that no record names", pid)
-            self._terminate(_Worker(version_id=0, pid=pid, port=0), wait=5.0)
+            self._terminate(Worker(version_id=0, pid=pid, port=0), wait=5.0)
         return len(strays)
 
     def stop_unlisted(self, keep: set[int]) -> None:
         """Retire recorded workers (e.g. adopted after a crash) of versions not in ``keep``."""
-        for path in self.registry.glob("*.json"):
-            try:
-                version_id = int(path.stem)
-            except ValueError:
-                continue
+        for version_id in self.records.versions():
             if version_id not in keep and version_id not in self._workers:
                 self.retire(version_id)
 
     def recorded(self) -> set[int]:
         """Versions with a worker record (maybe one a previous controller started)."""
-        return {int(p.stem) for p in self.registry.glob("*.json") if p.stem.isdigit()}
+        return self.records.versions()
 
     def serving(self) -> set[int]:
         return set(self._workers)
@@ -469,7 +260,7 @@ class LocalRuntime:
             return 0.0
         return time.monotonic() - worker.last_used
 
-    def live_previews(self) -> list[_Worker]:
+    def live_previews(self) -> list[Worker]:
         """Preview workers, least recently used first."""
         with self._lock:
             workers = [w for w in self._workers.values() if w.preview]
@@ -514,7 +305,7 @@ class LocalRuntime:
             return True
         return False
 
-    def _retire_if_idle(self, worker: _Worker) -> bool:
+    def _retire_if_idle(self, worker: Worker) -> bool:
         with self._version_lock(worker.version_id):
             if self._workers.get(worker.version_id) is not worker or worker.in_flight:
                 return False
@@ -536,18 +327,12 @@ class LocalRuntime:
         workers = {w.pid: w for w in self._workers.values()}
         self._workers.clear()
         owned = self.owned_sessions()
-        for path in self.registry.glob("*.json"):
-            record = None
-            with contextlib.suppress(ValueError):
-                record = self._record(int(path.stem))
-            if record is not None and record["pid"] in owned:
-                workers.setdefault(
-                    record["pid"],
-                    _Worker(version_id=int(path.stem), pid=record["pid"], port=record["port"]),
-                )
-            path.unlink(missing_ok=True)
+        for recorded in self.records.workers():
+            if recorded.pid in owned:
+                workers.setdefault(recorded.pid, recorded)
+        self.records.clear()
         for pid in owned - set(workers):
-            workers[pid] = _Worker(version_id=0, pid=pid, port=0)
+            workers[pid] = Worker(version_id=0, pid=pid, port=0)
         threads = []
         for worker in workers.values():
             if worker.pid in self._retiring:
@@ -601,38 +386,13 @@ class LocalRuntime:
         timeout: float | None,
         env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        for attempt in (1, 2):
-            lease = self.acquire(spec)
-            try:
-                response = post_run(
-                    self._client,
-                    lease["url"],
-                    run_id=run_id,
-                    task_id=task_id,
-                    payload=payload,
-                    timeout=timeout,
-                    env=env,
-                )
-            except httpx.ConnectError as exc:
-                # Nothing reached the worker, so the run has not started: replace the
-                # worker and try once more.
-                self.release(spec.version_id, lease["port"])
-                self.refused(spec.version_id, lease["port"])
-                if attempt == 1:
-                    continue
-                raise RuntimeUnavailable(
-                    f"the worker of version {spec.version} is unreachable: {exc}"
-                ) from exc
-            except httpx.HTTPError as exc:
-                self.release(spec.version_id, lease["port"])
-                raise RuntimeUnavailable(
-                    f"the worker of version {spec.version} is unreachable: {exc}"
-                ) from exc
-            self.release(spec.version_id, lease["port"])
-            if response.status_code == 503 and attempt == 1:
-                # Retired after we picked it: the worker refused the run before starting
-                # it, so start the version again.
-                self.refused(spec.version_id, lease["port"])
-                continue
-            break
-        return answer_of(response, spec=spec, task_id=task_id)
+        return run_leased(
+            self,
+            self._client,
+            spec,
+            run_id=run_id,
+            task_id=task_id,
+            payload=payload,
+            timeout=timeout,
+            env=env,
+        )

@@ -573,10 +573,19 @@ def test_a_run_is_answered_without_waiting_for_the_spawner_to_reap_it(tmp_path: 
         "tasks/stops.py": """
             import os
             import signal
+            import time
 
             def run(payload, ctx):
-                os.kill(os.getppid(), signal.SIGSTOP)
-                return {"spawner": os.getppid()}
+                # Once the spawner waits again (it has written this run's pid line).
+                spawner = os.getppid()
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    with open(f"/proc/{spawner}/wchan") as wchan:
+                        if wchan.read() == "do_epoll_wait":
+                            break
+                    time.sleep(0.01)
+                os.kill(spawner, signal.SIGSTOP)
+                return {"spawner": spawner}
         """,
     }
     source = write_repo(tmp_path / "source", tasks)
