@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -216,6 +217,7 @@ class Manager:
             self._resync_now.clear()
 
     def resync_once(self) -> None:
+        started = time.monotonic()
         for callback in self.resync_callbacks:
             if self.stopping.is_set():
                 return
@@ -223,6 +225,7 @@ class Manager:
                 callback()
             except Exception:
                 log.exception("resync step %s failed", getattr(callback, "__name__", callback))
+        log.debug("resync pass done in %.1f ms", (time.monotonic() - started) * 1000)
 
 
 def _is_temporary(exc: BaseException) -> bool:
