@@ -20,9 +20,8 @@ controller SIGKILLed between starting a worker and recording it, or a record
 overwritten): :meth:`LocalRuntime.stop_strays` stops them when a controller starts, and
 :meth:`LocalRuntime.close` sweeps them at a graceful stop.
 
-Retiring stops a worker (drain, then SIGKILL to its session) in a reaper thread with a
-long deadline; :meth:`close` with a short one (the web process already gave runs their
-shutdown grace period).
+Retiring stops a worker (drain, then SIGKILL to its session) in a reaper thread with a long
+deadline; :meth:`close` with a short one (the web process gave runs their grace period).
 
 How a worker process starts and stops is :mod:`controller.runtimes.workers`; the cap on
 live previews is :mod:`controller.runtimes.slots`; a run's request and its one retry are
@@ -50,6 +49,7 @@ from controller.runtimes.workers import (
     WORKER_MAIN,
     Registry,
     Worker,
+    compile_worker,
     pid_alive,
     spawn_worker,
     stop_worker,
@@ -79,6 +79,7 @@ class LocalRuntime:
         self.home = data_dir / "home"
         for path in (self.registry, self.logs, self.home):
             private_dir(path)
+        self.bytecode = compile_worker(data_dir / "cache" / "worker-bytecode")
         self.start_timeout = start_timeout
         self.drain_timeout = drain_timeout
         self.may_start = may_start
@@ -176,6 +177,7 @@ class LocalRuntime:
             logs=self.logs,
             home=self.home,
             start_timeout=self.start_timeout,
+            bytecode=self.bytecode,
         )
         worker = Worker(version_id=spec.version_id, pid=proc.pid, port=port, proc=proc)
         if not self._healthy(worker, spec.version_id):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from controller.runtimes.worker_main import Worker
+    from controller.runtimes.worker_serve import Worker
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 

@@ -35,9 +35,9 @@ it never starts one, so each run forks from a clean process that already holds t
 imported tasks. multiprocessing's "forkserver" does the same but only preloads importable
 modules (our task files load by path), and brings pickling and a resource tracker along.
 
-The worker is five files, loaded by path (``-I`` keeps the script's directory off
-``sys.path``): this one (arguments, readiness, draining), ``worker_http.py`` (the HTTP
-server), ``worker_spawner.py``
+The worker is six files, loaded by path (``-I`` keeps the script's directory off
+``sys.path``): this one (the loader), ``worker_serve.py`` (arguments, readiness,
+draining), ``worker_http.py`` (the HTTP server), ``worker_spawner.py``
 (the spawner and how env vars reach it), ``worker_runs.py`` (one run seen from the HTTP
 thread: pipes, logs, time limit) and ``worker_child.py`` (the run's own process).
 
@@ -51,227 +51,77 @@ exits, and the worker exits 0. If the worker dies without draining, the spawner 
 socket close, kills every run's process group and exits, so no run is orphaned. The
 spawner and the runs ignore or never see a Ctrl-C sent to the worker's process group:
 only the worker decides when runs end.
+
+Start-up cost: with ``-B`` (no bytecode written into the version's artifact, where its
+tasks are imported from) every file of the worker used to be compiled at each start:
+about a third of a start on a loaded machine. The controller compiles them once into a
+cache of its own (:func:`controller.runtimes.workers.compile_worker`, passed as
+``SLIPWAY_WORKER_PYCACHE``) and :func:`load` runs that bytecode when its header matches
+the source (magic number, mtime, size), as the import system would; otherwise it
+compiles the source. ``sys.pycache_prefix`` would do it but moves the standard library's
+lookups too. This script, compiled every time, stays small.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import importlib.util
-import json
+import marshal
 import os
-import signal
 import sys
-import threading
-from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from types import CodeType, ModuleType
 
-EXIT_ERRORS = 3
 HERE = Path(__file__).resolve().parent
+FILES = [  # in dependency order; each finds the earlier ones in sys.modules
+    ("_slipway_taskfiles", HERE.parent / "taskfiles.py"),
+    ("_slipway_worker_child", HERE / "worker_child.py"),
+    ("_slipway_worker_http", HERE / "worker_http.py"),
+    ("_slipway_worker_runs", HERE / "worker_runs.py"),
+    ("_slipway_worker_spawner", HERE / "worker_spawner.py"),
+    ("_slipway_worker_serve", HERE / "worker_serve.py"),
+]
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    """Import a file by path: ``controller`` is not importable in the version's venv."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+def cached_name(path: Path) -> str:
+    return f"{path.stem}.{sys.implementation.cache_tag}.pyc"
 
 
-if TYPE_CHECKING:
-    from controller import taskfiles
-    from controller.runtimes import worker_child as child
-    from controller.runtimes import worker_http as http
-    from controller.runtimes import worker_runs as runs
-    from controller.runtimes import worker_spawner as spawning
-    from controller.taskfiles import LoadedTask
-else:
-    taskfiles = _load("_slipway_taskfiles", HERE.parent / "taskfiles.py")
-    child = _load("_slipway_worker_child", HERE / "worker_child.py")
-    http = _load("_slipway_worker_http", HERE / "worker_http.py")
-    runs = _load("_slipway_worker_runs", HERE / "worker_runs.py")
-    spawning = _load("_slipway_worker_spawner", HERE / "worker_spawner.py")
-    LoadedTask = taskfiles.LoadedTask
-
-_log = runs.log
-
-
-# --- the worker -----------------------------------------------------------------------
-
-
-class Worker:
-    """Tasks, spawner, drain state and the in-flight count shared by the HTTP threads."""
-
-    def __init__(
-        self,
-        *,
-        tasks: dict[str, LoadedTask],
-        context: dict[str, Any],
-        spawner: spawning.Spawner,
-    ) -> None:
-        self.tasks = tasks
-        self.context = context
-        self.spawner = spawner
-        self.draining = False
-        self.in_flight = 0
-        self._changed = threading.Condition()
-
-    def admit(self) -> bool:
-        with self._changed:
-            if self.draining:
-                return False
-            self.in_flight += 1
-            return True
-
-    def release(self) -> None:
-        with self._changed:
-            self.in_flight -= 1
-            self._changed.notify_all()
-
-    def drain(self) -> None:
-        """Refuse new runs, then wait until every admitted run has been answered."""
-        with self._changed:
-            self.draining = True
-            while self.in_flight:
-                self._changed.wait()
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        body = {
-            "status": "draining" if self.draining else "ok",
-            "version": self.context.get("version"),
-            "version_id": self.context.get("version_id"),
-            "pid": os.getpid(),
-            "in_flight": self.in_flight,
-        }
-        return (503 if self.draining else 200), body
-
-    def run(
-        self,
-        *,
-        task: LoadedTask,
-        run_id: str,
-        payload: Any,
-        timeout: float | None,
-        env: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        return runs.run_task(
-            self.spawner,
-            context=self.context,
-            task=task,
-            run_id=run_id,
-            payload=payload,
-            timeout=timeout,
-            env=env,
+def _code(path: Path, cache: Path | None) -> CodeType:
+    source = path.read_bytes()
+    if cache is not None:
+        try:
+            data = (cache / cached_name(path)).read_bytes()
+            stat = path.stat()
+        except OSError:
+            data = b""
+        header = (
+            importlib.util.MAGIC_NUMBER
+            + (0).to_bytes(4, "little")
+            + (int(stat.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
+            + (len(source) & 0xFFFFFFFF).to_bytes(4, "little")
+            if data
+            else b""
         )
+        if data and data[:16] == header:
+            code = marshal.loads(data[16:])  # noqa: S302 - the controller's private data dir
+            if isinstance(code, CodeType):
+                return code
+    return compile(source, str(path), "exec", dont_inherit=True)
 
 
-# --- main -----------------------------------------------------------------------------
-
-
-def _context(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
-
-
-def _emit(stream: Any, event: dict[str, Any]) -> None:
-    with contextlib.suppress(OSError):
-        stream.write(json.dumps(event) + "\n")
-        stream.flush()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve one version's Slipway tasks.")
-    parser.add_argument("--source", required=True, help="the version's source tree")
-    parser.add_argument("--tasks-dir", default="tasks", help="relative to --source")
-    parser.add_argument("--context-json", type=_context, default={}, help="the run context")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument(
-        "--owner", default=None, help="the registry of the runtime that owns this worker: a mark"
-    )
-    args = parser.parse_args(argv)
-
-    protocol = taskfiles.divert_stdout()
-    source = Path(args.source).resolve()
-    if not source.is_dir():
-        error = {"file": None, "type": "FileNotFoundError", "line": None, "traceback": None}
-        error["message"] = f"source directory {str(source)!r} does not exist"
-        _emit(protocol, {"event": "error", "errors": [error]})
-        return EXIT_ERRORS
-    os.chdir(source)
-    loaded, errors = taskfiles.load_tasks(source, args.tasks_dir)
-    if errors:
-        _emit(protocol, {"event": "error", "errors": errors})
-        return EXIT_ERRORS
-    tasks = {task.id: task for task in loaded}
-    if threading.active_count() > 1:
-        _log("a task module started a thread at import; forking the spawner anyway")
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    spawner = spawning.Spawner(tasks, close_in_child=[protocol], run_child=child.become_run)
-    try:
-        server_class = http.Server6 if ":" in args.host else http.Server
-        server = server_class((args.host, args.port), http.Handler)
-    except OSError as exc:
-        error = {"file": None, "type": type(exc).__name__, "line": None, "traceback": None}
-        error["message"] = f"cannot listen on {args.host}:{args.port}: {exc}"
-        _emit(protocol, {"event": "error", "errors": [error]})
-        spawner.close()
-        return EXIT_ERRORS
-    worker = Worker(tasks=tasks, context=args.context_json, spawner=spawner)
-    server.worker = worker
-
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: None)
-    spawner.watch(lambda: spawning.report(wake_w, "\0"))
-    serving = threading.Thread(target=server.serve_until_stopped, name="http", daemon=True)
-    serving.start()
-
-    _emit(
-        protocol,
-        {
-            "event": "ready",
-            "port": server.server_address[1],
-            "pid": os.getpid(),
-            "tasks": list(tasks),
-        },
-    )
-    protocol.close()
-
-    wake = b""
-    while not wake:
-        wake = os.read(wake_r, 64)
-    broken = wake.startswith(b"\0")
-    if broken:
-        _log(f"the spawner exited with code {spawner.exit_code}; draining and exiting")
-    else:
-        _log(f"draining on {signal.Signals(wake[0]).name}: {worker.in_flight} run(s) in flight")
-    worker.drain()
-    server.stop()
-    serving.join()
-    server.server_close()
-    spawner.close()
-    signal.set_wakeup_fd(-1)
-    os.close(wake_r)
-    os.close(wake_w)
-    return 1 if broken else 0
+def load() -> ModuleType:
+    """Load the worker's files by path (``controller`` is not importable in the version's
+    venv); the last one, ``worker_serve``."""
+    prefix = os.environ.pop("SLIPWAY_WORKER_PYCACHE", None)
+    cache = Path(prefix) if prefix else None
+    for name, path in FILES:
+        if name not in sys.modules:
+            module = ModuleType(name)
+            module.__file__ = str(path)
+            sys.modules[name] = module
+            exec(_code(path, cache), module.__dict__)  # noqa: S102 - an import, by path
+    return sys.modules[FILES[-1][0]]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(load().main())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import py_compile
 import selectors
 import signal
 import subprocess
@@ -28,14 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.datadir import open_private, write_private
+from controller.datadir import open_private, private_dir, write_private
 from controller.errors import PermanentError, RuntimeUnavailable
+from controller.runtimes import worker_main
 from controller.runtimes.base import VersionSpec
 from controller.runtimes.procs import kill_session, session_of
 
 log = logging.getLogger(__name__)
 
-WORKER_MAIN = Path(__file__).with_name("worker_main.py")
+WORKER_MAIN = Path(worker_main.__file__)
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -104,8 +106,29 @@ class Registry:
             path.unlink(missing_ok=True)
 
 
+def compile_worker(cache: Path) -> Path | None:
+    """Compile the worker's files into ``cache`` (see ``worker_main.py``: it runs them
+    from there when they match its sources); None when that cannot be done."""
+    try:
+        private_dir(cache)
+        for _name, source in worker_main.FILES:
+            py_compile.compile(
+                str(source), cfile=str(cache / worker_main.cached_name(source)), doraise=True
+            )
+    except (OSError, py_compile.PyCompileError) as exc:
+        log.warning("worker bytecode not cached (%s): workers compile their files", exc)
+        return None
+    return cache
+
+
 def spawn_worker(
-    spec: VersionSpec, *, registry: Path, logs: Path, home: Path, start_timeout: float
+    spec: VersionSpec,
+    *,
+    registry: Path,
+    logs: Path,
+    home: Path,
+    start_timeout: float,
+    bytecode: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``spec``'s worker in a session of its own and wait for its ready line; its
     process and port. Its stdout (after the ready line) and stderr go to its log."""
@@ -119,6 +142,8 @@ def spawn_worker(
         "PYTHONUNBUFFERED": "1",
         **spec.env,
     }
+    if bytecode is not None:
+        env["SLIPWAY_WORKER_PYCACHE"] = str(bytecode)
     context = {**spec.context, "version": spec.version, "version_id": spec.version_id}
     log_path = logs / f"{spec.version_id}.log"
     stderr = open_private(log_path, "ab")  # handed to the child

@@ -8,7 +8,9 @@ deadlines only bound how long a broken test takes to fail (``support.waiting``).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import marshal
 import os
 import selectors
 import signal
@@ -27,6 +29,8 @@ import pytest
 from support.waiting import poll_until, scaled
 
 import controller.runtimes
+from controller.runtimes.worker_main import cached_name
+from controller.runtimes.workers import compile_worker
 
 WORKER_MAIN = Path(controller.runtimes.__file__).parent / "worker_main.py"
 CONTEXT = {
@@ -251,7 +255,9 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float = 60) -> bytes:
     return proc.stdout.readline()
 
 
-def spawn_worker(source: Path, stderr_path: Path) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    source: Path, stderr_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with stderr_path.open("wb") as stderr:
         return subprocess.Popen(
             [
@@ -273,14 +279,14 @@ def spawn_worker(source: Path, stderr_path: Path) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            env={**os.environ, "SLIPWAY_SAMPLE": "visible"},
+            env={**os.environ, "SLIPWAY_SAMPLE": "visible", **(env or {})},
         )
 
 
 @contextlib.contextmanager
-def running_worker(source: Path) -> Iterator[RunningWorker]:
+def running_worker(source: Path, env: dict[str, str] | None = None) -> Iterator[RunningWorker]:
     stderr_path = source.parent / f"{source.name}-worker.stderr"
-    proc = spawn_worker(source, stderr_path)
+    proc = spawn_worker(source, stderr_path, env)
     worker: RunningWorker | None = None
     try:
         line = read_line(proc)
@@ -604,3 +610,29 @@ def test_a_run_is_answered_without_waiting_for_the_spawner_to_reap_it(tmp_path: 
             for pid in spawners:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGCONT)
+
+
+def test_the_worker_runs_its_files_from_the_controllers_bytecode_cache(tmp_path: Path) -> None:
+    """The cache holds a marked build of worker_http.py under the real file's header
+    (mtime, size): the worker must run it rather than compile the source again."""
+    cache = compile_worker(tmp_path / "cache")
+    assert cache is not None
+    http_py = WORKER_MAIN.with_name("worker_http.py")
+    source_bytes = http_py.read_bytes()
+    marked = source_bytes.replace(b'"slipway-worker"', b'"slipway-worker-cached"')
+    assert marked != source_bytes
+    header = (
+        importlib.util.MAGIC_NUMBER
+        + (0).to_bytes(4, "little")
+        + (int(http_py.stat().st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
+        + len(source_bytes).to_bytes(4, "little")
+    )
+    code = compile(marked, str(http_py), "exec", dont_inherit=True)
+    (cache / cached_name(http_py)).write_bytes(header + marshal.dumps(code))
+    tasks = {"tasks/env.py": "import os\ndef run(p, ctx):\n    return sorted(os.environ)\n"}
+    source = write_repo(tmp_path / "source", tasks)
+    with running_worker(source, env={"SLIPWAY_WORKER_PYCACHE": str(cache)}) as running:
+        assert running.client.get("/health").headers["server"] == "slipway-worker-cached"
+        result = running.run("env").json()
+        assert result["status"] == "completed"
+        assert "SLIPWAY_WORKER_PYCACHE" not in result["output"]  # not the tasks' business
