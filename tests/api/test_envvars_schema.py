@@ -123,20 +123,32 @@ def test_reserved_names_are_refused_and_build_names_taken(server: Server) -> Non
     assert server.ok("PUT", f"{BASE}/production/SLIPWAY_BUILD_TOKEN", json={"value": "t"})
 
 
+HEADER_ROUTES = [
+    "/api/v1/projects/{ref}/envvars/{env}",
+    "/api/v1/projects/{ref}/environments/{env}/versions",
+    "/api/v1/projects/{ref}/environments/{env}/secret-key",
+]
+
+
 @pytest.mark.parametrize(
     "header",
     ["a%ZZ", "a%", "feat%7E1", "feat%3a1", "a b", "%FF", "%C3", "%ED%A0%80", "x" * 256],
 )
 def test_a_header_that_is_not_a_branch_answers_400(server: Server, header: str) -> None:
-    response = server.api("GET", f"{BASE}/preview", headers={"x-slipway-branch": header})
-    assert response.status_code == 400, response.text
-    assert "x-slipway-branch" in response.json()["error"]
-    pattern = next(
-        p["schema"]["pattern"]
-        for p in _operations(server)["GET /api/v1/projects/{ref}/envvars/{env}"]["parameters"]
-        if p["name"] == "x-slipway-branch"
-    )
-    assert not re.fullmatch(pattern, header)
+    doc = server.client.get("/openapi.json").json()
+    for route in HEADER_ROUTES:
+        path = route.format(ref="demo", env="preview")
+        response = server.api("GET", path, headers={"x-slipway-branch": header})
+        assert response.status_code == 400, (route, response.text)
+        assert "x-slipway-branch" in response.json()["error"]
+        operation = doc["paths"][route]["get"]
+        assert "400" in operation["responses"]
+        pattern = next(
+            p["schema"]["pattern"]
+            for p in operation["parameters"]
+            if p["name"] == "x-slipway-branch"
+        )
+        assert not re.fullmatch(pattern, header)
 
 
 def test_a_percent_encoded_branch_round_trips(server: Server) -> None:
