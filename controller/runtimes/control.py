@@ -15,7 +15,8 @@ the controller over a Unix socket, ``<data>/control.sock``:
   archiving done through the API; ``acquire`` / ``release`` bracket a run: the controller
   starts the version's worker if needed (pinned older versions, after a restart) and
   counts the run in flight, so a retire waits for it; the web process then sends the run
-  to the worker's port directly (runs do not pass through the niced controller);
+  to the worker's port directly (runs do not pass through the niced controller) and
+  sends ``release`` without waiting for its answer;
   ``refused`` reports a worker that answered 503 (it was retiring), so it is replaced;
 * the socket lives in the data dir (mode 0700) and is made 0600: only this user's
   processes can ask. Paths too long for ``sockaddr_un`` go through ``/proc/self/fd``.
@@ -210,6 +211,19 @@ class ControlClient:
             with sock.makefile("rb") as stream:
                 return stream.readline(MAX_LINE)
 
+    def send(self, op: str, **fields: Any) -> None:
+        """A request whose answer nobody waits for (a release: the run's answer should
+        not wait for the niced controller to be scheduled). Best effort, as a lost
+        release only makes a worker look busy until the controller restarts."""
+        with (
+            contextlib.suppress(OSError),
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock,
+            _addressable(self.path) as address,
+        ):
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(address)
+            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+
     def reachable(self) -> bool:
         try:
             return bool(self.call("ping", timeout=2.0))
@@ -320,7 +334,7 @@ class _ChannelLeases:
         )
 
     def release(self, version_id: int, port: int) -> None:
-        self.client.call("release", version_id=version_id, port=port)
+        self.client.send("release", version_id=version_id, port=port)
 
     def refused(self, version_id: int, port: int) -> None:
         self.client.call("refused", version_id=version_id, port=port)

@@ -13,6 +13,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -204,3 +205,47 @@ def test_the_socket_is_private_and_long_paths_work(tmp_path: Path) -> None:
     with pytest.raises(RuntimeUnavailable, match="cannot be reached"):
         ControlClient(deep).call("ping")
     assert not any(t.name == "control" for t in threading.enumerate())
+
+
+def test_a_run_does_not_wait_for_the_controller_to_answer_its_release(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The release's handler is held: a warm run's answer must come back all the same,
+    well before the channel's 5 s timeout that a waited-for release would end in (the
+    niced controller is often the last process the scheduler gets to)."""
+    runtime = LocalRuntime(data_dir=data_dir)
+    hold = threading.Event()
+    go_on = threading.Event()
+    released = threading.Event()
+    ops = handlers(runtime)
+    release = ops["release"]
+
+    def slow_release(request: dict[str, Any]) -> Any:
+        if hold.is_set():
+            go_on.wait(60)
+        answer = release(request)
+        released.set()
+        return answer
+
+    server = ControlServer(data_dir, {**ops, "release": slow_release})
+    server.start()
+    web = RemoteRuntime(ControlClient(data_dir), grace=1)
+    spec = make_spec(tmp_path / "src")
+    try:
+        web.run(spec, run_id="r1", task_id="hello", payload=None, timeout=30)  # warm
+        assert released.wait(30)
+        released.clear()
+        hold.set()
+        started = time.monotonic()
+        answer = web.run(spec, run_id="r2", task_id="hello", payload=None, timeout=30)
+        elapsed = time.monotonic() - started
+        assert answer["status"] == "completed"
+        assert elapsed < 4.0, f"the run waited {elapsed:.1f} s for its release"
+        assert not released.is_set()
+    finally:
+        go_on.set()
+        web.close(timeout=1)
+        server.stop()
+        runtime.close(timeout=2)
+    assert released.is_set()  # the release did arrive (stop() joined its handler)
+    assert not workers_marked(WORKER_MAIN, owner=runtime.registry)
