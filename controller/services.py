@@ -30,14 +30,14 @@ from sqlalchemy import select
 from controller.builders.commands import CommandRegistry
 from controller.builders.venv import VirtualenvBuilder
 from controller.datadir import private_dir
-from controller.deployments import orphaned_queued_deployments
-from controller.dispatch import route_pending
+from controller.domain.projects import get_project
 from controller.errors import PermanentError
 from controller.github.auth import github_clone_auth
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
 from controller.reconcile import resync_passes
+from controller.routing import route_pending
 from controller.runtimes.base import Runtime, VersionSpec
 from controller.runtimes.control import (
     ControlClient,
@@ -58,8 +58,14 @@ from controller.store.deliveries import (
     move_from_inbox,
     prune_deliveries,
 )
+from controller.store.deployments import (
+    deploying_version_ids,
+    last_job_of,
+    orphaned_queued_deployments,
+)
+from controller.store.environments import environment_ids_of_project
 from controller.store.inbox import Inbox
-from controller.store.tables import Deployment, Environment, Job, Project, Version, utcnow
+from controller.store.tables import Environment, Project, Version, utcnow
 from controller.supervisor import ControllerProcess
 from controller.versions import spec_for
 
@@ -304,12 +310,7 @@ class Services:
 
     def after_disconnect(self, ref: str) -> None:
         with self.db.read() as session:
-            project = session.execute(select(Project).where(Project.ref == ref)).scalar_one()
-            env_ids = (
-                session.execute(select(Environment.id).where(Environment.project_id == project.id))
-                .scalars()
-                .all()
-            )
+            env_ids = environment_ids_of_project(session, get_project(session, ref).id)
         for env_id in env_ids:
             self.retire_environment(env_id)
 
@@ -317,9 +318,7 @@ class Services:
         """Active deployments without a live job get one (their job was lost or gave up)."""
         with self.db.transaction() as session:
             for dep in orphaned_queued_deployments(session):
-                last = session.execute(
-                    select(Job).where(Job.deployment_id == dep.id).order_by(Job.id.desc()).limit(1)
-                ).scalar_one_or_none()
+                last = last_job_of(session, dep.id)
                 if last is not None and last.status == "failed":
                     dep.status = "failed"
                     dep.error = dep.error or f"gave up: {last.last_error}"
@@ -354,12 +353,7 @@ class Services:
                 .where(Environment.status == "active", Project.disconnected_at.is_(None))
             ).all()
             specs = [spec_for(session, version) for _env, version in rows]
-            deploying = session.execute(
-                select(Deployment.version_id).where(
-                    Deployment.status == "deploying", Deployment.version_id.is_not(None)
-                )
-            ).scalars()
-            busy = {version_id for version_id in deploying if version_id is not None}
+            busy = deploying_version_ids(session)
         wanted = {spec.version_id for spec in specs}
         # A preview scaled to zero stays stopped until its next run; production and
         # staging always serve. Health checks run in parallel, bounded.

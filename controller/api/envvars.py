@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from controller.api.auth import require_admin
 from controller.api.branches import branch_header
 from controller.api.errors import EnvName, ProjectRef, error_responses
-from controller.deployments import get_project
+from controller.domain.projects import get_project
 from controller.errors import InvalidInput
 from controller.models import normalise_environment
 from controller.secretstore.store import (

@@ -11,17 +11,19 @@ from sqlalchemy import select
 from controller.api.auth import require_admin
 from controller.api.branches import branch_header
 from controller.api.errors import EnvName, ProjectRef, error_responses
-from controller.deployments import (
+from controller.domain.environments import find_environment
+from controller.domain.projects import (
     create_project,
     disconnect_project,
-    find_environment,
     get_project,
     project_not_deploying_reason,
     update_project,
 )
 from controller.errors import SourceNotFound, SourceUnavailable
 from controller.models import BRANCH_PATTERN, REF_PATTERN, normalise_environment
-from controller.store.tables import Environment, Event, Project
+from controller.store.environments import environment_by_key, environments_of_project
+from controller.store.projects import all_projects
+from controller.store.tables import Event, Project
 from controller.views import environment_view, event_view, project_view, version_strings
 
 router = APIRouter(
@@ -89,7 +91,7 @@ def _view(session: Any, project: Project) -> dict[str, Any]:
 @router.get("/projects")
 def list_projects(request: Request) -> list[dict[str, Any]]:
     with _services(request).db.read() as session:
-        projects = session.execute(select(Project).order_by(Project.ref)).scalars().all()
+        projects = all_projects(session)
         return [_view(session, p) for p in projects]
 
 
@@ -151,15 +153,7 @@ def delete_project(request: Request, ref: ProjectRef) -> dict[str, Any]:
 def list_environments(request: Request, ref: ProjectRef) -> list[dict[str, Any]]:
     with _services(request).db.read() as session:
         project = get_project(session, ref)
-        envs = (
-            session.execute(
-                select(Environment)
-                .where(Environment.project_id == project.id)
-                .order_by(Environment.id)
-            )
-            .scalars()
-            .all()
-        )
+        envs = environments_of_project(session, project.id)
         versions = version_strings(session, {e.current_version_id for e in envs})
         return [environment_view(e, versions.get(e.current_version_id or 0)) for e in envs]
 
@@ -179,13 +173,8 @@ def get_secret_key(
         project = get_project(session, ref)
         target = branch or x_slipway_branch
         if name == "preview" and not target:
-            environment = session.execute(
-                select(Environment).where(
-                    Environment.project_id == project.id,
-                    Environment.name == "preview",
-                    Environment.branch_key == "",
-                )
-            ).scalar_one()
+            environment = environment_by_key(session, project.id, "preview", "")
+            assert environment is not None  # every project has its preview template
         else:
             environment = find_environment(session, project, name, target)
         return {

@@ -28,10 +28,11 @@ from controller.api import deployments as api_deployments
 from controller.api import envvars as api_envvars
 from controller.api import projects as api_projects
 from controller.api import versions as api_versions
-from controller.deployments import get_project
+from controller.domain.projects import get_project
 from controller.runs import get_run
 from controller.secretstore.store import Scope, list_variables
-from controller.store.tables import Environment, Run, Version
+from controller.store.environments import environment_by_key
+from controller.store.tables import Run, Version
 from controller.views import environment_view, run_view, version_strings
 
 SHOWN_DEPLOYMENTS = 50
@@ -51,13 +52,7 @@ def environment(request: Request, ref: str, name: str, branch: str | None) -> di
     listing every preview branch of the project."""
     with request.app.state.services.db.read() as session:
         project = get_project(session, ref)
-        env = session.execute(
-            select(Environment).where(
-                Environment.project_id == project.id,
-                Environment.name == name,
-                Environment.branch_key == (branch or ""),
-            )
-        ).scalar_one_or_none()
+        env = environment_by_key(session, project.id, name, branch or "")
         if env is None:
             return None
         versions = version_strings(session, {env.current_version_id})
