@@ -22,7 +22,6 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -37,6 +36,7 @@ from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
 from controller.reconcile import resync_passes
+from controller.reconcile.deployments import prune_old_deliveries, requeue_lost_deployments
 from controller.routing import route_pending
 from controller.runtimes.base import Runtime, VersionSpec
 from controller.runtimes.control import (
@@ -56,16 +56,13 @@ from controller.store.deliveries import (
     DeliveryWriter,
     Moved,
     move_from_inbox,
-    prune_deliveries,
 )
 from controller.store.deployments import (
     deploying_version_ids,
-    last_job_of,
-    orphaned_queued_deployments,
 )
 from controller.store.environments import environment_ids_of_project
 from controller.store.inbox import Inbox
-from controller.store.tables import Environment, Project, Version, utcnow
+from controller.store.tables import Environment, Project, Version
 from controller.supervisor import ControllerProcess
 from controller.versions import spec_for
 
@@ -154,9 +151,11 @@ class Services:
                 Drain("route", ("route",), self.route_deliveries, pause=0.05),
             ],
             resync=[
-                self.resync_deployments,
+                lambda: requeue_lost_deployments(self.db, notify=self.queue.notify),
                 self.resync_runtime,
-                self.prune_deliveries,
+                lambda: prune_old_deliveries(
+                    self.db, days=settings.runtime.delivery_retention_days
+                ),
                 *resync_passes(
                     db=self.db,
                     cipher=self.cipher,
@@ -313,34 +312,6 @@ class Services:
             env_ids = environment_ids_of_project(session, get_project(session, ref).id)
         for env_id in env_ids:
             self.retire_environment(env_id)
-
-    def resync_deployments(self) -> None:
-        """Active deployments without a live job get one (their job was lost or gave up)."""
-        with self.db.transaction() as session:
-            for dep in orphaned_queued_deployments(session):
-                last = last_job_of(session, dep.id)
-                if last is not None and last.status == "failed":
-                    dep.status = "failed"
-                    dep.error = dep.error or f"gave up: {last.last_error}"
-                    dep.finished_at = utcnow()
-                    continue
-                log.info("resync: re-queueing deployment %s", dep.id)
-                Queue.add(
-                    session, kind="deploy", key=f"env:{dep.environment_id}", deployment_id=dep.id
-                )
-        self.queue.notify()
-
-    def prune_deliveries(self) -> None:
-        """Delivery bodies and finished routing jobs older than the retention go."""
-        days = self.settings.runtime.delivery_retention_days
-        emptied, removed = prune_deliveries(self.db, older_than=timedelta(days=days))
-        if emptied or removed:
-            log.info(
-                "retention (%g days): dropped %d delivery bodies, %d routing jobs",
-                days,
-                emptied,
-                removed,
-            )
 
     def resync_runtime(self) -> None:
         """Current versions serve (previews only while they have runs: they scale to
