@@ -24,8 +24,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sqlalchemy import select
-
 from controller.builders.commands import CommandRegistry
 from controller.builders.venv import VirtualenvBuilder
 from controller.datadir import private_dir
@@ -63,6 +61,7 @@ from controller.store.deployments import (
 from controller.store.environments import environment_ids_of_project
 from controller.store.inbox import Inbox
 from controller.store.tables import Environment, Project, Version
+from controller.store.versions import current_versions, version_ids_of_environment
 from controller.supervisor import ControllerProcess
 from controller.versions import spec_for
 
@@ -299,11 +298,7 @@ class Services:
 
     def retire_environment(self, env_id: int) -> None:
         with self.db.read() as session:
-            ids = (
-                session.execute(select(Version.id).where(Version.environment_id == env_id))
-                .scalars()
-                .all()
-            )
+            ids = version_ids_of_environment(session, env_id)
         for version_id in ids:
             self.runtime.retire(version_id)
 
@@ -317,12 +312,7 @@ class Services:
         """Current versions serve (previews only while they have runs: they scale to
         zero); archived or idle non-current versions stop."""
         with self.db.read() as session:
-            rows = session.execute(
-                select(Environment, Version)
-                .join(Version, Version.id == Environment.current_version_id)
-                .join(Project, Project.id == Environment.project_id)
-                .where(Environment.status == "active", Project.disconnected_at.is_(None))
-            ).all()
+            rows = current_versions(session)
             specs = [spec_for(session, version) for _env, version in rows]
             busy = deploying_version_ids(session)
         wanted = {spec.version_id for spec in specs}
