@@ -9,8 +9,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
-from controller.api.branches import branch_header
-from controller.api.errors import EnvName, ProjectRef, error_responses
+from controller.api.branches import EnvTarget, env_target
+from controller.api.errors import ProjectRef, error_responses
 from controller.domain.environments import find_environment
 from controller.domain.projects import (
     create_project,
@@ -20,10 +20,8 @@ from controller.domain.projects import (
     update_project,
 )
 from controller.errors import SourceNotFound, SourceUnavailable
-from controller.models import BRANCH_PATTERN, REF_PATTERN, normalise_environment
-from controller.store.environments import environment_by_key, environments_of_project
-from controller.store.projects import all_projects
-from controller.store.tables import Event, Project
+from controller.models import BRANCH_PATTERN, REF_PATTERN
+from controller.store.tables import Environment, Event, Project
 from controller.views import environment_view, event_view, project_view, version_strings
 
 router = APIRouter(
@@ -91,7 +89,7 @@ def _view(session: Any, project: Project) -> dict[str, Any]:
 @router.get("/projects")
 def list_projects(request: Request) -> list[dict[str, Any]]:
     with _services(request).db.read() as session:
-        projects = all_projects(session)
+        projects = session.execute(select(Project).order_by(Project.ref)).scalars().all()
         return [_view(session, p) for p in projects]
 
 
@@ -153,30 +151,37 @@ def delete_project(request: Request, ref: ProjectRef) -> dict[str, Any]:
 def list_environments(request: Request, ref: ProjectRef) -> list[dict[str, Any]]:
     with _services(request).db.read() as session:
         project = get_project(session, ref)
-        envs = environments_of_project(session, project.id)
+        envs = (
+            session.execute(
+                select(Environment)
+                .where(Environment.project_id == project.id)
+                .order_by(Environment.id)
+            )
+            .scalars()
+            .all()
+        )
         versions = version_strings(session, {e.current_version_id for e in envs})
         return [environment_view(e, versions.get(e.current_version_id or 0)) for e in envs]
 
 
 @router.get("/projects/{ref}/environments/{env}/secret-key")
 def get_secret_key(
-    request: Request,
-    ref: ProjectRef,
-    env: EnvName,
-    x_slipway_branch: str | None = Depends(branch_header),
-    branch: str | None = Query(default=None),
+    request: Request, target: Annotated[EnvTarget, Depends(env_target)]
 ) -> dict[str, Any]:
     """The environment's secret key (``sk_…``), for triggering runs. Shown on purpose."""
     services = _services(request)
-    name = normalise_environment(env)
     with services.db.read() as session:
-        project = get_project(session, ref)
-        target = branch or x_slipway_branch
-        if name == "preview" and not target:
-            environment = environment_by_key(session, project.id, "preview", "")
-            assert environment is not None  # every project has its preview template
+        project = get_project(session, target.ref)
+        if target.env == "preview" and not target.branch:
+            environment = session.execute(
+                select(Environment).where(
+                    Environment.project_id == project.id,
+                    Environment.name == "preview",
+                    Environment.branch_key == "",
+                )
+            ).scalar_one()
         else:
-            environment = find_environment(session, project, name, target)
+            environment = find_environment(session, project, target.env, target.branch)
         return {
             "environment": environment.name,
             "branch": environment.branch,
