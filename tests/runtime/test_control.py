@@ -215,6 +215,7 @@ def test_a_run_does_not_wait_for_the_controller_to_answer_its_release(
     niced controller is often the last process the scheduler gets to)."""
     runtime = LocalRuntime(data_dir=data_dir)
     hold = threading.Event()
+    entered = threading.Event()
     go_on = threading.Event()
     released = threading.Event()
     ops = handlers(runtime)
@@ -222,6 +223,7 @@ def test_a_run_does_not_wait_for_the_controller_to_answer_its_release(
 
     def slow_release(request: dict[str, Any]) -> Any:
         if hold.is_set():
+            entered.set()
             go_on.wait(60)
         answer = release(request)
         released.set()
@@ -242,6 +244,7 @@ def test_a_run_does_not_wait_for_the_controller_to_answer_its_release(
         assert answer["status"] == "completed"
         assert elapsed < 4.0, f"the run waited {elapsed:.1f} s for its release"
         assert not released.is_set()
+        assert entered.wait(30)  # the release reached the controller
     finally:
         go_on.set()
         web.close(timeout=1)
