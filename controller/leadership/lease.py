@@ -184,15 +184,17 @@ class KubernetesLeaseApi:
         return self._record(lease)
 
     def create(self, record: LeaseRecord) -> LeaseRecord:
-        return self._record(
-            self._call(self._api.create_namespaced_lease, self.namespace, self._lease(record))
-        )
+        return self._write(self._api.create_namespaced_lease, self.namespace, record)
 
     def replace(self, record: LeaseRecord) -> LeaseRecord:
-        lease = self._lease(record)
-        return self._record(
-            self._call(self._api.replace_namespaced_lease, self.name, self.namespace, lease)
-        )
+        return self._write(self._api.replace_namespaced_lease, self.name, self.namespace, record)
+
+    def _write(self, fn: Callable[..., Any], *args: Any) -> LeaseRecord:
+        *where, record = args
+        try:
+            return self._record(self._call(fn, *where, self._lease(record)))
+        except _NotFound as exc:  # deleted since we read it: someone else's move
+            raise LeaseConflict(f"Lease {self.name} is gone") from exc
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
