@@ -230,6 +230,12 @@ def test_several_replicas_without_a_shared_secret_are_refused(helm: Path) -> Non
     assert "needs existingSecret" in stderr
 
 
+def test_several_replicas_with_the_local_runtime_are_refused(helm: Path) -> None:
+    stderr = refusal(helm, {**HA, "runtime": "local"})
+    assert "replicaCount=3 needs runtime=kubernetes" in stderr
+    render(helm, {"runtime": "local"})  # one replica may run its workers in its pod
+
+
 def test_a_database_url_that_is_not_postgres_is_refused(helm: Path) -> None:
     assert "postgresql://" in refusal(helm, {"database.url": "mysql://db/slipway"})
 

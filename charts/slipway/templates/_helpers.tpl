@@ -63,6 +63,9 @@ emptyDir (their state is in PostgreSQL). */}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.existingSecret) }}
 {{- fail (printf "replicaCount=%d needs existingSecret: the replicas must share the encryption key and admin token (keys %s and %s), which one replica would otherwise generate into its own data dir." (int .Values.replicaCount) .Values.existingSecretKeys.encryptionKey .Values.existingSecretKeys.adminToken) }}
 {{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (eq .Values.runtime "local") }}
+{{- fail (printf "replicaCount=%d needs runtime=kubernetes: with the local runtime, workers and built versions live in the data dir of the replica that built them, which the other replicas cannot reach." (int .Values.replicaCount)) }}
+{{- end }}
 {{- if and .Values.database.url (not (regexMatch "^postgres(ql)?(\\+[a-z0-9]+)?://" .Values.database.url)) }}
 {{- fail "database.url must be a postgresql:// URL (leave it empty for SQLite in the data dir)" }}
 {{- end }}
