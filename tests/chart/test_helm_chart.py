@@ -151,13 +151,16 @@ def test_rbac_is_exactly_what_the_runtime_needs(helm: Path) -> None:
     assert set(granted) == {
         ("", "namespaces"),
         ("apps", "deployments"),
+        ("apps", "deployments/scale"),
         ("", "services"),
         ("", "secrets"),
         ("", "pods"),
         ("", "events"),
         ("events.k8s.io", "events"),
         ("", "services/proxy"),
+        ("", "pods/proxy"),
     }
+    assert granted[("", "pods/proxy")] == {"get", "create"}
     assert granted[("", "pods")] == {"get", "list", "watch"}
     assert granted[("", "events")] == {"get", "list", "watch"}
     assert "create" in granted[("", "namespaces")]
