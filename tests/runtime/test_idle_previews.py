@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -78,18 +77,18 @@ def session_pids(sid: int) -> list[int]:
     ]
 
 
-def test_warm_runs_take_milliseconds(
+def test_warm_runs_reuse_the_live_worker(
     runtime_of: Callable[..., LocalRuntime], tmp_path: Path
 ) -> None:
+    """Warm runs go to the worker already running; how fast they are is measured by
+    tests/benchmarks/previews.py (a timed assertion here would fail on a busy machine)."""
     runtime = runtime_of()
     spec = make_spec(tmp_path / "src")
     run(runtime, spec)
-    durations = []
+    (pid,) = workers_marked(WORKER_MAIN, owner=runtime.registry)
     for _ in range(30):
-        started = time.perf_counter()
         assert run(runtime, spec)["status"] == "completed"
-        durations.append(time.perf_counter() - started)
-    assert statistics.median(durations) < 0.030, sorted(durations)
+    assert workers_marked(WORKER_MAIN, owner=runtime.registry) == {pid}
 
 
 def test_an_idle_worker_does_not_wake_up(
