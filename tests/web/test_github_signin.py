@@ -10,19 +10,23 @@ the REST calls Slipway makes with the person's token (``GET /user``, ``GET
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from conftest import REPO, csrf_of, deploy
+from conftest import ARTIFACTS, REPO, csrf_of, deploy
 from support import payloads
 from support.fake_github import SPEC_PATH, FakeGitHub
 from support.repos import TaskRepo
 from support.server import Server
+from test_browser import NODE_DIR, _require_browser
 
 from controller.github.oauth import PushAccess
 
@@ -233,3 +237,32 @@ def test_the_manifest_asks_github_for_the_signin_callback() -> None:
     assert manifest("https://deploy.example.com")["callback_urls"] == [
         "https://deploy.example.com/auth/github/callback"
     ]
+
+
+def test_sign_in_with_github_in_chromium(gh_site: GitHubSite) -> None:
+    _require_browser()
+    ARTIFACTS.mkdir(exist_ok=True)
+    gh_site.github.browser_login = "pusher"
+    result = subprocess.run(
+        [
+            "node",
+            str(Path(__file__).with_name("github_signin.mjs")),
+            gh_site.server.url,
+            str(ARTIFACTS),
+        ],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["problems"] == [], report
+    seen = report["seen"]
+    assert seen["signedInAs"] is True
+    assert seen["projects"] == ["demo"]
+    assert seen["cookie"] == {"httpOnly": True, "sameSite": "Lax", "kind": "g1."}
+    assert seen["stateCookieLeft"] is False
+    assert seen["promoteOffered"] is True
+    for name in ("github-projects", "github-project"):
+        assert (ARTIFACTS / f"{name}.png").stat().st_size > 1000
