@@ -38,6 +38,7 @@ class GitHubSite:
     server: Server
     github: FakeGitHub
     versions: list[dict[str, Any]]
+    run: dict[str, Any]
 
     def current(self) -> str | None:
         envs = self.server.ok("GET", "/api/v1/projects/demo/environments")
@@ -76,8 +77,10 @@ def gh_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitHubSite]:
                 assert server.deliver("push", push).status_code == 202
                 versions.append(deploy(server, sha=sha))
                 before = sha
+            ran = server.trigger("demo", "production", "hello", {"n": 1})
+            assert ran.status_code == 200, ran.text
             _store_app_by_the_manifest_flow(server)
-            yield GitHubSite(server=server, github=github, versions=versions)
+            yield GitHubSite(server=server, github=github, versions=versions, run=ran.json())
         finally:
             server.close()
         assert github.errors == [], "requests GitHub would refuse:\n" + "\n".join(github.errors)
@@ -138,6 +141,8 @@ def test_a_user_with_push_access_sees_the_project_and_can_promote(gh_site: GitHu
         assert browser.get("/projects/other").status_code == 404
         assert browser.get("/projects/demo").status_code == 200
         assert browser.get(f"/deployments/{first['id']}").status_code == 200
+        assert browser.get(f"/deployments/{first['id']}/log").status_code == 200
+        assert browser.get(f"/runs/{gh_site.run['id']}").status_code == 200
         page = browser.get("/projects/demo/environments/production")
         assert page.status_code == 200
         try:
@@ -167,6 +172,7 @@ def test_a_user_without_push_access_sees_nothing_and_cannot_promote(gh_site: Git
         assert browser.get("/projects/demo/environments/production").status_code == 404
         assert browser.get(f"/deployments/{first['id']}").status_code == 404
         assert browser.get(f"/deployments/{first['id']}/log").status_code == 404
+        assert browser.get(f"/runs/{gh_site.run['id']}").status_code == 404
         refused = browser.post(
             "/projects/demo/environments/production/promote",
             data={"csrf": csrf_of(home.text), "version": first["version"]},
@@ -209,6 +215,19 @@ def test_signing_out_ends_the_session_on_the_server(gh_site: GitHubSite) -> None
         replay.cookies.set("slipway_session", cookie)
         assert 'name="token"' in replay.get("/").text  # the old cookie signs no one in
         assert replay.get("/projects/demo").status_code == 303
+
+
+def test_a_token_github_no_longer_accepts_ends_the_session(gh_site: GitHubSite) -> None:
+    with sign_in_with_github(gh_site, "pusher") as browser:
+        cookie = browser.cookies["slipway_session"]
+        token = list(gh_site.github.user_tokens)[-1]
+        del gh_site.github.user_tokens[token]  # revoked on GitHub; nothing cached yet
+        page = browser.get("/projects/demo")
+        assert page.status_code == 303 and page.headers["location"] == "/"
+        assert "slipway_session" not in browser.cookies
+    with _browser(gh_site) as replay:
+        replay.cookies.set("slipway_session", cookie)
+        assert 'name="token"' in replay.get("/").text
 
 
 def test_push_access_is_asked_again_after_a_minute() -> None:
