@@ -28,6 +28,10 @@ that code, the same ``redirect_uri`` and the PKCE verifier of the ``code_challen
 not). With that token ``GET /user`` answers the person and ``GET /repos/{owner}/{repo}``
 the repository with their ``permissions`` (:meth:`FakeGitHub.add_user`), 404 where they
 have no access.
+
+One file over 400 lines on purpose: the spec matching, the state and the answers of one
+fake GitHub are read together when a test's request is refused; split, every answer
+would import the fake's internals back.
 """
 
 from __future__ import annotations
