@@ -23,7 +23,7 @@ from starlette.requests import Request
 
 from controller.errors import NotFound
 from controller.github.oauth import PushAccess
-from controller.store.tables import Environment, Project, Run
+from controller.store.tables import Deployment, Environment, Project, Run
 from controller.web.session import WebSession
 
 PARALLEL_CHECKS = 8
@@ -85,3 +85,18 @@ def require_run(request: Request, session: WebSession, run_id: str) -> None:
         ).scalar_one_or_none()
     if not _may_push(request, session, repo):
         raise NotFound(f"run {run_id!r} does not exist")
+
+
+def require_deployment(request: Request, session: WebSession, deployment_id: str) -> None:
+    """Nothing if ``session`` may see deployment ``deployment_id``; else :class:`NotFound`
+    (one indexed read: the log follower asks on every poll)."""
+    if session.is_admin:
+        return
+    with request.app.state.services.db.read() as db:
+        repo = db.execute(
+            select(Project.repo)
+            .join(Deployment, Deployment.project_id == Project.id)
+            .where(Deployment.id == deployment_id)
+        ).scalar_one_or_none()
+    if not _may_push(request, session, repo):
+        raise NotFound(f"deployment {deployment_id!r} does not exist")

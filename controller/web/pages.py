@@ -286,8 +286,8 @@ def deployment_page(request: Request, deployment_id: str) -> Response:
     if session is None:
         return _login_redirect(request)
     try:
+        access.require_deployment(request, session, deployment_id)
         deployment = reads.deployment(request, deployment_id)
-        access.require_project(request, session, deployment["project"])
         logs = reads.deployment_logs(request, deployment_id)
     except SlipwayError as exc:
         return _error(request, session, exc)
@@ -306,9 +306,7 @@ def deployment_log(request: Request, deployment_id: str, after: int = 0) -> Resp
     if session is None:
         return JSONResponse({"error": "sign in first"}, status_code=401)
     try:
-        if not session.is_admin:
-            project = reads.deployment(request, deployment_id)["project"]
-            access.require_project(request, session, project)
+        access.require_deployment(request, session, deployment_id)
         logs = reads.deployment_logs(request, deployment_id, after=after)
     except SlipwayError as exc:
         return JSONResponse({"error": exc.message}, status_code=404)

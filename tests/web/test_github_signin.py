@@ -203,6 +203,18 @@ def test_a_forged_or_foreign_state_is_refused(gh_site: GitHubSite) -> None:
     assert gh_site.github.operation_ids().count("oauth/access_token") == exchanged
 
 
+def test_a_sign_in_declined_on_github_signs_no_one_in(gh_site: GitHubSite) -> None:
+    with _browser(gh_site) as browser:
+        started = browser.get("/auth/github/login")
+        state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
+        declined = browser.get(
+            "/auth/github/callback", params={"error": "access_denied", "state": state}
+        )
+        assert declined.status_code == 401
+        assert "GitHub did not sign you in" in declined.text
+        assert "slipway_session" not in browser.cookies
+
+
 def test_signing_out_ends_the_session_on_the_server(gh_site: GitHubSite) -> None:
     with sign_in_with_github(gh_site, "pusher") as browser:
         cookie = browser.cookies["slipway_session"]
