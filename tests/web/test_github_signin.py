@@ -65,7 +65,9 @@ def gh_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitHubSite]:
     with FakeGitHub() as github:
         github.add_user("pusher", push=[REPO.upper()])  # GitHub's names ignore case
         github.add_user("reader", read=[REPO])
-        server = Server(tmp / "data", extra_env={"SLIPWAY_GITHUB_API_URL": github.url})
+        server = Server(
+            tmp / "data", extra_env={"SLIPWAY_GITHUB_API_URL": github.url}, log_level="debug"
+        )
         server.start()
         try:
             server.create_project("demo", repo=REPO, clone_url=str(repo.path))
