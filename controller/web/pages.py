@@ -10,8 +10,9 @@ style block runs, ``frame-ancestors 'none'`` and ``form-action 'self'``. Sign-in
 are :mod:`controller.web.session`; Sign in with GitHub is
 :mod:`controller.web.github_signin`, and what a person signed in with GitHub may see and
 promote is :mod:`controller.web.access` (every handler naming a project, deployment or
-run asks it; an admin session sees everything). Handlers that change state are ``async`` only to read
-the form; promotion itself (it waits for a worker's health check) runs in a thread.
+run asks it; an admin session sees everything). Handlers that change state are
+``async`` only to read the form; promotion itself (it waits for a worker's health check)
+and any database read of theirs run in a thread.
 """
 
 from __future__ import annotations
@@ -184,7 +185,9 @@ async def login(request: Request) -> Response:
     token = str(form.get("token") or "")
     target = _safe_next(str(form.get("next") or "/"))
     if not check_admin_token(settings.admin_token, token):
-        return render_login(request, next_page=target, failed=True, status_code=401)
+        return await run_in_threadpool(
+            lambda: render_login(request, next_page=target, failed=True, status_code=401)
+        )
     response = RedirectResponse(target, status_code=303)
     set_session_cookie(response, issue_cookie(settings.admin_token), public_url=settings.public_url)
     return response
