@@ -7,8 +7,10 @@ It is kept here, not in the cookie: one row of ``github_user_sessions`` per sess
 keyed by the SHA-256 of the session id the signed cookie carries (so the table alone
 does not let anyone make a cookie), the token encrypted with the env var store's
 :class:`Cipher` and bound by associated data to that key (a ciphertext copied to another
-row does not decrypt). Signing out deletes the row; an expired row reads as no session
-and is deleted when the next person signs in.
+row does not decrypt). Signing out deletes the row; an expired row, or one that no
+longer decrypts (its encryption key was retired after ``keys rotate``, which leaves these
+rows alone: they live hours, not years), reads as no session; expired rows are deleted
+when the next person signs in.
 
 Sign in with GitHub is offered when the App the manifest flow stored has an OAuth client
 (:func:`oauth_app`); an App configured by ``SLIPWAY_GITHUB_APP_ID`` alone has none here.
@@ -24,6 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
+from controller.errors import PermanentError
 from controller.github.app import StoredApp
 from controller.github.storage import load_app
 from controller.secretstore.crypto import Cipher
@@ -77,7 +80,11 @@ def load_signin(session: Session, cipher: Cipher, session_id: str) -> SignedIn |
     ).scalar_one_or_none()
     if row is None:
         return None
-    return SignedIn(login=row.login, token=cipher.decrypt(row.token_encrypted, aad=_aad(id_hash)))
+    try:
+        token = cipher.decrypt(row.token_encrypted, aad=_aad(id_hash))
+    except PermanentError:  # its key was retired, or the row was tampered with
+        return None
+    return SignedIn(login=row.login, token=token)
 
 
 def delete_signin(session: Session, session_id: str) -> None:

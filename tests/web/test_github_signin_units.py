@@ -1,17 +1,24 @@
-"""Sign in with GitHub as plain functions: the state cookie, the code exchange, PKCE."""
+"""Sign in with GitHub as plain functions: the state cookie, the code exchange, PKCE, and
+the server-side record of a session (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import timedelta
 
 import httpx
 import pytest
+from sqlalchemy import select, update
 
 from controller.errors import PermanentError, TemporaryError
 from controller.github.oauth import authorize_url, exchange_user_code, pkce_challenge
+from controller.secretstore.crypto import Cipher
+from controller.store.db import Database
+from controller.store.tables import GitHubUserSession, utcnow
 from controller.web.github_signin import STATE_TTL, issue_state, pkce_verifier, read_state
 from controller.web.session import GITHUB, issue_cookie, read_session
+from controller.web.signin_records import delete_signin, load_signin, store_signin
 
 ADMIN = "slw_admin-token-for-tests"
 
@@ -88,3 +95,52 @@ def test_the_exchange_answers_the_token_and_classifies_refusals() -> None:
         _exchange(502, {"message": "bad gateway"})
     with pytest.raises(PermanentError):
         _exchange(404, {"message": "Not Found"})
+
+
+def test_a_signin_record_keeps_the_token_encrypted_bound_and_until_it_expires(
+    database: Database,
+) -> None:
+    cipher = Cipher(["a passphrase from a secret manager, 32+ characters long"])
+    with database.transaction() as session:
+        store_signin(
+            session,
+            cipher,
+            session_id="one",
+            login="pusher",
+            github_user_id=7,
+            token="ghu_one-secret",
+            lifetime=3600,
+        )
+        store_signin(
+            session,
+            cipher,
+            session_id="two",
+            login="other",
+            github_user_id=8,
+            token="ghu_two-secret",
+            lifetime=3600,
+        )
+    with database.read() as session:
+        found = load_signin(session, cipher, "one")
+        assert found is not None and (found.login, found.token) == ("pusher", "ghu_one-secret")
+        assert "ghu_one" not in repr(found)
+        assert load_signin(session, cipher, "unknown") is None
+        rows = session.execute(select(GitHubUserSession)).scalars().all()
+        assert all(
+            "ghu_" not in r.token_encrypted and r.id_hash not in ("one", "two") for r in rows
+        )
+    with database.transaction() as session:  # a ciphertext moved to another row is refused
+        one, two = sorted(rows, key=lambda r: r.login != "pusher")
+        session.execute(
+            update(GitHubUserSession)
+            .where(GitHubUserSession.id_hash == two.id_hash)
+            .values(token_encrypted=one.token_encrypted)
+        )
+    with database.read() as session:
+        assert load_signin(session, cipher, "two") is None
+    with database.transaction() as session:
+        delete_signin(session, "one")
+        session.execute(update(GitHubUserSession).values(expires_at=utcnow() - timedelta(1)))
+    with database.read() as session:
+        assert load_signin(session, cipher, "one") is None
+        assert load_signin(session, cipher, "two") is None  # expired
