@@ -15,15 +15,16 @@ The list of projects asks GitHub about the uncached repositories a few at a time
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 
 from controller.errors import NotFound
 from controller.github.oauth import PushAccess
-from controller.store.tables import Deployment, Environment, Project, Run
+from controller.store.projects import repo_of_deployment, repo_of_project, repo_of_run
 from controller.web.session import WebSession
 
 PARALLEL_CHECKS = 8
@@ -62,41 +63,30 @@ def visible_projects(
     return [p for p, ok in zip(projects, allowed, strict=True) if ok]
 
 
+def _require(
+    request: Request, session: WebSession, repo_of: Callable[[Session], str | None]
+) -> bool:
+    if session.is_admin:
+        return True
+    with request.app.state.services.db.read() as db:
+        repo = repo_of(db)
+    return _may_push(request, session, repo)
+
+
 def require_project(request: Request, session: WebSession, ref: str) -> None:
     """Nothing if ``session`` may see and promote project ``ref``; else :class:`NotFound`."""
-    if session.is_admin:
-        return
-    with request.app.state.services.db.read() as db:
-        repo = db.execute(select(Project.repo).where(Project.ref == ref)).scalar_one_or_none()
-    if not _may_push(request, session, repo):
+    if not _require(request, session, lambda db: repo_of_project(db, ref)):
         raise NotFound(f"project {ref!r} does not exist", hint="see `slipway projects list`")
 
 
 def require_run(request: Request, session: WebSession, run_id: str) -> None:
     """Nothing if ``session`` may see run ``run_id``'s project; else :class:`NotFound`."""
-    if session.is_admin:
-        return
-    with request.app.state.services.db.read() as db:
-        repo = db.execute(
-            select(Project.repo)
-            .join(Environment, Environment.project_id == Project.id)
-            .join(Run, Run.environment_id == Environment.id)
-            .where(Run.id == run_id)
-        ).scalar_one_or_none()
-    if not _may_push(request, session, repo):
+    if not _require(request, session, lambda db: repo_of_run(db, run_id)):
         raise NotFound(f"run {run_id!r} does not exist")
 
 
 def require_deployment(request: Request, session: WebSession, deployment_id: str) -> None:
     """Nothing if ``session`` may see deployment ``deployment_id``; else :class:`NotFound`
     (one indexed read: the log follower asks on every poll)."""
-    if session.is_admin:
-        return
-    with request.app.state.services.db.read() as db:
-        repo = db.execute(
-            select(Project.repo)
-            .join(Deployment, Deployment.project_id == Project.id)
-            .where(Deployment.id == deployment_id)
-        ).scalar_one_or_none()
-    if not _may_push(request, session, repo):
+    if not _require(request, session, lambda db: repo_of_deployment(db, deployment_id)):
         raise NotFound(f"deployment {deployment_id!r} does not exist")
