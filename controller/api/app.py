@@ -137,7 +137,7 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
     )
 
     from controller.api import deployments, envvars, github, projects, runs, versions
-    from controller.web import pages
+    from controller.web import github_signin, pages
 
     app.include_router(projects.router)
     app.include_router(deployments.router)
@@ -146,5 +146,6 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(envvars.router)
     app.include_router(github.api)
     app.include_router(github.pages)
+    app.include_router(github_signin.router)
     app.include_router(pages.router)
     return app

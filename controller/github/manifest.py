@@ -68,6 +68,7 @@ def manifest(public_url: str) -> dict[str, Any]:
         "url": public,
         "hook_attributes": {"url": f"{public}/webhooks/github", "active": True},
         "redirect_url": f"{public}/github/callback",
+        "callback_urls": [f"{public}/auth/github/callback"],  # Sign in with GitHub
         "setup_url": f"{public}/github/installed",
         "setup_on_update": False,
         "public": False,

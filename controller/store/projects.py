@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.store.tables import Project, Repository
+from controller.store.tables import Deployment, Environment, Project, Repository, Run
 
 
 def project_by_ref(session: Session, ref: str) -> Project | None:
@@ -48,3 +48,24 @@ def repositories_of_installation(session: Session, installation_id: int) -> list
             select(Repository).where(Repository.installation_id == installation_id)
         ).scalars()
     )
+
+
+def repo_of_project(session: Session, ref: str) -> str | None:
+    return session.execute(select(Project.repo).where(Project.ref == ref)).scalar_one_or_none()
+
+
+def repo_of_deployment(session: Session, deployment_id: str) -> str | None:
+    return session.execute(
+        select(Project.repo)
+        .join(Deployment, Deployment.project_id == Project.id)
+        .where(Deployment.id == deployment_id)
+    ).scalar_one_or_none()
+
+
+def repo_of_run(session: Session, run_id: str) -> str | None:
+    return session.execute(
+        select(Project.repo)
+        .join(Environment, Environment.project_id == Project.id)
+        .join(Run, Run.environment_id == Environment.id)
+        .where(Run.id == run_id)
+    ).scalar_one_or_none()

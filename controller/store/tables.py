@@ -431,3 +431,18 @@ class CommitSignal(Base):
     url: Mapped[str | None] = mapped_column(Text)
     delivery_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GitHubUserSession(Base):
+    """A person signed in with GitHub (see :mod:`controller.web.signin_records`): keyed by
+    the SHA-256 of the session id in their cookie; their user token is an AES-GCM
+    ciphertext bound to that key."""
+
+    __tablename__ = "github_user_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    login: Mapped[str] = mapped_column(String(100))
+    github_user_id: Mapped[int] = mapped_column(BigInteger)
+    token_encrypted: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

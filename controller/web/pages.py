@@ -7,8 +7,12 @@ long-lived connection per viewer and the log endpoint is the API's own, paged by
 
 Each response carries a Content-Security-Policy whose nonce is the only way a script or
 style block runs, ``frame-ancestors 'none'`` and ``form-action 'self'``. Sign-in and CSRF
-are :mod:`controller.web.session`. Handlers that change state are ``async`` only to read
-the form; promotion itself (it waits for a worker's health check) runs in a thread.
+are :mod:`controller.web.session`; Sign in with GitHub is
+:mod:`controller.web.github_signin`, and what a person signed in with GitHub may see and
+promote is :mod:`controller.web.access` (every handler naming a project, deployment or
+run asks it; an admin session sees everything). Handlers that change state are
+``async`` only to read the form; promotion itself (it waits for a worker's health check)
+and any database read of theirs run in a thread.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from controller.errors import Conflict, InvalidInput, NotFound, SlipwayError, TemporaryError
+from controller.github.oauth import UserTokenRejected
 from controller.models import ACTIVE_STATUSES, normalise_environment
-from controller.web import overview, reads
+from controller.web import access, overview, reads
 from controller.web.session import (
     COOKIE,
+    GITHUB,
     WebSession,
     check_admin_token,
     clear_session_cookie,
@@ -37,6 +43,7 @@ from controller.web.session import (
     same_origin,
     set_session_cookie,
 )
+from controller.web.signin_records import delete_signin, load_signin, oauth_app
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.globals["duration"] = reads.duration_seconds
@@ -59,7 +66,15 @@ def _settings(request: Request) -> Any:
 
 
 def _session(request: Request) -> WebSession | None:
-    return read_session(_settings(request).admin_token, request.cookies.get(COOKIE))
+    session = read_session(_settings(request).admin_token, request.cookies.get(COOKIE))
+    if session is None or session.kind != GITHUB:
+        return session
+    services = request.app.state.services
+    with services.db.read() as db:
+        signed_in = load_signin(db, services.cipher, session.nonce)
+    if signed_in is None:
+        return None
+    return session.with_user(login=signed_in.login, token=signed_in.token)
 
 
 def _render(
@@ -92,7 +107,21 @@ def _login_redirect(request: Request) -> Response:
     return RedirectResponse(f"/?next={quote(target)}", status_code=303)
 
 
+def _signed_out(request: Request, session: WebSession | None) -> Response:
+    """End a session (its record too) and go to the sign-in page."""
+    if session is not None and session.kind == GITHUB:
+        with request.app.state.services.db.transaction() as db:
+            delete_signin(db, session.nonce)
+        if session.user_token:
+            access.push_access(request).forget(session.user_token)
+    response = RedirectResponse("/", status_code=303)
+    clear_session_cookie(response, public_url=_settings(request).public_url)
+    return response
+
+
 def _error(request: Request, session: WebSession | None, exc: SlipwayError) -> Response:
+    if isinstance(exc, UserTokenRejected):
+        return _signed_out(request, session)
     status = next((code for cls, code in _ERROR_STATUS if isinstance(exc, cls)), 400)
     return _render(
         request,
@@ -122,14 +151,29 @@ def _safe_next(target: str | None) -> str:
 def home(request: Request, next: str | None = None) -> Response:
     session = _session(request)
     if session is None:
-        return _render(
-            request, "login.html", {"next": _safe_next(next), "failed": False}, session=None
-        )
+        return render_login(request, next_page=_safe_next(next))
     try:
-        projects = reads.projects(request)
+        projects = access.visible_projects(request, session, reads.projects(request))
     except SlipwayError as exc:
         return _error(request, session, exc)
     return _render(request, "projects.html", {"projects": projects}, session=session)
+
+
+def render_login(
+    request: Request,
+    *,
+    next_page: str,
+    failed: bool = False,
+    notice: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    context = {
+        "next": next_page,
+        "failed": failed,
+        "notice": notice,
+        "github": oauth_app(request) is not None,
+    }
+    return _render(request, "login.html", context, session=None, status_code=status_code)
 
 
 @router.post("/login")
@@ -141,8 +185,8 @@ async def login(request: Request) -> Response:
     token = str(form.get("token") or "")
     target = _safe_next(str(form.get("next") or "/"))
     if not check_admin_token(settings.admin_token, token):
-        return _render(
-            request, "login.html", {"next": target, "failed": True}, session=None, status_code=401
+        return await run_in_threadpool(
+            lambda: render_login(request, next_page=target, failed=True, status_code=401)
         )
     response = RedirectResponse(target, status_code=303)
     set_session_cookie(response, issue_cookie(settings.admin_token), public_url=settings.public_url)
@@ -151,7 +195,7 @@ async def login(request: Request) -> Response:
 
 async def _checked_form(request: Request) -> tuple[WebSession | None, Any, Response | None]:
     """The session and form of a state-changing POST, or the 403 that refuses it."""
-    session = _session(request)
+    session = await run_in_threadpool(_session, request)
     if not same_origin(request, public_url=_settings(request).public_url):
         return session, None, _forbidden(request, "refused: the form was posted from another site")
     form = await request.form()
@@ -170,12 +214,10 @@ async def _checked_form(request: Request) -> tuple[WebSession | None, Any, Respo
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    _s, _f, refused = await _checked_form(request)
+    session, _f, refused = await _checked_form(request)
     if refused is not None:
         return refused
-    response = RedirectResponse("/", status_code=303)
-    clear_session_cookie(response, public_url=_settings(request).public_url)
-    return response
+    return await run_in_threadpool(_signed_out, request, session)
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -188,6 +230,7 @@ def project_page(request: Request, ref: str, previews: str = "1") -> Response:
         return _login_redirect(request)
     page = int(previews) if previews.isdigit() else 1
     try:
+        access.require_project(request, session, ref)
         context = overview.project_overview(request, ref, preview_page=page)
     except SlipwayError as exc:
         return _error(request, session, exc)
@@ -201,6 +244,7 @@ def environment_page(request: Request, ref: str, env: str, branch: str | None = 
         return _login_redirect(request)
     try:
         name = normalise_environment(env)
+        access.require_project(request, session, ref)
         project = reads.project(request, ref)
         target = branch if name == "preview" else None
         environment = reads.environment(request, ref, name, target)
@@ -245,6 +289,7 @@ def deployment_page(request: Request, deployment_id: str) -> Response:
     if session is None:
         return _login_redirect(request)
     try:
+        access.require_deployment(request, session, deployment_id)
         deployment = reads.deployment(request, deployment_id)
         logs = reads.deployment_logs(request, deployment_id)
     except SlipwayError as exc:
@@ -260,9 +305,11 @@ def deployment_page(request: Request, deployment_id: str) -> Response:
 @router.get("/deployments/{deployment_id}/log")
 def deployment_log(request: Request, deployment_id: str, after: int = 0) -> Response:
     """The lines after ``after``, for the page's log follower (session, not bearer)."""
-    if _session(request) is None:
+    session = _session(request)
+    if session is None:
         return JSONResponse({"error": "sign in first"}, status_code=401)
     try:
+        access.require_deployment(request, session, deployment_id)
         logs = reads.deployment_logs(request, deployment_id, after=after)
     except SlipwayError as exc:
         return JSONResponse({"error": exc.message}, status_code=404)
@@ -275,6 +322,7 @@ def run_page(request: Request, run_id: str) -> Response:
     if session is None:
         return _login_redirect(request)
     try:
+        access.require_run(request, session, run_id)
         run = reads.run(request, run_id)
     except SlipwayError as exc:
         return _error(request, session, exc)
@@ -294,8 +342,10 @@ async def rollback(request: Request, ref: str, env: str) -> Response:
     session, form, refused = await _checked_form(request)
     if refused is not None:
         return refused
+    assert session is not None
     branch = str(form.get("branch") or "") or None
     try:
+        await run_in_threadpool(access.require_project, request, session, ref)
         await run_in_threadpool(reads.rollback, request, ref, env, branch)
     except SlipwayError as exc:
         return _error(request, session, exc)
@@ -307,9 +357,11 @@ async def promote(request: Request, ref: str, env: str) -> Response:
     session, form, refused = await _checked_form(request)
     if refused is not None:
         return refused
+    assert session is not None
     branch = str(form.get("branch") or "") or None
     version = str(form.get("version") or "").strip()
     try:
+        await run_in_threadpool(access.require_project, request, session, ref)
         await run_in_threadpool(reads.promote, request, ref, env, branch=branch, version=version)
     except SlipwayError as exc:
         return _error(request, session, exc)

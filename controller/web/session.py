@@ -1,11 +1,15 @@
 """Sign-in for the pages: the admin token once, then a signed session cookie; CSRF tokens.
 
-The cookie is not the token and holds no secret: ``v1.<expires>.<nonce>.<mac>``, where
-``mac`` is an HMAC-SHA256 of ``v1.<expires>.<nonce>`` under a key derived from the admin
-token. Nothing is stored server-side, so a session works across the web process's
-restarts and across replicas, and rotating the admin token ends every session at once
-(the only way to revoke one; "Sign out" deletes the cookie in that browser). The cookie
-is ``HttpOnly``, ``SameSite=Lax``, and ``Secure`` when ``SLIPWAY_PUBLIC_URL`` is https.
+The cookie is not the token and holds no secret: ``<kind>.<expires>.<nonce>.<mac>``,
+where ``mac`` is an HMAC-SHA256 of ``<kind>.<expires>.<nonce>`` under a key derived from
+the admin token. ``kind`` is ``v1`` for the admin token's session and ``g1`` for a person
+signed in with GitHub (:mod:`controller.web.github_signin`); the MAC covers it, so one
+cannot be turned into the other. An admin session stores nothing server-side, so it
+works across the web process's restarts and across replicas, and rotating the admin
+token ends every session at once (the only way to revoke one; "Sign out" deletes the
+cookie in that browser). A GitHub session's nonce is the id of its server-side record
+(login and encrypted user token); signing out deletes that record too. The cookie is
+``HttpOnly``, ``SameSite=Lax``, and ``Secure`` when ``SLIPWAY_PUBLIC_URL`` is https.
 
 Every form carries a CSRF token, an HMAC of the session's nonce under a second derived
 key (a synchronizer token that needs no storage). A POST is refused with 403 unless its
@@ -21,7 +25,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -29,13 +33,28 @@ from starlette.responses import Response
 
 COOKIE = "slipway_session"
 LIFETIME = 12 * 3600
+ADMIN = "v1"
+GITHUB = "g1"
 
 
 @dataclass(frozen=True)
 class WebSession:
+    """A signed-in browser; ``login`` and ``user_token`` are a ``g1`` session's, from its
+    server-side record (:meth:`with_user`), ``None`` for the admin."""
+
     nonce: str
     expires: int
     csrf: str
+    kind: str = ADMIN
+    login: str | None = None
+    user_token: str | None = field(default=None, repr=False)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind == ADMIN
+
+    def with_user(self, *, login: str, token: str) -> WebSession:
+        return replace(self, login=login, user_token=token)
 
 
 def _key(admin_token: str, purpose: str) -> bytes:
@@ -52,9 +71,16 @@ def check_admin_token(admin_token: str, given: str) -> bool:
     return bool(given) and hmac.compare_digest(given.strip().encode(), admin_token.encode())
 
 
-def issue_cookie(admin_token: str, *, now: float | None = None) -> str:
-    expires = int((now or time.time()) + LIFETIME)
-    body = f"v1.{expires}.{secrets.token_urlsafe(18)}"
+def issue_cookie(
+    admin_token: str,
+    *,
+    now: float | None = None,
+    kind: str = ADMIN,
+    nonce: str | None = None,
+    lifetime: int = LIFETIME,
+) -> str:
+    expires = int((now or time.time()) + lifetime)
+    body = f"{kind}.{expires}.{nonce or secrets.token_urlsafe(18)}"
     return f"{body}.{_mac(admin_token, 'session', body)}"
 
 
@@ -66,17 +92,28 @@ def read_session(
     body, _, mac = cookie.rpartition(".")
     if not hmac.compare_digest(mac, _mac(admin_token, "session", body)):
         return None
-    _v, expires_text, nonce = body.split(".")
+    kind, expires_text, nonce = body.split(".")
+    if kind not in (ADMIN, GITHUB):
+        return None
     if not expires_text.isdigit() or int(expires_text) < (now or time.time()):
         return None
-    return WebSession(nonce=nonce, expires=int(expires_text), csrf=_mac(admin_token, "csrf", nonce))
+    return WebSession(
+        nonce=nonce, expires=int(expires_text), csrf=_mac(admin_token, "csrf", nonce), kind=kind
+    )
 
 
-def set_session_cookie(response: Response, cookie: str, *, public_url: str) -> None:
+def sign(admin_token: str, purpose: str, message: str) -> str:
+    """An HMAC of ``message`` under a key of its own ``purpose`` (the sign-in's state)."""
+    return _mac(admin_token, purpose, message)
+
+
+def set_session_cookie(
+    response: Response, cookie: str, *, public_url: str, max_age: int = LIFETIME
+) -> None:
     response.set_cookie(
         COOKIE,
         cookie,
-        max_age=LIFETIME,
+        max_age=max_age,
         httponly=True,
         samesite="lax",
         secure=public_url.lower().startswith("https://"),

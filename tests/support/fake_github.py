@@ -16,12 +16,30 @@ from the operation's example. Answers are not validated against the response sch
 the spec's own examples do not always pass them (``installation.account`` is
 ``allOf: [simple-user, enterprise]``). :meth:`FakeGitHub.fail_next` queues error answers
 (5xx, rate limits, 401, 404) for an operation.
+
+**Sign in with GitHub.** The manifest conversion (``POST /app-manifests/{code}/conversions``)
+answers this fake's own App, OAuth client included. The web flow's two endpoints are on
+GitHub's *web* host, not in the REST spec, so they are served here without spec
+validation but checked by hand: ``GET /login/oauth/authorize`` signs in the person
+:attr:`FakeGitHub.browser_login` names and redirects to the ``redirect_uri`` with a
+one-time code; ``POST /login/oauth/access_token`` wants the App's client id and secret,
+that code, the same ``redirect_uri`` and the PKCE verifier of the ``code_challenge``
+(S256), and answers a ``ghu_`` user token (GitHub's ``200`` with an ``error`` field when
+not). With that token ``GET /user`` answers the person and ``GET /repos/{owner}/{repo}``
+the repository with their ``permissions`` (:meth:`FakeGitHub.add_user`), 404 where they
+have no access.
+
+One file over 400 lines on purpose: the spec matching, the state and the answers of one
+fake GitHub are read together when a test's request is refused; split, every answer
+would import the fake's internals back.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
+import hashlib
 import json
 import re
 import secrets
@@ -31,7 +49,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jsonschema
 import jwt
@@ -223,6 +241,21 @@ class Issued:
     expires_at: datetime
 
 
+@dataclass
+class FakeUser:
+    login: str
+    id: int
+    push: set[str]
+    read: set[str]
+
+
+@dataclass
+class Grant:
+    login: str
+    challenge: str
+    redirect_uri: str
+
+
 class FakeGitHub:
     """See the module docstring. ``url`` is the API base URL (PyGithub's ``base_url``)."""
 
@@ -240,6 +273,13 @@ class FakeGitHub:
         self.requests: list[tuple[str, str, str]] = []  # method, path, operationId
         self.errors: list[str] = []
         self._failures: dict[str, list[Failure]] = {}
+        self.client_id = "Iv1.fake" + secrets.token_hex(4)
+        self.client_secret = "fake-client-secret-" + secrets.token_hex(16)
+        self.webhook_secret = "fake-webhook-secret-" + secrets.token_hex(8)
+        self.users: dict[str, FakeUser] = {}
+        self.browser_login: str | None = None  # who is signed in to GitHub "in the browser"
+        self.user_tokens: dict[str, str] = {}  # token -> login
+        self._grants: dict[str, Grant] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -284,6 +324,18 @@ class FakeGitHub:
             rows.append(repo)
         self.repositories[installation_id] = rows
 
+    def add_user(
+        self,
+        login: str,
+        *,
+        push: list[str] = (),  # type: ignore[assignment]
+        read: list[str] = (),  # type: ignore[assignment]
+    ) -> None:
+        """A person on GitHub who may push to ``push`` and only read ``read``."""
+        self.users[login] = FakeUser(
+            login, 9000 + len(self.users), {r.lower() for r in push}, {r.lower() for r in read}
+        )
+
     def fail_next(self, operation_id: str, failure: Failure, *, times: int = 1) -> None:
         with self._lock:
             self._failures.setdefault(operation_id, []).extend([failure] * times)
@@ -305,6 +357,8 @@ class FakeGitHub:
     ) -> tuple[int, dict[str, str], Any]:
         parts = urlsplit(target)
         query = parse_qs(parts.query, keep_blank_values=True)
+        if parts.path.startswith("/login/oauth/"):
+            return self._web_flow(method, parts.path, query, headers, body)
         operation, params, problems = validate_request(
             method, parts.path, query, body, headers.get("content-type", "")
         )
@@ -345,6 +399,73 @@ class FakeGitHub:
         except jwt.PyJWTError:
             return 401, {"message": "A JSON web token could not be decoded"}
         return None
+
+    def _web_flow(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> tuple[int, dict[str, str], Any]:
+        with self._lock:
+            self.requests.append((method, path, "oauth" + path.removeprefix("/login/oauth")))
+        if method == "GET" and path == "/login/oauth/authorize":
+            return self._authorize({k: v[-1] for k, v in query.items()})
+        if method == "POST" and path == "/login/oauth/access_token":
+            form = {k: v[-1] for k, v in parse_qs(body.decode()).items()}
+            if "application/json" not in headers.get("accept", ""):
+                self._problem("access_token: no Accept: application/json")
+            return 200, {}, self._access_token(form)
+        self._problem(f"{method} {path} is no endpoint of GitHub's web flow")
+        return 404, {}, {"message": "Not Found"}
+
+    def _problem(self, text: str) -> None:
+        with self._lock:
+            self.errors.append(text)
+
+    def _authorize(self, query: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        if query.get("client_id") != self.client_id:
+            return 404, {}, {"message": "unknown client_id"}
+        wanted = {"client_id", "redirect_uri", "state", "code_challenge", "code_challenge_method"}
+        missing = wanted - set(query)
+        if missing or query.get("code_challenge_method") != "S256":
+            self._problem(f"authorize: missing {sorted(missing)} or not S256")
+            return 400, {}, {"message": "bad authorize request"}
+        if self.browser_login is None:
+            return 200, {}, {"message": "the sign-in page (no one is signed in)"}
+        code = secrets.token_hex(10)
+        with self._lock:
+            self._grants[code] = Grant(
+                self.browser_login, query["code_challenge"], query["redirect_uri"]
+            )
+        back = urlencode({"code": code, "state": query["state"]})
+        return 302, {"Location": f"{query['redirect_uri']}?{back}"}, None
+
+    def _access_token(self, form: dict[str, str]) -> dict[str, Any]:
+        if (form.get("client_id"), form.get("client_secret")) != (
+            self.client_id,
+            self.client_secret,
+        ):
+            return {"error": "incorrect_client_credentials"}
+        with self._lock:
+            grant = self._grants.pop(form.get("code", ""), None)
+        if grant is None or form.get("redirect_uri") != grant.redirect_uri:
+            return {"error": "bad_verification_code"}
+        digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+        if base64.urlsafe_b64encode(digest).decode().rstrip("=") != grant.challenge:
+            return {"error": "invalid_grant", "error_description": "PKCE verification failed"}
+        token = "ghu_" + secrets.token_hex(18)
+        with self._lock:
+            self.user_tokens[token] = grant.login
+        return {"access_token": token, "token_type": "bearer", "scope": "", "expires_in": 28800}
+
+    def user_of(self, headers: dict[str, str]) -> FakeUser | None:
+        auth = headers.get("authorization", "")
+        token = auth.split(" ", 1)[1] if " " in auth else ""
+        with self._lock:
+            login = self.user_tokens.get(token)
+        return self.users.get(login) if login else None
 
     def _installation_of(self, headers: dict[str, str]) -> int | None:
         auth = headers.get("authorization", "")
@@ -407,7 +528,67 @@ def _installation_repositories(
     return 200, {"total_count": len(repos), "repositories": repos}
 
 
+def _create_from_manifest(
+    fake: FakeGitHub, _headers: dict[str, str], _params: dict[str, str]
+) -> tuple[int, Any]:
+    found = match("POST", "/app-manifests/code/conversions")
+    assert found is not None
+    app = example(found[0], "201")
+    app.update(
+        id=fake.app_id,
+        slug=fake.slug,
+        name=fake.slug,
+        html_url=f"https://github.com/apps/{fake.slug}",
+        client_id=fake.client_id,
+        client_secret=fake.client_secret,
+        webhook_secret=fake.webhook_secret,
+        pem=fake.private_key,
+    )
+    return 201, app
+
+
+def _authenticated_user(
+    fake: FakeGitHub, headers: dict[str, str], _: dict[str, str]
+) -> tuple[int, Any]:
+    user = fake.user_of(headers)
+    if user is None:
+        return 401, {"message": "Bad credentials"}
+    found = match("GET", "/user")
+    assert found is not None
+    answer = example(found[0], "200")
+    answer.update(login=user.login, id=user.id)
+    return 200, answer
+
+
+def _get_repository(
+    fake: FakeGitHub, headers: dict[str, str], params: dict[str, str]
+) -> tuple[int, Any]:
+    user = fake.user_of(headers)
+    if user is None:
+        return 401, {"message": "Bad credentials"}
+    full_name = f"{params['owner']}/{params['repo']}"
+    push = full_name.lower() in user.push
+    if not push and full_name.lower() not in user.read:
+        return 404, {"message": "Not Found"}
+    found = match("GET", "/repos/o/r")
+    assert found is not None
+    repo = example(found[0], "200")
+    repo.update(name=params["repo"], full_name=full_name)
+    repo["owner"]["login"] = params["owner"]
+    repo["permissions"] = {
+        "admin": False,
+        "maintain": False,
+        "push": push,
+        "triage": push,
+        "pull": True,
+    }
+    return 200, repo
+
+
 _STATEFUL = {
+    "apps/create-from-manifest": _create_from_manifest,
+    "users/get-authenticated": _authenticated_user,
+    "repos/get": _get_repository,
     "apps/get-authenticated": _get_app,
     "apps/list-installations": _list_installations,
     "apps/create-installation-access-token": _create_token,
