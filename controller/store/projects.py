@@ -48,3 +48,11 @@ def repositories_of_installation(session: Session, installation_id: int) -> list
             select(Repository).where(Repository.installation_id == installation_id)
         ).scalars()
     )
+
+
+def project_refs(session: Session, ids: set[int]) -> dict[int, str]:
+    """Project id → its ref, for the ids that exist."""
+    if not ids:
+        return {}
+    rows = session.execute(select(Project.id, Project.ref).where(Project.id.in_(ids))).all()
+    return {pid: ref for pid, ref in rows}
