@@ -20,6 +20,7 @@ from controller.domain.projects import (
 )
 from controller.errors import SourceNotFound, SourceUnavailable
 from controller.models import BRANCH_PATTERN, REF_PATTERN
+from controller.runtimes.upkeep import retire_project
 from controller.store.environments import environments_of_project, preview_template
 from controller.store.events import recent_events
 from controller.store.projects import all_projects
@@ -145,7 +146,7 @@ def delete_project(request: Request, ref: ProjectRef) -> dict[str, Any]:
         project = get_project(session, ref)
         disconnect_project(session, project)
         view = _view(session, project)
-    services.after_disconnect(ref)
+    retire_project(services.db, services.runtime, ref)
     return view
 
 

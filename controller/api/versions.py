@@ -19,6 +19,7 @@ from controller.errors import InvalidInput, NotFound
 from controller.ids import new_id
 from controller.metrics import count_promotion
 from controller.models import BRANCH_PATTERN, normalise_environment
+from controller.runtimes.upkeep import retire_environment
 from controller.store.tables import Environment, Version
 from controller.store.versions import version_by_name, versions_of_environment
 from controller.versions import previous_version, promotable, promote
@@ -149,7 +150,7 @@ def post_archive(request: Request, ref: ProjectRef, branch: str) -> dict[str, An
                 environment.current_version_id or 0
             ),
         )
-    services.retire_environment(environment.id)
+    retire_environment(services.db, services.runtime, environment.id)
     return view
 
 
