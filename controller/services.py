@@ -27,6 +27,7 @@ from controller.builders.venv import VirtualenvBuilder
 from controller.datadir import private_dir
 from controller.errors import PermanentError
 from controller.github.auth import github_clone_auth
+from controller.leadership import make_elector
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
@@ -156,6 +157,7 @@ class Services:
                 ),
             ],
             resync_interval=settings.runtime.resync_interval,
+            elector=None if role == "web" else make_elector(settings),
         )
         self.pipeline = Pipeline(
             db=self.db,
@@ -169,6 +171,10 @@ class Services:
             clone_auth=github_clone_auth(settings),
         )
         self._started = False
+
+    @property
+    def lost_leadership(self) -> bool:  # the controller exits (see controller.leadership)
+        return self.manager.lost_leadership.is_set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
