@@ -47,15 +47,20 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from controller.models import ACTIVE_STATUSES, FINAL_STATUSES
 from controller.store.db import Database
-from controller.store.tables import Delivery, DeploymentStep, Job, Run, utcnow
-from controller.store.tables import Deployment as DeploymentRow
+from controller.store.stats import (
+    deployments_by_status,
+    pending_deliveries,
+    queued_jobs_by_kind,
+    run_durations,
+    step_durations,
+)
+from controller.store.tables import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +174,6 @@ def _seconds_since(moment: datetime | None) -> float:
     return max(0.0, (utcnow() - moment).total_seconds()) if moment else 0.0
 
 
-def _bucket_columns(column: Any, buckets: tuple[float, ...], scale: float) -> list[Any]:
-    return [func.sum(case((column <= b * scale, 1), else_=0)) for b in buckets]
-
-
 def count_live_workers(registry: Path) -> int:
     """Workers in the local runtime's registry (``<data>/workers/<id>.json``) whose process
     is alive; the registry, not the controller's memory, is shared by both processes."""
@@ -227,11 +228,7 @@ class StoreCollector(Collector):
         yield workers
 
     def _deliveries(self, session: Any) -> Iterator[Metric]:
-        pending, oldest = session.execute(
-            select(func.count(Delivery.id), func.min(Delivery.received_at)).where(
-                Delivery.processed_at.is_(None)
-            )
-        ).one()
+        pending, oldest = pending_deliveries(session)
         lag = GaugeMetricFamily(
             "slipway_routing_lag_seconds",
             "Age of the oldest stored delivery not yet routed (0 when none waits)",
@@ -248,22 +245,13 @@ class StoreCollector(Collector):
         depth = GaugeMetricFamily(
             "slipway_queue_depth", "Jobs waiting in the durable queue, per kind", labels=["kind"]
         )
-        rows = session.execute(
-            select(Job.kind, func.count(Job.id)).where(Job.status == "queued").group_by(Job.kind)
-        ).all()
-        counts = {"deploy": 0, **dict(rows)}
+        counts = {"deploy": 0, **queued_jobs_by_kind(session)}
         for kind, count in sorted(counts.items()):
             depth.add_metric([kind], count)
         yield depth
 
     def _deployments(self, session: Any) -> Iterator[Metric]:
-        rows = dict(
-            session.execute(
-                select(DeploymentRow.status, func.count(DeploymentRow.id)).group_by(
-                    DeploymentRow.status
-                )
-            ).all()
-        )
+        rows = deployments_by_status(session)
         finished = CounterMetricFamily(
             "slipway_deployments",
             "Deployments that reached a final status, by status",
@@ -285,17 +273,7 @@ class StoreCollector(Collector):
         yield builds
 
     def _steps(self, session: Any) -> Metric:
-        column = DeploymentStep.duration_ms
-        rows = session.execute(
-            select(
-                DeploymentStep.name,
-                func.count(column),
-                func.coalesce(func.sum(column), 0.0),
-                *_bucket_columns(column, STEP_BUCKETS, 1000.0),
-            )
-            .where(column.is_not(None))
-            .group_by(DeploymentStep.name)
-        ).all()
+        rows = step_durations(session, STEP_BUCKETS)
         merged: dict[str, list[float]] = {}
         for name, count, total, *buckets in rows:
             step = "release" if name.startswith("release:") else name
@@ -313,16 +291,7 @@ class StoreCollector(Collector):
         return family
 
     def _runs(self, session: Any) -> Iterator[Metric]:
-        column = Run.duration_ms
-        rows = session.execute(
-            select(
-                Run.status,
-                func.count(Run.id),
-                func.count(column),
-                func.coalesce(func.sum(column), 0.0),
-                *_bucket_columns(column, RUN_BUCKETS, 1000.0),
-            ).group_by(Run.status)
-        ).all()
+        rows = run_durations(session, RUN_BUCKETS)
         by_status = {r[0]: r for r in rows}
         runs = CounterMetricFamily(
             "slipway_runs", "Finished task runs, by status", labels=["status"]

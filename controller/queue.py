@@ -20,6 +20,10 @@ that happens after the transaction that enqueued it. Rules:
 
 Enqueuing wakes local workers at once through a condition variable; other replicas find
 the job on their next poll.
+
+Its queries stay here rather than in :mod:`controller.store`: the job table's state
+machine (claim, lease, ack, supersede) is the queue itself, each step one transaction of
+SQL that only this module may run.
 """
 
 from __future__ import annotations

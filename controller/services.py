@@ -6,7 +6,7 @@ Workers have one owner. The ``controller`` role (and ``all``) holds the
 :class:`LocalRuntime`; the ``web`` role holds a :class:`RemoteRuntime` that asks the
 controller over the control channel (:mod:`controller.runtimes.control`) for every start,
 retire and run lease. Before the controller starts a worker it re-reads the version's
-state (:meth:`Services.start_refusal`) under the version's lock: an archived preview or
+state (:func:`controller.runtimes.upkeep.start_refusal`) under the version's lock: an archived preview or
 a disconnected project is never started again, whoever asks.
 
 Stopping, in the order that keeps every run recorded (see :mod:`controller.supervisor`):
@@ -17,17 +17,14 @@ every worker (short drain, then kill), then join the worker threads.
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from controller.builders.commands import CommandRegistry
 from controller.builders.venv import VirtualenvBuilder
 from controller.datadir import private_dir
-from controller.domain.projects import get_project
 from controller.errors import PermanentError
 from controller.github.auth import github_clone_auth
 from controller.leadership import make_elector
@@ -37,7 +34,7 @@ from controller.queue import Claimed, Queue
 from controller.reconcile import resync_passes
 from controller.reconcile.deployments import prune_old_deliveries, requeue_lost_deployments
 from controller.routing import route_pending
-from controller.runtimes.base import Runtime, VersionSpec
+from controller.runtimes.base import Runtime
 from controller.runtimes.control import (
     ControlClient,
     ControlServer,
@@ -45,8 +42,13 @@ from controller.runtimes.control import (
     RemoteRuntime,
     spec_from_json,
 )
-from controller.runtimes.local import WORKER_MAIN, LocalRuntime
-from controller.runtimes.procs import kill_session, sessions_with_env, workers_marked
+from controller.runtimes.local import LocalRuntime
+from controller.runtimes.upkeep import (
+    resync_runtime,
+    retire_environment,
+    start_refusal,
+    stop_leftover_sessions,
+)
 from controller.secretstore.crypto import Cipher
 from controller.settings import Settings
 from controller.sources.git import GitSource
@@ -56,21 +58,11 @@ from controller.store.deliveries import (
     Moved,
     move_from_inbox,
 )
-from controller.store.deployments import (
-    deploying_version_ids,
-)
-from controller.store.environments import environment_ids_of_project
 from controller.store.inbox import Inbox
-from controller.store.tables import Environment, Project, Version
-from controller.store.versions import current_versions, version_ids_of_environment
 from controller.supervisor import ControllerProcess
-from controller.versions import spec_for
 
 log = logging.getLogger(__name__)
 
-IDLE_RETIRE_SECONDS = 300.0
-# Health checks in flight at once during a resync pass.
-RESYNC_CHECKS = 8
 # The controller's drain for workers at a graceful stop: the web process already gave runs
 # the shutdown grace period before it asked the controller to stop.
 WORKER_STOP_SECONDS = 5.0
@@ -123,7 +115,7 @@ class Services:
             )
             self.runtime = self.remote
         else:
-            self.local = make_runtime(settings, may_start=self.start_refusal)
+            self.local = make_runtime(settings, may_start=functools.partial(start_refusal, self.db))
             self.runtime = self.local
         self.control = (
             ControlServer(data, self._control_handlers(self.local))
@@ -152,7 +144,7 @@ class Services:
             ],
             resync=[
                 lambda: requeue_lost_deployments(self.db, notify=self.queue.notify),
-                self.resync_runtime,
+                lambda: resync_runtime(self.db, self.runtime),
                 lambda: prune_old_deliveries(
                     self.db, days=settings.runtime.delivery_retention_days
                 ),
@@ -204,7 +196,7 @@ class Services:
                 )
             if self.local is not None:
                 self.local.stop_strays()
-            self.stop_leftover_sessions(keep_workers=True)
+            stop_leftover_sessions(self.settings.data_dir, keep_workers=True)
             if self.control is not None:
                 self.control.start()
             self.manager.start()
@@ -224,7 +216,7 @@ class Services:
             self.local.close(timeout=WORKER_STOP_SECONDS)
         if self.child is None:
             self.manager.stop()
-            self.stop_leftover_sessions(keep_workers=False)
+            stop_leftover_sessions(self.settings.data_dir, keep_workers=False)
         if self.remote is not None:
             self.remote.close()
         self.writer.stop()
@@ -253,42 +245,13 @@ class Services:
             self.queue.notify("deploy")
         for applied in results:
             for env_id in applied.archived_env_ids:
-                self.retire_environment(env_id)
+                retire_environment(self.db, self.runtime, env_id)
         return results.backlog or moved.backlog
 
     def handle_deploy(self, job: Claimed) -> None:
         self.pipeline.handle(job)
 
-    # -- runtime bookkeeping --------------------------------------------------------------
-
-    def stop_leftover_sessions(self, *, keep_workers: bool) -> None:
-        """Kill sessions of this data dir's commands and runs that nothing tracks: every
-        install, pre-build and worker runs with ``HOME=<data>/home``. The command registry
-        misses one started just before its controller was SIGKILLed; at a start the
-        workers that can be adopted are kept, at a stop nothing is."""
-        keep = workers_marked(WORKER_MAIN, owner=self.settings.data_dir / "workers")
-        for sid in sessions_with_env("HOME", str(self.settings.data_dir / "home")):
-            if sid == os.getsid(0) or (keep_workers and sid in keep):
-                continue
-            log.warning("stopping session %s of this data dir that nothing tracks", sid)
-            kill_session(sid)
-
-    def start_refusal(self, version_id: int) -> str | None:
-        """Why a worker of this version must not start now, or None. Called by the
-        runtime under the version's lock, so it sees every archive and disconnect."""
-        with self.db.read() as session:
-            version = session.get(Version, version_id)
-            if version is None:
-                return f"version id {version_id} does not exist"
-            env = session.get(Environment, version.environment_id)
-            project = session.get(Project, version.project_id)
-            if env is None or project is None:
-                return "its environment is gone"
-            if project.disconnected_at is not None:
-                return f"project {project.ref} is disconnected"
-            if env.status == "archived":
-                return f"preview branch {env.branch} is archived"
-        return None
+    # -- control channel ------------------------------------------------------------------
 
     def _control_handlers(self, runtime: LocalRuntime) -> dict[str, Handler]:
         """What the web process may ask of the controller (see controller.runtimes.control)."""
@@ -301,55 +264,3 @@ class Services:
             "release": lambda r: runtime.release(int(r["version_id"]), int(r["port"])),
             "refused": lambda r: runtime.refused(int(r["version_id"]), int(r["port"])),
         }
-
-    def retire_environment(self, env_id: int) -> None:
-        with self.db.read() as session:
-            ids = version_ids_of_environment(session, env_id)
-        for version_id in ids:
-            self.runtime.retire(version_id)
-
-    def after_disconnect(self, ref: str) -> None:
-        with self.db.read() as session:
-            env_ids = environment_ids_of_project(session, get_project(session, ref).id)
-        for env_id in env_ids:
-            self.retire_environment(env_id)
-
-    def resync_runtime(self) -> None:
-        """Current versions serve (previews only while they have runs: they scale to
-        zero); archived or idle non-current versions stop."""
-        with self.db.read() as session:
-            rows = current_versions(session)
-            specs = [spec_for(session, version) for _env, version in rows]
-            busy = deploying_version_ids(session)
-        wanted = {spec.version_id for spec in specs}
-        # A preview scaled to zero stays stopped until its next run; production and
-        # staging always serve. Health checks run in parallel, bounded.
-        serving = self.runtime.serving()
-        if isinstance(self.runtime, LocalRuntime):
-            serving |= self.runtime.recorded()  # adopted, then stopped when idle
-        check = [
-            spec
-            for spec in specs
-            if spec.context.get("environment") != "preview" or spec.version_id in serving
-        ]
-
-        def ensure(spec: VersionSpec) -> None:
-            try:
-                self.runtime.ensure(spec)
-            except Exception as exc:
-                log.warning("resync: version %s does not serve: %s", spec.version, exc)
-
-        started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=RESYNC_CHECKS, thread_name_prefix="resync") as pool:
-            list(pool.map(ensure, check))
-        log.debug(
-            "resync: %d worker(s) checked in %.1f ms",
-            len(check),
-            (time.monotonic() - started) * 1000,
-        )
-        if isinstance(self.runtime, LocalRuntime):
-            self.runtime.stop_idle_previews()
-        self.runtime.stop_unlisted(wanted | busy | self.runtime.serving())
-        for version_id in self.runtime.serving() - wanted - busy:
-            if self.runtime.idle_for(version_id) > IDLE_RETIRE_SECONDS:
-                self.runtime.retire(version_id)

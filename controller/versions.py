@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +28,12 @@ from controller.errors import Conflict, InvalidInput, NotFound
 from controller.runtimes.base import Runtime, VersionSpec
 from controller.store.db import Database
 from controller.store.tables import Deployment, Environment, Project, Version, utcnow
+from controller.store.versions import (
+    deployed_version_before,
+    last_version_seq,
+    version_by_name,
+    version_of_deployment,
+)
 
 
 def allocate_version(
@@ -49,18 +54,12 @@ def allocate_version(
     for _ in range(50):
         try:
             with db.transaction() as session:
-                existing = session.execute(
-                    select(Version).where(Version.deployment_id == deployment.id)
-                ).scalar_one_or_none()
+                existing = version_of_deployment(session, deployment.id)
                 if existing is not None:
                     if record is not None:
                         record(session, existing)
                     return existing
-                top = session.execute(
-                    select(func.max(Version.seq)).where(
-                        Version.environment_id == deployment.environment_id, Version.day == day
-                    )
-                ).scalar_one()
+                top = last_version_seq(session, deployment.environment_id, day)
                 seq = (top or 0) + 1
                 version = Version(
                     project_id=deployment.project_id,
@@ -110,9 +109,7 @@ def spec_for(session: Session, version: Version) -> VersionSpec:
 
 
 def find_version(session: Session, env: Environment, version: str) -> Version:
-    row = session.execute(
-        select(Version).where(Version.environment_id == env.id, Version.version == version)
-    ).scalar_one_or_none()
+    row = version_by_name(session, env.id, version)
     if row is None:
         where = f"preview branch {env.branch}" if env.branch else env.name
         raise NotFound(
@@ -145,17 +142,7 @@ def previous_version(session: Session, env: Environment) -> Version:
         raise Conflict("this environment has no current version to roll back from")
     current = session.get(Version, env.current_version_id)
     assert current is not None
-    row = session.execute(
-        select(Version)
-        .join(Deployment, Deployment.id == Version.deployment_id)
-        .where(
-            Version.environment_id == env.id,
-            Version.id < current.id,
-            Deployment.status == "deployed",
-        )
-        .order_by(Version.id.desc())
-        .limit(1)
-    ).scalar_one_or_none()
+    row = deployed_version_before(session, env.id, current.id)
     if row is None:
         raise Conflict(f"there is no version before {current.version} to roll back to")
     return row

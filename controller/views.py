@@ -6,10 +6,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.models import environment_type
+from controller.store.environments import environments_by_id
+from controller.store.projects import project_refs
 from controller.store.tables import (
     Deployment,
     Environment,
@@ -18,6 +19,7 @@ from controller.store.tables import (
     Run,
     Version,
 )
+from controller.store.versions import version_names
 
 
 def iso(value: datetime | None) -> str | None:
@@ -56,11 +58,7 @@ def project_view(project: Project, *, not_deploying: str | None = None) -> dict[
 
 
 def version_strings(session: Session, ids: set[int | None]) -> dict[int, str]:
-    wanted = {i for i in ids if i}
-    if not wanted:
-        return {}
-    rows = session.execute(select(Version.id, Version.version).where(Version.id.in_(wanted)))
-    return {vid: v for vid, v in rows}
+    return version_names(session, {i for i in ids if i})
 
 
 def environment_view(env: Environment, current_version: str | None) -> dict[str, Any]:
@@ -104,27 +102,8 @@ def deployment_view(
 
 
 def deployments_view(session: Session, rows: list[Deployment]) -> list[dict[str, Any]]:
-    env_ids = {d.environment_id for d in rows}
-    envs = (
-        {
-            e.id: e
-            for e in session.execute(
-                select(Environment).where(Environment.id.in_(env_ids))
-            ).scalars()
-        }
-        if env_ids
-        else {}
-    )
-    project_ids = {d.project_id for d in rows}
-    refs = (
-        dict(
-            session.execute(
-                select(Project.id, Project.ref).where(Project.id.in_(project_ids))
-            ).all()
-        )
-        if project_ids
-        else {}
-    )
+    envs = environments_by_id(session, {d.environment_id for d in rows})
+    refs = project_refs(session, {d.project_id for d in rows})
     versions = version_strings(session, {d.version_id for d in rows})
     return [
         deployment_view(

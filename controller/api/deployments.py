@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import select
 
 from controller.api.auth import require_admin
 from controller.api.branches import branch_header
@@ -14,7 +13,8 @@ from controller.domain.environments import find_environment
 from controller.domain.projects import get_project
 from controller.errors import NotFound
 from controller.models import normalise_environment
-from controller.store.tables import Deployment, DeploymentLog, DeploymentStep, Environment
+from controller.store.deployments import deployment_log_lines, deployment_steps, recent_deployments
+from controller.store.tables import Deployment
 from controller.views import deployments_view, iso
 
 router = APIRouter(
@@ -38,31 +38,20 @@ def list_deployments(
     branch = branch or x_slipway_branch
     with services.db.read() as session:
         project = get_project(session, ref)
-        query = select(Deployment).where(Deployment.project_id == project.id)
         if env:
             name = normalise_environment(env)
             if name == "preview" and not branch:
-                ids = select(Environment.id).where(
-                    Environment.project_id == project.id, Environment.name == "preview"
+                rows = recent_deployments(
+                    session, project.id, environment_name="preview", limit=limit
                 )
-                query = query.where(Deployment.environment_id.in_(ids))
             else:
-                query = query.where(
-                    Deployment.environment_id == find_environment(session, project, name, branch).id
+                environment = find_environment(session, project, name, branch)
+                rows = recent_deployments(
+                    session, project.id, environment_id=environment.id, limit=limit
                 )
-        elif branch:
-            ids = select(Environment.id).where(
-                Environment.project_id == project.id, Environment.branch == branch
-            )
-            query = query.where(Deployment.environment_id.in_(ids))
-        rows = (
-            session.execute(
-                query.order_by(Deployment.created_at.desc(), Deployment.id.desc()).limit(limit)
-            )
-            .scalars()
-            .all()
-        )
-        return deployments_view(session, list(rows))
+        else:
+            rows = recent_deployments(session, project.id, branch=branch or None, limit=limit)
+        return deployments_view(session, rows)
 
 
 def _deployment(session: Any, deployment_id: str) -> Deployment:
@@ -77,11 +66,7 @@ def get_deployment(request: Request, deployment_id: str) -> dict[str, Any]:
     with request.app.state.services.db.read() as session:
         dep = _deployment(session, deployment_id)
         view = deployments_view(session, [dep])[0]
-        steps = session.execute(
-            select(DeploymentStep)
-            .where(DeploymentStep.deployment_id == dep.id)
-            .order_by(DeploymentStep.id)
-        ).scalars()
+        steps = deployment_steps(session, dep.id)
         view["steps"] = [
             {
                 "name": s.name,
@@ -99,16 +84,7 @@ def get_deployment(request: Request, deployment_id: str) -> dict[str, Any]:
 def get_logs(request: Request, deployment_id: str, after: int = 0) -> dict[str, Any]:
     with request.app.state.services.db.read() as session:
         dep = _deployment(session, deployment_id)
-        lines = (
-            session.execute(
-                select(DeploymentLog)
-                .where(DeploymentLog.deployment_id == dep.id, DeploymentLog.id > after)
-                .order_by(DeploymentLog.id)
-                .limit(5000)
-            )
-            .scalars()
-            .all()
-        )
+        lines = deployment_log_lines(session, dep.id, after=after)
         return {
             "deployment": dep.id,
             "status": dep.status,

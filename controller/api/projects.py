@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-from sqlalchemy import select
 
 from controller.api.auth import require_admin
 from controller.api.branches import EnvTarget, env_target
@@ -21,7 +20,11 @@ from controller.domain.projects import (
 )
 from controller.errors import SourceNotFound, SourceUnavailable
 from controller.models import BRANCH_PATTERN, REF_PATTERN
-from controller.store.tables import Environment, Event, Project
+from controller.runtimes.upkeep import retire_project
+from controller.store.environments import environments_of_project, preview_template
+from controller.store.events import recent_events
+from controller.store.projects import all_projects
+from controller.store.tables import Project
 from controller.views import environment_view, event_view, project_view, version_strings
 
 router = APIRouter(
@@ -89,7 +92,7 @@ def _view(session: Any, project: Project) -> dict[str, Any]:
 @router.get("/projects")
 def list_projects(request: Request) -> list[dict[str, Any]]:
     with _services(request).db.read() as session:
-        projects = session.execute(select(Project).order_by(Project.ref)).scalars().all()
+        projects = all_projects(session)
         return [_view(session, p) for p in projects]
 
 
@@ -143,7 +146,7 @@ def delete_project(request: Request, ref: ProjectRef) -> dict[str, Any]:
         project = get_project(session, ref)
         disconnect_project(session, project)
         view = _view(session, project)
-    services.after_disconnect(ref)
+    retire_project(services.db, services.runtime, ref)
     return view
 
 
@@ -151,15 +154,7 @@ def delete_project(request: Request, ref: ProjectRef) -> dict[str, Any]:
 def list_environments(request: Request, ref: ProjectRef) -> list[dict[str, Any]]:
     with _services(request).db.read() as session:
         project = get_project(session, ref)
-        envs = (
-            session.execute(
-                select(Environment)
-                .where(Environment.project_id == project.id)
-                .order_by(Environment.id)
-            )
-            .scalars()
-            .all()
-        )
+        envs = environments_of_project(session, project.id)
         versions = version_strings(session, {e.current_version_id for e in envs})
         return [environment_view(e, versions.get(e.current_version_id or 0)) for e in envs]
 
@@ -173,13 +168,7 @@ def get_secret_key(
     with services.db.read() as session:
         project = get_project(session, target.ref)
         if target.env == "preview" and not target.branch:
-            environment = session.execute(
-                select(Environment).where(
-                    Environment.project_id == project.id,
-                    Environment.name == "preview",
-                    Environment.branch_key == "",
-                )
-            ).scalar_one()
+            environment = preview_template(session, project.id)
         else:
             environment = find_environment(session, project, target.env, target.branch)
         return {
@@ -196,14 +185,5 @@ def list_events(
     """Why deliveries did what they did: skipped previews, archived branches, access."""
     with _services(request).db.read() as session:
         project = get_project(session, ref)
-        events = (
-            session.execute(
-                select(Event)
-                .where(Event.project_id == project.id)
-                .order_by(Event.id.desc())
-                .limit(limit)
-            )
-            .scalars()
-            .all()
-        )
+        events = recent_events(session, project.id, limit=limit)
         return [event_view(e) for e in events]

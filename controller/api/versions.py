@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from controller.api.auth import require_admin
 from controller.api.branches import EnvTarget, branch_header, env_target
@@ -20,7 +19,9 @@ from controller.errors import InvalidInput, NotFound
 from controller.ids import new_id
 from controller.metrics import count_promotion
 from controller.models import BRANCH_PATTERN, normalise_environment
+from controller.runtimes.upkeep import retire_environment
 from controller.store.tables import Environment, Version
+from controller.store.versions import version_by_name, versions_of_environment
 from controller.versions import previous_version, promotable, promote
 from controller.views import deployments_view, environment_view, version_strings, version_view
 
@@ -65,15 +66,7 @@ def list_versions(
 ) -> list[dict[str, Any]]:
     with request.app.state.services.db.read() as session:
         _project, environment = _env(session, target)
-        rows = (
-            session.execute(
-                select(Version)
-                .where(Version.environment_id == environment.id)
-                .order_by(Version.id.desc())
-            )
-            .scalars()
-            .all()
-        )
+        rows = versions_of_environment(session, environment.id)
         return [
             version_view(v, environment, current=v.id == environment.current_version_id)
             for v in rows
@@ -89,11 +82,7 @@ def list_tasks(
     with request.app.state.services.db.read() as session:
         _project, environment = _env(session, target)
         if version:
-            row = session.execute(
-                select(Version).where(
-                    Version.environment_id == environment.id, Version.version == version
-                )
-            ).scalar_one_or_none()
+            row = version_by_name(session, environment.id, version)
         elif environment.current_version_id:
             row = session.get(Version, environment.current_version_id)
         else:
@@ -161,7 +150,7 @@ def post_archive(request: Request, ref: ProjectRef, branch: str) -> dict[str, An
                 environment.current_version_id or 0
             ),
         )
-    services.retire_environment(environment.id)
+    retire_environment(services.db, services.runtime, environment.id)
     return view
 
 

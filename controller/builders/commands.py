@@ -140,23 +140,10 @@ def run_command(
 ) -> CommandResult:
     """Run ``command``; raise :class:`BuildFailed` if it cannot start, times out or is
     canceled. A non-zero exit is returned, not raised: the caller words the failure."""
-    shell = isinstance(command, str)
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            command,
-            shell=shell,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise BuildFailed(f"{label} could not start: {exc.strerror or exc}") from exc
-    if registry is not None:
-        registry.add(proc.pid)
+    proc = _start(
+        command, cwd=cwd, env=env, stderr=subprocess.STDOUT, label=label, registry=registry
+    )
     tail: deque[str] = deque(maxlen=tail_lines)
     logged = dropped = 0
     buffer = b""
@@ -203,11 +190,7 @@ def run_command(
         reason = "timeout"
     finally:
         selector.close()
-        if reason is not None or proc.poll() is None:
-            _kill_group(proc)
-        proc.stdout.close()
-        if registry is not None:
-            registry.remove(proc.pid)
+        _finish(proc, killed=reason is not None, registry=registry)
     if dropped:
         log(f"[slipway] {dropped} more lines of output were not stored")
     duration = time.monotonic() - started
@@ -221,11 +204,49 @@ def run_command(
     return CommandResult(proc.returncode, list(tail), duration)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
+def _start(
+    command: str | list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    stderr: int,
+    label: str,
+    registry: CommandRegistry | None,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` (a string runs through the shell) in a session of its own,
+    written down in ``registry``; stdout is a pipe, stderr ``stderr``."""
+    try:
+        proc = subprocess.Popen(
+            command,
+            shell=isinstance(command, str),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise BuildFailed(f"{label} could not start: {exc.strerror or exc}") from exc
+    if registry is not None:
+        registry.add(proc.pid)
+    return proc
+
+
+def _finish(
+    proc: subprocess.Popen[bytes], *, killed: bool, registry: CommandRegistry | None
+) -> None:
+    """Kill the group when the command was stopped or is still running; close its pipes."""
+    if killed or proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    if registry is not None:
+        registry.remove(proc.pid)
 
 
 def capture_command(
@@ -245,21 +266,7 @@ def capture_command(
     ``None`` when there was more) and only stderr goes to the log. For commands whose
     output is data (``sync_env_vars`` prints variables: they must not reach the log)."""
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(  # noqa: S602 - a user's command, as run_command runs it
-            command,
-            shell=True,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise BuildFailed(f"{label} could not start: {exc.strerror or exc}") from exc
-    if registry is not None:
-        registry.add(proc.pid)
+    proc = _start(command, cwd=cwd, env=env, stderr=subprocess.PIPE, label=label, registry=registry)
     assert proc.stdout is not None and proc.stderr is not None
     out = bytearray()
     too_large = False
@@ -307,12 +314,7 @@ def capture_command(
         reason = "timeout"
     finally:
         selector.close()
-        if reason is not None or proc.poll() is None:
-            _kill_group(proc)
-        proc.stdout.close()
-        proc.stderr.close()
-        if registry is not None:
-            registry.remove(proc.pid)
+        _finish(proc, killed=reason is not None, registry=registry)
     if reason == "timeout":
         raise BuildFailed(f"{label} timed out after {timeout:.0f}s", hint="make it faster")
     if reason == "canceled":

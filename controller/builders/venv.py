@@ -29,16 +29,9 @@ into a key or a path. ``PIP_CONF`` (base64) is decoded into a pip configuration 
 a private temporary directory outside the data dir and the checkout, named by
 ``PIP_CONFIG_FILE``, and removed when the command ends, whatever the outcome.
 
-**Discovery reuse**: importing the task files costs an interpreter start and every
-import they make (~0.1 s), and its result depends only on the tree, the environment
-and the discovery code. Given the tree's digest, a successful result is kept under
-``<cache>/_discovery/<key>`` (key: tree digest + dependency-cache key of the
-environment + tasks dir + a digest of ``discover_main.py`` and ``taskfiles.py``) and
-reused: a redeploy, a rollback-by-push or a second environment of the same commit skips
-the subprocess. Failures are never kept. The pipeline passes no digest when a pre-build
-ran (it may have changed the tree after the digest was taken).
-
-Over 400 lines: one builder, its cache rules and its commands read best together.
+**Task discovery** (and its reuse for an unchanged tree) is in
+:mod:`controller.builders.discovery`; the commands run through
+:mod:`controller.builders.commands`.
 """
 
 from __future__ import annotations
@@ -47,7 +40,6 @@ import base64
 import binascii
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import shlex
@@ -57,7 +49,6 @@ import sys
 import tempfile
 import threading
 import tomllib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,12 +61,14 @@ from controller.builders.commands import (
     minimal_env,
     run_command,
 )
+from controller.builders.discovery import discover_tasks
 from controller.datadir import open_private, private_dir
 from controller.errors import BuildFailed
 
 DEPENDENCY_FILES = ("pyproject.toml", "uv.lock", "poetry.lock", "setup.py", "setup.cfg")
 DEPENDENCY_GLOBS = ("requirements*.txt", "constraints*.txt")
 MARKER = ".slipway-complete"
+VIRTUALENV = ("-m", "virtualenv", "--quiet", "--no-download", "--no-periodic-update")
 PIP_CONF = "PIP_CONF"
 PROTECTED = frozenset(
     {
@@ -88,25 +81,6 @@ PROTECTED = frozenset(
         "POETRY_VIRTUALENVS_CREATE",
     }
 )
-DISCOVER = Path(__file__).with_name("discover_main.py")
-DISCOVERY_CACHE = "_discovery"
-DISCOVERY_CODE = (DISCOVER, Path(__file__).parent.parent / "taskfiles.py")
-
-
-@functools.cache
-def discovery_code_version() -> str:
-    """A digest of the code that discovers tasks: a new Slipway never reuses old results."""
-    digest = hashlib.sha256()
-    for path in DISCOVERY_CODE:
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def discovery_key(*, tree: str, venv: Path, tasks_dir: str) -> str:
-    """Tree digest + environment (its dependency-cache key: complete environments are
-    never modified) + tasks dir + discovery code version."""
-    parts = (tree, venv.name, tasks_dir, discovery_code_version())
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
 def detect_install(root: Path) -> tuple[str | None, str]:
@@ -265,15 +239,7 @@ class VirtualenvBuilder:
                 shutil.rmtree(venv)
             log(f"Creating a virtual environment ({self._python_version.split()[0]})")
             result = run_command(
-                [
-                    self.python,
-                    "-m",
-                    "virtualenv",
-                    "--quiet",
-                    "--no-download",
-                    "--no-periodic-update",
-                    str(venv),
-                ],
+                [self.python, *VIRTUALENV, str(venv)],
                 cwd=root,
                 env=self._env(None),
                 timeout=min(timeout, 300),
@@ -288,25 +254,21 @@ class VirtualenvBuilder:
                     "could not create the virtual environment: " + " | ".join(result.tail[-5:])
                 )
             if command:
-                log(f"$ {command}")
-                with pip_config(build_env) as variables:
-                    result = run_command(
-                        command,
-                        cwd=root,
-                        env=self._env(venv, variables),
-                        timeout=timeout,
-                        log=log,
+                try:
+                    result, _ = self._run_in_env(
+                        root,
+                        venv=venv,
+                        command=command,
                         label=f"install command `{command}`",
-                        cancel=cancel,
-                        registry=self.commands,
-                    )
-                if result.exit_code != 0:
-                    shutil.rmtree(venv, ignore_errors=True)
-                    raise command_failed(
-                        f"install command `{command}`",
-                        result,
                         hint="fix the dependencies or set --install-command / install in slipway.toml",
+                        log=log,
+                        cancel=cancel,
+                        timeout=timeout,
+                        build_env=build_env,
                     )
+                except BuildFailed:
+                    shutil.rmtree(venv, ignore_errors=True)
+                    raise
                 log(f"Installed dependencies in {result.duration:.1f}s")
             (venv / MARKER).write_text(json.dumps({"command": command}))
             return {"venv": str(venv), "key": key, "cached": False, "command": command}
@@ -322,24 +284,54 @@ class VirtualenvBuilder:
         timeout: float,
         build_env: dict[str, str] | None = None,
     ) -> None:
+        self._run_in_env(
+            root,
+            venv=venv,
+            command=command,
+            label=f"pre-build command `{command}`",
+            hint="fix the command or set pre_build in slipway.toml",
+            log=log,
+            cancel=cancel,
+            timeout=timeout,
+            build_env=build_env,
+        )
+
+    def _run_in_env(
+        self,
+        root: Path,
+        *,
+        venv: Path,
+        command: str,
+        label: str,
+        hint: str,
+        log: Log,
+        cancel: threading.Event,
+        timeout: float,
+        build_env: dict[str, str] | None,
+        extra_env: dict[str, str] | None = None,
+        capture: bool = False,
+    ) -> tuple[CommandResult, bytes | None]:
+        """Run a user's command in ``venv`` with the build variables; a non-zero exit
+        raises :class:`BuildFailed` with its last lines and ``hint``. ``capture``: stdout
+        is returned (``None`` when over 1 MiB), not logged."""
         log(f"$ {command}")
         with pip_config(build_env) as variables:
-            result = run_command(
+            env = {**self._env(venv, variables), **(extra_env or {})}
+            runner = capture_command if capture else run_command
+            done = runner(
                 command,
                 cwd=root,
-                env=self._env(venv, variables),
+                env=env,
                 timeout=timeout,
                 log=log,
-                label=f"pre-build command `{command}`",
+                label=label,
                 cancel=cancel,
                 registry=self.commands,
             )
+        result, out = done if isinstance(done, tuple) else (done, None)
         if result.exit_code != 0:
-            raise command_failed(
-                f"pre-build command `{command}`",
-                result,
-                hint="fix the command or set pre_build in slipway.toml",
-            )
+            raise command_failed(label, result, hint=hint)
+        return result, out
 
     def sync_env_vars(
         self,
@@ -355,24 +347,19 @@ class VirtualenvBuilder:
     ) -> str:
         """Run ``sync_env_vars`` in the built environment; returns what it printed.
         Its stderr goes to the log, its stdout (the variables) never does."""
-        log(f"$ {command}")
-        with pip_config(build_env) as variables:
-            result, out = capture_command(
-                command,
-                cwd=root,
-                env={**self._env(venv, variables), **(extra_env or {})},
-                timeout=timeout,
-                log=log,
-                label=f"sync_env_vars command `{command}`",
-                cancel=cancel,
-                registry=self.commands,
-            )
-        if result.exit_code != 0:
-            raise command_failed(
-                f"sync_env_vars command `{command}`",
-                result,
-                hint="fix the command; no variable was changed",
-            )
+        _, out = self._run_in_env(
+            root,
+            venv=venv,
+            command=command,
+            label=f"sync_env_vars command `{command}`",
+            hint="fix the command; no variable was changed",
+            log=log,
+            cancel=cancel,
+            timeout=timeout,
+            build_env=build_env,
+            extra_env=extra_env,
+            capture=True,
+        )
         if out is None:
             raise BuildFailed(
                 "sync_env_vars printed more than 1 MiB", hint="no variable was changed"
@@ -394,74 +381,13 @@ class VirtualenvBuilder:
         tree: str | None = None,
         log: Log | None = None,
     ) -> list[dict[str, Any]]:
-        if tree is None:
-            return self._discover(root, venv=venv, tasks_dir=tasks_dir, timeout=timeout)
-        key = discovery_key(tree=tree, venv=venv, tasks_dir=tasks_dir)
-        stored = self.cache_dir / DISCOVERY_CACHE / f"{key}.json"
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            tasks = list(json.loads(stored.read_text())["tasks"])
-            if log is not None:
-                log(f"Tree and environment unchanged: reusing task discovery {key[:12]}")
-            return tasks
-        tasks = self._discover(root, venv=venv, tasks_dir=tasks_dir, timeout=timeout)
-        stored.parent.mkdir(exist_ok=True)
-        partial = stored.with_name(f"{key}.{uuid.uuid4().hex}.tmp")
-        partial.write_text(json.dumps({"tasks": tasks}))
-        partial.replace(stored)
-        return tasks
-
-    def _discover(
-        self, root: Path, *, venv: Path, tasks_dir: str, timeout: float
-    ) -> list[dict[str, Any]]:
-        python = venv / "bin" / "python"
-        try:
-            proc = subprocess.run(
-                [
-                    str(python),
-                    "-I",
-                    "-B",
-                    str(DISCOVER),
-                    "--source",
-                    str(root),
-                    "--tasks-dir",
-                    tasks_dir,
-                ],
-                cwd=root,
-                env=self._env(venv),
-                capture_output=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BuildFailed(
-                f"importing the task files took longer than {timeout:.0f}s",
-                hint="task modules should not do slow work at import time",
-            ) from exc
-        try:
-            report = json.loads(proc.stdout[-(8 << 20) :] or b"{}")
-        except ValueError as exc:
-            stderr = proc.stderr.decode("utf-8", "replace")[-2000:]
-            raise BuildFailed(f"task discovery crashed (exit {proc.returncode}): {stderr}") from exc
-        errors = report.get("errors") or []
-        if errors:
-            raise BuildFailed(
-                _discovery_summary(errors, tasks_dir),
-                hint="fix the task files; the current version keeps serving",
-            )
-        if proc.returncode != 0:
-            stderr = proc.stderr.decode("utf-8", "replace")[-2000:]
-            raise BuildFailed(f"task discovery failed (exit {proc.returncode}): {stderr}")
-        return list(report.get("tasks") or [])
-
-
-def _discovery_summary(errors: list[dict[str, Any]], tasks_dir: str) -> str:
-    """The first line names the first broken file and why, because tables, the CLI and
-    GitHub show only the first line; every broken file (up to 20) follows on its own."""
-    lines = []
-    for err in errors[:20]:
-        where = str(err.get("file") or tasks_dir)
-        if err.get("line"):
-            where += f", line {err['line']}"
-        lines.append(f"{where}: {err.get('type')}: {err.get('message')}")
-    count = f"{len(errors)} task files failed" if len(errors) > 1 else "a task file failed"
-    first = f"{count} to load: {lines[0]}"
-    return first if len(errors) == 1 else first + "\n" + "\n".join(lines)
+        return discover_tasks(
+            root,
+            venv=venv,
+            env=self._env(venv),
+            cache_dir=self.cache_dir,
+            tasks_dir=tasks_dir,
+            timeout=timeout,
+            tree=tree,
+            log=log,
+        )

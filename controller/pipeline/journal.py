@@ -45,14 +45,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from controller.errors import PermanentError, TemporaryError
 from controller.queue import Backoff
 from controller.store.db import Database
+from controller.store.deployments import deployment_steps, mark_step_running, step_by_name
 from controller.store.tables import DeploymentLog, DeploymentStep, utcnow
 
 log = logging.getLogger(__name__)
@@ -167,39 +167,13 @@ class Journal:
     def _write_start(self, session: Session, running: _Running) -> None:
         """Conditional in SQL: a start written by the timer thread never undoes an end
         that committed meanwhile."""
-        updated = session.execute(
-            update(DeploymentStep)
-            .where(
-                DeploymentStep.deployment_id == self.deployment_id,
-                DeploymentStep.name == running.name,
-                DeploymentStep.status != "done",
-            )
-            .values(
-                status="running",
-                attempts=running.attempt,
-                started_at=running.started_at,
-                error=None,
-            )
-            .execution_options(synchronize_session=False)
+        mark_step_running(
+            session,
+            self.deployment_id,
+            running.name,
+            attempts=running.attempt,
+            started_at=running.started_at,
         )
-        if cast("CursorResult[Any]", updated).rowcount:
-            return
-        exists = session.execute(
-            select(DeploymentStep.id).where(
-                DeploymentStep.deployment_id == self.deployment_id,
-                DeploymentStep.name == running.name,
-            )
-        ).first()
-        if exists is None:
-            session.add(
-                DeploymentStep(
-                    deployment_id=self.deployment_id,
-                    name=running.name,
-                    status="running",
-                    attempts=running.attempt,
-                    started_at=running.started_at,
-                )
-            )
 
     def _taken(self, taken: tuple[int, int]) -> None:
         logs, staged = taken
@@ -214,9 +188,7 @@ class Journal:
     def _load(self) -> dict[str, _StepState]:
         if self._steps is None:
             with self.db.read() as session:
-                rows = session.execute(
-                    select(DeploymentStep).where(DeploymentStep.deployment_id == self.deployment_id)
-                ).scalars()
+                rows = deployment_steps(session, self.deployment_id)
                 self._steps = {
                     row.name: _StepState(row.status, row.attempts, dict(row.result or {}))
                     for row in rows
@@ -398,12 +370,7 @@ class Journal:
         )
 
     def _row(self, session: Session, name: str) -> DeploymentStep:
-        row = session.execute(
-            select(DeploymentStep).where(
-                DeploymentStep.deployment_id == self.deployment_id,
-                DeploymentStep.name == name,
-            )
-        ).scalar_one_or_none()
+        row = step_by_name(session, self.deployment_id, name)
         if row is None:
             row = DeploymentStep(deployment_id=self.deployment_id, name=name, attempts=0)
             session.add(row)

@@ -1,5 +1,7 @@
 """Env vars in the database: the one set of query functions the API, runs, the pipeline
 and ``keys rotate`` use.
+They stay here rather than in :mod:`controller.store`: every read and write of an env var
+passes the encryption boundary, so the SQL and the cipher belong in one module.
 
 Values are encrypted before they reach a session (:mod:`controller.secretstore.crypto`),
 with the row's place as associated data, so the database never holds a plaintext value

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from controller.models import ACTIVE_STATUSES
-from controller.store.tables import Deployment, Job
+from controller.store.tables import Deployment, DeploymentLog, DeploymentStep, Environment, Job
 
 
 def active_deployment_count(session: Session, environment_id: int) -> int:
@@ -56,3 +59,95 @@ def deploying_version_ids(session: Session) -> set[int]:
         )
     ).scalars()
     return {version_id for version_id in rows if version_id is not None}
+
+
+def recent_deployments(
+    session: Session,
+    project_id: int,
+    *,
+    environment_id: int | None = None,
+    environment_name: str | None = None,
+    branch: str | None = None,
+    limit: int,
+) -> list[Deployment]:
+    """Newest first, of one environment (``environment_id``), of every environment named
+    ``environment_name`` (all previews), or of every environment of ``branch``."""
+    query = select(Deployment).where(Deployment.project_id == project_id)
+    if environment_id is not None:
+        query = query.where(Deployment.environment_id == environment_id)
+    elif environment_name is not None or branch is not None:
+        ids = select(Environment.id).where(Environment.project_id == project_id)
+        if environment_name is not None:
+            ids = ids.where(Environment.name == environment_name)
+        else:
+            ids = ids.where(Environment.branch == branch)
+        query = query.where(Deployment.environment_id.in_(ids))
+    query = query.order_by(Deployment.created_at.desc(), Deployment.id.desc()).limit(limit)
+    return list(session.execute(query).scalars())
+
+
+def deployment_steps(session: Session, deployment_id: str) -> list[DeploymentStep]:
+    """In the order they were recorded."""
+    return list(
+        session.execute(
+            select(DeploymentStep)
+            .where(DeploymentStep.deployment_id == deployment_id)
+            .order_by(DeploymentStep.id)
+        ).scalars()
+    )
+
+
+def deployment_log_lines(
+    session: Session, deployment_id: str, *, after: int, limit: int = 5000
+) -> list[DeploymentLog]:
+    """The lines after id ``after``, oldest first."""
+    return list(
+        session.execute(
+            select(DeploymentLog)
+            .where(DeploymentLog.deployment_id == deployment_id, DeploymentLog.id > after)
+            .order_by(DeploymentLog.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def step_by_name(session: Session, deployment_id: str, name: str) -> DeploymentStep | None:
+    return session.execute(
+        select(DeploymentStep).where(
+            DeploymentStep.deployment_id == deployment_id, DeploymentStep.name == name
+        )
+    ).scalar_one_or_none()
+
+
+def mark_step_running(
+    session: Session, deployment_id: str, name: str, *, attempts: int, started_at: datetime
+) -> None:
+    """Record that step ``name`` runs (attempt ``attempts``). Conditional in SQL: a step
+    already ``done`` (an end committed meanwhile, by another thread) is left as it is."""
+    updated = session.execute(
+        update(DeploymentStep)
+        .where(
+            DeploymentStep.deployment_id == deployment_id,
+            DeploymentStep.name == name,
+            DeploymentStep.status != "done",
+        )
+        .values(status="running", attempts=attempts, started_at=started_at, error=None)
+        .execution_options(synchronize_session=False)
+    )
+    if cast("CursorResult[Any]", updated).rowcount:
+        return
+    exists = session.execute(
+        select(DeploymentStep.id).where(
+            DeploymentStep.deployment_id == deployment_id, DeploymentStep.name == name
+        )
+    ).first()
+    if exists is None:
+        session.add(
+            DeploymentStep(
+                deployment_id=deployment_id,
+                name=name,
+                status="running",
+                attempts=attempts,
+                started_at=started_at,
+            )
+        )

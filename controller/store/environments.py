@@ -84,3 +84,21 @@ def lock_environment(session: Session, environment_id: int) -> None:
     session.execute(
         select(Environment.id).where(Environment.id == environment_id).with_for_update()
     )
+
+
+def environments_by_id(session: Session, ids: set[int]) -> dict[int, Environment]:
+    if not ids:
+        return {}
+    rows = session.execute(select(Environment).where(Environment.id.in_(ids))).scalars()
+    return {e.id: e for e in rows}
+
+
+def preview_template(session: Session, project_id: int) -> Environment:
+    """The project's preview environment without a branch (it holds the shared key)."""
+    return session.execute(
+        select(Environment).where(
+            Environment.project_id == project_id,
+            Environment.name == "preview",
+            Environment.branch_key == "",
+        )
+    ).scalar_one()

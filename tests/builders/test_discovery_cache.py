@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.builders import venv as venv_module
+from controller.builders import discovery as discovery_module
 from controller.builders.venv import VirtualenvBuilder
 from controller.errors import BuildFailed
 
@@ -71,7 +71,7 @@ def test_an_unchanged_tree_and_environment_reuse_the_discovery(
     assert discover(None) == ["counted"]  # no digest (a pre-build ran): never reused
     assert imports(root) == 3
 
-    monkeypatch.setattr(venv_module, "discovery_code_version", lambda: "a newer slipway")
+    monkeypatch.setattr(discovery_module, "discovery_code_version", lambda: "a newer slipway")
     assert discover("sha256:one") == ["counted"]
     assert imports(root) == 4
 
