@@ -34,6 +34,8 @@ from controller.deployments import orphaned_queued_deployments
 from controller.dispatch import route_pending
 from controller.errors import PermanentError
 from controller.github.auth import github_clone_auth
+from controller.github.provider import AppClients
+from controller.github.reporting import Reporter
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
@@ -135,6 +137,11 @@ class Services:
             cache_dir=data / "envs", home_dir=data / "home", commands=self.commands
         )
         self.uploads = private_dir(data / "uploads")
+        # The configured App, else the one `slipway github setup` stored (read when needed).
+        self.github_clients = AppClients(settings, db=self.db, cipher=self.cipher)
+        self.reporter = Reporter(
+            db=self.db, client_for=self.github_clients.current, public_url=settings.public_url
+        )
         self.manager = Manager(
             self.queue,
             [
@@ -146,6 +153,8 @@ class Services:
                 # Routing drains queued deliveries in short single-transaction batches,
                 # pausing 50 ms after each so a burst batches up.
                 Drain("route", ("route",), self.route_deliveries, pause=0.05),
+                # GitHub is reconciled from the database (see controller.github.reporting).
+                Drain("report", ("report",), self.reporter.run),
             ],
             resync=[
                 self.resync_deployments,
@@ -170,7 +179,7 @@ class Services:
             build_timeout=settings.runtime.build_timeout,
             stopping=self.manager.stopping,
             cipher=self.cipher,
-            clone_auth=github_clone_auth(settings),
+            clone_auth=github_clone_auth(settings, clients=self.github_clients),
         )
         self._started = False
 
@@ -244,10 +253,14 @@ class Services:
         for applied in results:
             for env_id in applied.archived_env_ids:
                 self.retire_environment(env_id)
+        self.queue.notify("report")
         return results.backlog or moved.backlog
 
     def handle_deploy(self, job: Claimed) -> None:
-        self.pipeline.handle(job)
+        try:
+            self.pipeline.handle(job)
+        finally:
+            self.queue.notify("report")
 
     # -- runtime bookkeeping --------------------------------------------------------------
 
