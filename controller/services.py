@@ -166,6 +166,8 @@ class Services:
                     git=self.source,
                     settings=settings,
                     on_deploy=lambda: self.queue.notify("deploy"),
+                    github=self.github_clients.current,
+                    on_archive=self._after_resync_archive,
                 ),
             ],
             resync_interval=settings.runtime.resync_interval,
@@ -255,6 +257,10 @@ class Services:
                 self.retire_environment(env_id)
         self.queue.notify("report")
         return results.backlog or moved.backlog
+
+    def _after_resync_archive(self, env_id: int) -> None:
+        self.retire_environment(env_id)
+        self.queue.notify("report")
 
     def handle_deploy(self, job: Claimed) -> None:
         try:

@@ -223,6 +223,7 @@ class GitSource:
         if sha is None or not target.startswith("refs/heads/"):
             return None
         return Resolved(ref=target, sha=sha)
+
     def probe(self, *, clone_url: str, timeout: float = 10.0) -> None:
         """Check that ``clone_url`` answers as a git repository (``git ls-remote``).
 
