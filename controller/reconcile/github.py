@@ -23,7 +23,9 @@ BranchPass` requests a missed head exactly as for a ``git ls-remote`` source. A 
   its PR closed) is not revived here: only a delivery (``reopened``) does that. Refusals
   are not recorded again at each pass.
 * an active preview with a pull request number that GitHub does not list as open is
-  archived — only after every page of the list was read successfully. An error, a
+  archived — only after every page of the list was read successfully, and not within
+  ``SETTLE`` seconds of the preview's creation or newest deployment (a delivery can be
+  newer than the list). An error, a
   timeout or a 5xx archives nothing (STYLE.md rule 1: an error is never a state).
 
 **Preview TTL** (``SLIPWAY_PREVIEW_TTL``, seconds, default 7 days, ``0`` never): an active
@@ -37,7 +39,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -65,6 +67,9 @@ PER_PAGE = 100
 MAX_PAGES = 10
 WORKERS = 8
 TIMEOUT = 30.0
+# A preview created or deployed this recently is never archived for missing from the list:
+# the delivery that made it may be newer than the list GitHub answered.
+SETTLE = 30.0
 
 
 class ConditionalReads:
@@ -141,7 +146,9 @@ class PullRequestPass:
         on_archive: Callable[[int], None] = lambda env_id: None,
         workers: int = WORKERS,
         timeout: float = TIMEOUT,
+        settle: float = SETTLE,
     ) -> None:
+        self.settle = settle
         self.db = db
         self.cipher = cipher
         self.reads = reads
@@ -160,6 +167,7 @@ class PullRequestPass:
         archived = self.archive_expired()
         if self.reads.client_for() is not None:
             repos = self.load()
+            listed_at = utcnow()
             calls = {r.repo: _bind(self.open_pulls, r) for r in repos}
             lists = resolve_all(calls, workers=self.workers, timeout=self.timeout)
             for repo in repos:
@@ -167,7 +175,7 @@ class PullRequestPass:
                 if pulls is None:
                     continue  # GitHub did not answer: nothing changes
                 try:
-                    got, gone = self.apply(repo, pulls)
+                    got, gone = self.apply(repo, pulls, listed_at)
                 except Exception:
                     log.exception("resync: applying the pull requests of %s failed", repo.repo)
                     continue
@@ -217,46 +225,31 @@ class PullRequestPass:
                 return pulls
         raise PermanentError(f"{repo.repo} has more than {PER_PAGE * MAX_PAGES} open pull requests")
 
-    def apply(self, repo: Connected, pulls: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
+    def apply(
+        self, repo: Connected, pulls: list[dict[str, Any]], listed_at: datetime
+    ) -> tuple[list[str], list[int]]:
+        """Plan in a read transaction; only a repository with something to do takes a
+        (short) write transaction, which plans again and applies."""
+        with self.db.read() as session:
+            deploys, stale = self._plan(session, repo, pulls, listed_at)
+        if not deploys and not stale:
+            return [], []
         requested: list[str] = []
         archived: list[int] = []
-        open_numbers = {int(p["number"]) for p in pulls if isinstance(p.get("number"), int)}
         with self.db.transaction() as session:
-            views, projects = project_views(session, repo.repo)
-            for pull in pulls:
-                payload = {
-                    "action": "synchronize",
-                    "number": pull.get("number"),
-                    "pull_request": pull,
-                    "repository": {"full_name": repo.repo},
-                }
-                try:
-                    routed = route("pull_request", payload, views)
-                except PayloadError as exc:
-                    log.warning("resync: pull request of %s not understood: %s", repo.repo, exc)
-                    continue
-                for intent in routed.intents:
-                    if isinstance(intent, Deploy) and self._missed(session, intent):
-                        applied = Applied("resync")
-                        apply_deploy(
-                            session, self.cipher, projects[intent.project_id], intent, None, applied
-                        )
-                        requested += applied.deployments
-            for project in projects.values():
-                stale = session.execute(
-                    select(Environment).where(
-                        Environment.project_id == project.id,
-                        Environment.name == "preview",
-                        Environment.status == "active",
-                        Environment.pr_number.is_not(None),
-                    )
-                ).scalars()
-                for env in list(stale):
-                    if env.pr_number in open_numbers or env.branch is None:
-                        continue
-                    reason = f"pull request #{env.pr_number} is no longer open on GitHub (resync)"
-                    if archive_branch(session, project, env.branch, reason) is not None:
-                        archived.append(env.id)
+            deploys, stale = self._plan(session, repo, pulls, listed_at)
+            _, projects = project_views(session, repo.repo)
+            for intent in deploys:
+                applied = Applied("resync")
+                apply_deploy(
+                    session, self.cipher, projects[intent.project_id], intent, None, applied
+                )
+                requested += applied.deployments
+            for env in stale:
+                assert env.branch is not None
+                reason = f"pull request #{env.pr_number} is no longer open on GitHub (resync)"
+                if archive_branch(session, projects[env.project_id], env.branch, reason):
+                    archived.append(env.id)
         for deployment_id in requested:
             log.info(
                 "resync: an open pull request of %s was missed: requested %s",
@@ -270,6 +263,61 @@ class PullRequestPass:
                 repo.repo,
             )
         return requested, archived
+
+    def _plan(
+        self, session: Any, repo: Connected, pulls: list[dict[str, Any]], listed_at: datetime
+    ) -> tuple[list[Deploy], list[Environment]]:
+        """The previews to request and the active previews whose PR is not open. A
+        preview created or deployed within ``settle`` seconds before the list was asked
+        for is kept: its delivery may be newer than GitHub's list."""
+        views, projects = project_views(session, repo.repo) if pulls else ([], {})
+        if not pulls:
+            project_ids = list(
+                session.execute(
+                    select(Project.id).where(Project.repo_lower == repo.repo.lower())
+                ).scalars()
+            )
+        else:
+            project_ids = list(projects)
+        deploys: list[Deploy] = []
+        for pull in pulls:
+            payload = {
+                "action": "synchronize",
+                "number": pull.get("number"),
+                "pull_request": pull,
+                "repository": {"full_name": repo.repo},
+            }
+            try:
+                routed = route("pull_request", payload, views)
+            except PayloadError as exc:
+                log.warning("resync: pull request of %s not understood: %s", repo.repo, exc)
+                continue
+            deploys += [
+                i for i in routed.intents if isinstance(i, Deploy) and self._missed(session, i)
+            ]
+        open_numbers = {int(p["number"]) for p in pulls if isinstance(p.get("number"), int)}
+        stale = list(
+            session.execute(
+                select(Environment).where(
+                    Environment.project_id.in_(project_ids),
+                    Environment.name == "preview",
+                    Environment.status == "active",
+                    Environment.pr_number.is_not(None),
+                    Environment.branch.is_not(None),
+                )
+            ).scalars()
+        )
+        settled = listed_at - timedelta(seconds=self.settle)
+        closed = []
+        for env in stale:
+            if env.pr_number in open_numbers or env.created_at > settled:
+                continue
+            newest = session.execute(
+                select(func.max(Deployment.created_at)).where(Deployment.environment_id == env.id)
+            ).scalar()
+            if newest is None or newest <= settled:
+                closed.append(env)
+        return deploys, closed
 
     def _missed(self, session: Any, intent: Deploy) -> bool:
         env = session.execute(

@@ -261,4 +261,5 @@ def test_a_pull_request_keeps_one_comment_and_the_resync_repairs_missed_events(
     assert preview_env("other")["status"] == "active"  # type: ignore[index]
     # ...and once GitHub answers, it is archived.
     fake_github.outage = None
-    app_server.wait_for(lambda: preview_env("other")["status"] == "archived", timeout=60)  # type: ignore[index]
+    # (SETTLE: not within 30 s of its deployment.)
+    app_server.wait_for(lambda: preview_env("other")["status"] == "archived", timeout=120)  # type: ignore[index]
