@@ -89,6 +89,9 @@ BATCH = 200
 MIN_BACKOFF = 2.0
 MAX_BACKOFF = 600.0
 PAGES = 10
+# Comments are rendered when a deployment needed reporting, else at most this often
+# (a fork refusal has no deployment; it waits this long at most).
+COMMENT_INTERVAL = 15.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class Reporter:
         self.clock = clock
         self._backoff: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
+        self._comments_at = -COMMENT_INTERVAL
 
     # -- the pass -------------------------------------------------------------------------
 
@@ -133,10 +137,15 @@ class Reporter:
         if client is None:
             return None
         with self._lock:
-            for dep, reported in self.load():
+            pending = self.load()
+            for dep, reported in pending:
                 if self.backed_off(dep.repo):
                     continue
                 self.attempt(dep.repo, partial(self.reconcile, client, dep, reported))
+            now = self.clock()
+            if not pending and now - self._comments_at < COMMENT_INTERVAL:
+                return None
+            self._comments_at = now
             for target in self.load_previews():
                 if self.backed_off(target.repo):
                     continue
@@ -184,6 +193,10 @@ class Reporter:
             ).all()
             for dep, env, project, repo, report in rows:
                 assert dep.sha is not None and repo.installation_id is not None
+                if report is not None and not _needs_work(
+                    dep.status, env.status == "archived", env.name, report
+                ):
+                    continue
                 view = DeploymentView(
                     id=dep.id,
                     project_ref=project.ref,
@@ -212,6 +225,8 @@ class Reporter:
         return out
 
     def _details(self, session: Any, view: DeploymentView, dep: Deployment) -> DeploymentView:
+        """Version, tasks, step timings and the log tail: only for a final deployment
+        that has something left to send."""
         version = session.execute(
             select(Version).where(Version.deployment_id == dep.id)
         ).scalar_one_or_none()
@@ -539,3 +554,17 @@ class Reporter:
                 session.add(row)
             for name, value in values.items():
                 setattr(row, name, value)
+
+
+def _needs_work(status: str, archived: bool, environment: str, report: GitHubReport) -> bool:
+    """Whether :meth:`Reporter.reconcile` would send or record anything for this row
+    (the steady state of a pass is one query and this check per row)."""
+    state = deployment_state(status)
+    wanted = "inactive" if archived and state in FINAL_STATES else state
+    sent = report.deployment_state
+    if sent not in (wanted, "inactive"):
+        return True
+    if report.check_state not in (check_status(status), "completed"):
+        return True
+    final = status in FINAL_STATUSES and report.check_state == "completed"
+    return final and (sent == "inactive" or (environment != "preview" and sent == wanted))
