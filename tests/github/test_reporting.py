@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from support.fake_github import FakeGitHub
+from support.fake_github import Failure, FakeGitHub
 
 from controller.deployments import (
     DeployRequest,
@@ -308,3 +308,27 @@ def test_nothing_is_sent_without_an_installation(
     reporter.run()
     assert fake_github.requests == []
     assert Reporter(db=database, client_for=lambda: None, public_url=PUBLIC).run() is None
+
+
+def test_a_rate_limit_waits_for_github_s_retry_after(
+    database: Database,
+    fake_github: FakeGitHub,
+    reporter: Reporter,
+    deploy: Callable[..., str],
+    clock: Clock,
+) -> None:
+    deploy()
+    limited = Failure(
+        403,
+        {"message": "You have exceeded a secondary rate limit."},
+        {"Retry-After": "120"},
+    )
+    fake_github.fail_next("repos/list-deployments", limited)
+    reporter.run()
+    asked = len(fake_github.requests)
+    clock.now += 100  # past our own backoff, not past GitHub's Retry-After
+    reporter.run()
+    assert len(fake_github.requests) == asked and fake_github.deployments == {}
+    clock.now += 50
+    reporter.run()
+    assert len(fake_github.deployments) == 1
