@@ -19,7 +19,7 @@ BranchPass` requests a missed head exactly as for a ``git ls-remote`` source. A 
 * each open pull request is routed as a ``pull_request.synchronize`` delivery would be
   (:func:`webhooks.routing.route`: fork, draft, previews-off and limit rules included),
   and a preview whose head commit was never attempted is requested through
-  :func:`controller.dispatch.apply_deploy`. A preview archived in Slipway (by hand, or
+  :func:`controller.domain.deployments.apply_deploy`. A preview archived in Slipway (by hand, or
   its PR closed) is not revived here: only a delivery (``reopened``) does that. Refusals
   are not recorded again at each pass.
 * an active preview with a pull request number that GitHub does not list as open is
@@ -44,12 +44,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from controller.deployments import (
-    archive_branch,
-    attempted_deployment,
-    project_not_deploying_reason,
-)
-from controller.dispatch import Applied, apply_deploy, project_views
+from controller.domain.deployments import Applied, apply_deploy
+from controller.domain.environments import archive_branch
+from controller.domain.projects import project_not_deploying_reason, project_views
 from controller.errors import PermanentError
 from controller.github.client import GitHubClient
 from controller.github.errors import GitHubRejected
@@ -57,6 +54,7 @@ from controller.reconcile.branches import resolve_all
 from controller.secretstore.crypto import Cipher
 from controller.sources.base import Resolved
 from controller.store.db import Database
+from controller.store.deployments import attempted_deployment
 from controller.store.tables import Deployment, Environment, Project, Repository, utcnow
 from webhooks.events import PayloadError
 from webhooks.routing import Deploy, route

@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 from cryptography.fernet import Fernet  # noqa: E402
 from support.fake_github import FakeGitHub  # noqa: E402
 
-from controller.deployments import create_project  # noqa: E402
+from controller.domain.projects import create_project  # noqa: E402
 from controller.github.client import AppClient  # noqa: E402
 from controller.reconcile import git_sources  # noqa: E402
 from controller.reconcile.branches import RESOLVE_WORKERS, BranchPass  # noqa: E402

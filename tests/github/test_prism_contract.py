@@ -25,12 +25,9 @@ from cryptography.fernet import Fernet
 from support.fake_github import SPEC_PATH, generate_private_key
 from support.waiting import poll_until, scaled
 
-from controller.deployments import (
-    DeployRequest,
-    create_project,
-    ensure_environment,
-    request_deployment,
-)
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.environments import ensure_environment
+from controller.domain.projects import create_project
 from controller.github.client import AppClient
 from controller.github.reporting import Reporter
 from controller.reconcile.github import ConditionalReads, GitHubBranches, PullRequestPass

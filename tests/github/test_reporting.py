@@ -15,14 +15,10 @@ import pytest
 from cryptography.fernet import Fernet
 from support.fake_github import Failure, FakeGitHub
 
-from controller.deployments import (
-    DeployRequest,
-    archive_branch,
-    create_project,
-    ensure_environment,
-    record_event,
-    request_deployment,
-)
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.environments import archive_branch, ensure_environment
+from controller.domain.events import record_event
+from controller.domain.projects import create_project
 from controller.github.client import AppClient
 from controller.github.reporting import Reporter
 from controller.secretstore.crypto import Cipher

@@ -14,12 +14,9 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 from support.fake_github import FakeGitHub, pull_request
 
-from controller.deployments import (
-    DeployRequest,
-    create_project,
-    ensure_environment,
-    request_deployment,
-)
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.environments import ensure_environment
+from controller.domain.projects import create_project
 from controller.github.client import AppClient
 from controller.reconcile import git_sources
 from controller.reconcile.branches import BranchPass
