@@ -9,7 +9,8 @@ sends only the difference:
 * a GitHub Deployment (environment ``slipway/<env>``), then a status when the state
   changed; an archived preview's deployments get ``inactive``;
 * a check run ``Slipway (<environment>)``, created, then completed;
-* per pull request one comment (``github_comments``), edited when its body changed.
+* per pull request one comment (``github_comments``), edited when its body changed
+  (:mod:`controller.github.comments`).
 
 **Idempotent by construction.** Every id GitHub gives is recorded in its own short
 transaction right after the create succeeds. Before creating, the object is looked up
@@ -50,17 +51,14 @@ from sqlalchemy import and_, or_, select
 
 from controller.errors import PermanentError, TemporaryError
 from controller.github.client import GitHubClient
+from controller.github.comments import Comments
 from controller.github.render import (
     FINAL_STATES,
-    MARKER,
     DeploymentView,
-    PreviewView,
-    body_hash,
     check_conclusion,
     check_name,
     check_output,
     check_status,
-    comment_body,
     deployment_state,
     describe,
     environment_url,
@@ -73,8 +71,6 @@ from controller.store.tables import (
     DeploymentLog,
     DeploymentStep,
     Environment,
-    Event,
-    GitHubComment,
     GitHubReport,
     Project,
     Repository,
@@ -88,20 +84,9 @@ LOOKBACK = timedelta(days=1)
 BATCH = 200
 MIN_BACKOFF = 2.0
 MAX_BACKOFF = 600.0
-PAGES = 10
 # Comments are rendered when a deployment needed reporting, else at most this often
 # (a fork refusal has no deployment; it waits this long at most).
 COMMENT_INTERVAL = 15.0
-
-
-@dataclass(frozen=True)
-class CommentTarget:
-    repo: str
-    installation_id: int
-    project_id: int
-    preview: PreviewView
-    sent_hash: str | None
-    comment_id: int | None
 
 
 @dataclass(frozen=True)
@@ -128,6 +113,7 @@ class Reporter:
         self._backoff: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
         self._comments_at = -COMMENT_INTERVAL
+        self.comments = Comments(db=db, public_url=self.public_url)
 
     # -- the pass -------------------------------------------------------------------------
 
@@ -146,10 +132,10 @@ class Reporter:
             if not pending and now - self._comments_at < COMMENT_INTERVAL:
                 return None
             self._comments_at = now
-            for target in self.load_previews():
+            for target in self.comments.load():
                 if self.backed_off(target.repo):
                     continue
-                self.attempt(target.repo, partial(self.reconcile_comment, client, target))
+                self.attempt(target.repo, partial(self.comments.reconcile, client, target))
         return None
 
     def attempt(self, repo: str, call: Callable[[], None]) -> None:
@@ -386,171 +372,6 @@ class Reporter:
             row = session.get(GitHubReport, deployment_id)
             if row is None:
                 row = GitHubReport(deployment_id=deployment_id, done=False)
-                session.add(row)
-            for name, value in values.items():
-                setattr(row, name, value)
-
-    # -- pull request comments ------------------------------------------------------------
-
-    def load_previews(self) -> list[CommentTarget]:
-        """(repo, installation, project id, preview, last body hash, comment id) for
-        every pull request with a preview (or a fork refusal) seen within the lookback."""
-        since = utcnow() - LOOKBACK
-        out = []
-        with self.db.read() as session:
-            rows = session.execute(
-                select(Environment, Project, Repository)
-                .join(Project, Project.id == Environment.project_id)
-                .join(Repository, Repository.full_name_lower == Project.repo_lower)
-                .where(
-                    Environment.name == "preview",
-                    Environment.pr_number.is_not(None),
-                    Repository.installation_id.is_not(None),
-                    or_(Environment.status == "active", Environment.updated_at > since),
-                )
-            ).all()
-            comments = {
-                (c.project_id, c.pr_number): c
-                for c in session.execute(select(GitHubComment)).scalars()
-            }
-            for env, project, repo in rows:
-                assert env.pr_number is not None and repo.installation_id is not None
-                dep = session.execute(
-                    select(Deployment)
-                    .where(Deployment.environment_id == env.id, Deployment.sha.is_not(None))
-                    .order_by(Deployment.created_at.desc())
-                    .limit(1)
-                ).scalar_one_or_none()
-                view = None
-                if dep is not None and dep.sha is not None:
-                    version = session.execute(
-                        select(Version.version).where(Version.deployment_id == dep.id)
-                    ).scalar_one_or_none()
-                    view = DeploymentView(
-                        id=dep.id,
-                        project_ref=project.ref,
-                        repo=repo.full_name,
-                        installation_id=repo.installation_id,
-                        sha=dep.sha,
-                        status=dep.status,
-                        environment="preview",
-                        branch=env.branch,
-                        env_archived=env.status == "archived",
-                        version=version,
-                    )
-                preview = PreviewView(
-                    project.ref, env.pr_number, env.branch, env.status == "archived", view
-                )
-                comment = comments.get((project.id, env.pr_number))
-                out.append(
-                    CommentTarget(
-                        repo.full_name,
-                        repo.installation_id,
-                        project.id,
-                        preview,
-                        comment.body_hash if comment else None,
-                        comment.comment_id if comment else None,
-                    )
-                )
-            seen = {(t.project_id, t.preview.pr_number) for t in out}
-            out += self._fork_refusals(session, since, comments, seen=seen)
-        return out
-
-    def _fork_refusals(
-        self, session: Any, since: Any, comments: dict[Any, GitHubComment], *, seen: set[Any]
-    ) -> list[CommentTarget]:
-        rows = session.execute(
-            select(Event, Project, Repository)
-            .join(Project, Project.id == Event.project_id)
-            .join(Repository, Repository.full_name_lower == Project.repo_lower)
-            .where(
-                Event.kind == "skipped",
-                Event.created_at > since,
-                Event.message.like("no preview for pull request #%comes from the fork%"),
-                Repository.installation_id.is_not(None),
-            )
-            .order_by(Event.id)
-        ).all()
-        out: dict[Any, CommentTarget] = {}
-        for event, project, repo in rows:
-            number_text = event.message.removeprefix("no preview for pull request #").split()[0]
-            if not number_text.isdigit() or (project.id, int(number_text)) in seen:
-                continue
-            number = int(number_text)
-            comment = comments.get((project.id, number))
-            refusal = event.message.split(": ", 1)[-1]
-            out[(project.id, number)] = CommentTarget(
-                repo.full_name,
-                repo.installation_id,
-                project.id,
-                PreviewView(project.ref, number, None, False, None, refusal=refusal),
-                comment.body_hash if comment else None,
-                comment.comment_id if comment else None,
-            )
-        return list(out.values())
-
-    def reconcile_comment(self, client: GitHubClient, target: CommentTarget) -> None:
-        repo, installation_id, preview = target.repo, target.installation_id, target.preview
-        project_id, comment_id = target.project_id, target.comment_id
-        body = comment_body(self.public_url, preview)
-        digest = body_hash(body)
-        if digest == target.sent_hash:
-            return
-        number = preview.pr_number
-        try:
-            if comment_id is None:
-                comment_id = self.find_comment(client, repo, installation_id, preview)
-            if comment_id is None:
-                created = client.request(
-                    installation_id,
-                    "POST",
-                    f"/repos/{repo}/issues/{number}/comments",
-                    body={"body": body},
-                )
-                self.record_comment(
-                    project_id, number, comment_id=int(created.data["id"]), body_hash=digest
-                )
-                return
-            self.record_comment(project_id, number, comment_id=comment_id)
-            client.request(
-                installation_id,
-                "PATCH",
-                f"/repos/{repo}/issues/comments/{comment_id}",
-                body={"body": body},
-            )
-            self.record_comment(project_id, number, body_hash=digest)
-        except PermanentError as exc:
-            log.warning("GitHub refused the comment on %s#%s: %s", repo, number, exc)
-            self.record_comment(project_id, number, body_hash=digest)
-
-    def find_comment(
-        self, client: GitHubClient, repo: str, installation_id: int, preview: PreviewView
-    ) -> int | None:
-        marker = MARKER.format(ref=preview.project_ref)
-        for page in range(1, PAGES + 1):
-            found = client.request(
-                installation_id,
-                "GET",
-                f"/repos/{repo}/issues/{preview.pr_number}/comments",
-                params={"per_page": 100, "page": page},
-            )
-            batch = found.data or []
-            for comment in batch:
-                if marker in (comment.get("body") or ""):
-                    return int(comment["id"])
-            if len(batch) < 100:
-                break
-        return None
-
-    def record_comment(self, project_id: int, pr_number: int, **values: Any) -> None:
-        with self.db.transaction() as session:
-            row = session.execute(
-                select(GitHubComment).where(
-                    GitHubComment.project_id == project_id, GitHubComment.pr_number == pr_number
-                )
-            ).scalar_one_or_none()
-            if row is None:
-                row = GitHubComment(project_id=project_id, pr_number=pr_number)
                 session.add(row)
             for name, value in values.items():
                 setattr(row, name, value)
