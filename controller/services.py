@@ -32,6 +32,7 @@ from controller.errors import PermanentError
 from controller.github.auth import github_clone_auth
 from controller.github.provider import AppClients
 from controller.github.reporting import Reporter
+from controller.leadership import make_elector
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
@@ -156,7 +157,7 @@ class Services:
                 # pausing 50 ms after each so a burst batches up.
                 Drain("route", ("route",), self.route_deliveries, pause=0.05),
                 # GitHub is reconciled from the database (see controller.github.reporting).
-                Drain("report", ("report",), self.reporter.run),
+                Drain("report", ("report",), self.reporter.run, leader_only=True),
             ],
             resync=[
                 lambda: requeue_lost_deployments(self.db, notify=self.queue.notify),
@@ -175,6 +176,7 @@ class Services:
                 ),
             ],
             resync_interval=settings.runtime.resync_interval,
+            elector=None if role == "web" else make_elector(settings),
         )
         self.pipeline = Pipeline(
             db=self.db,
@@ -188,6 +190,10 @@ class Services:
             clone_auth=github_clone_auth(settings, clients=self.github_clients),
         )
         self._started = False
+
+    @property
+    def lost_leadership(self) -> bool:  # the controller exits (see controller.leadership)
+        return self.manager.lost_leadership.is_set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
