@@ -72,6 +72,9 @@ class Drain:
     kinds: tuple[str, ...]
     fn: Callable[[], bool | None]
     pause: float = 0.0
+    # Runs only in the elected replica, like the pools (the GitHub reporter: two replicas
+    # reporting at once could both create what neither had recorded yet).
+    leader_only: bool = False
 
 
 class Manager:
@@ -101,7 +104,8 @@ class Manager:
 
     def start(self) -> None:
         for drain in self.drains:
-            self._spawn(f"drain-{drain.name}", self._drain, drain)
+            if not drain.leader_only:
+                self._spawn(f"drain-{drain.name}", self._drain, drain)
         self._spawn("lease-heartbeat", self._heartbeat)
         if self.elector is None:
             self._lead()
@@ -115,6 +119,9 @@ class Manager:
         for pool in self.pools:
             for n in range(pool.threads):
                 self._spawn(f"worker-{pool.kinds[0]}-{n}", self._work, pool)
+        for drain in self.drains:
+            if drain.leader_only:
+                self._spawn(f"drain-{drain.name}", self._drain, drain)
         self._spawn("resync", self._resync_loop)
 
     def _lose(self, reason: str) -> None:

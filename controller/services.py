@@ -27,6 +27,8 @@ from controller.builders.venv import VirtualenvBuilder
 from controller.datadir import private_dir
 from controller.errors import PermanentError
 from controller.github.auth import github_clone_auth
+from controller.github.provider import AppClients
+from controller.github.reporting import Reporter
 from controller.leadership import make_elector
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
@@ -130,6 +132,11 @@ class Services:
             cache_dir=data / "envs", home_dir=data / "home", commands=self.commands
         )
         self.uploads = private_dir(data / "uploads")
+        # The configured App, else the one `slipway github setup` stored (read when needed).
+        self.github_clients = AppClients(settings, db=self.db, cipher=self.cipher)
+        self.reporter = Reporter(
+            db=self.db, client_for=self.github_clients.current, public_url=settings.public_url
+        )
         self.manager = Manager(
             self.queue,
             [
@@ -141,6 +148,8 @@ class Services:
                 # Routing drains queued deliveries in short single-transaction batches,
                 # pausing 50 ms after each so a burst batches up.
                 Drain("route", ("route",), self.route_deliveries, pause=0.05),
+                # GitHub is reconciled from the database (see controller.github.reporting).
+                Drain("report", ("report",), self.reporter.run, leader_only=True),
             ],
             resync=[
                 lambda: requeue_lost_deployments(self.db, notify=self.queue.notify),
@@ -154,6 +163,8 @@ class Services:
                     git=self.source,
                     settings=settings,
                     on_deploy=lambda: self.queue.notify("deploy"),
+                    github=self.github_clients.current,
+                    on_archive=self._after_resync_archive,
                 ),
             ],
             resync_interval=settings.runtime.resync_interval,
@@ -168,7 +179,7 @@ class Services:
             build_timeout=settings.runtime.build_timeout,
             stopping=self.manager.stopping,
             cipher=self.cipher,
-            clone_auth=github_clone_auth(settings),
+            clone_auth=github_clone_auth(settings, clients=self.github_clients),
         )
         self._started = False
 
@@ -246,10 +257,18 @@ class Services:
         for applied in results:
             for env_id in applied.archived_env_ids:
                 retire_environment(self.db, self.runtime, env_id)
+        self.queue.notify("report")
         return results.backlog or moved.backlog
 
+    def _after_resync_archive(self, env_id: int) -> None:
+        retire_environment(self.db, self.runtime, env_id)
+        self.queue.notify("report")
+
     def handle_deploy(self, job: Claimed) -> None:
-        self.pipeline.handle(job)
+        try:
+            self.pipeline.handle(job)
+        finally:
+            self.queue.notify("report")
 
     # -- control channel ------------------------------------------------------------------
 

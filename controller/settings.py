@@ -71,6 +71,9 @@ class RuntimeSettings(BaseSettings):
     delivery_retention_days: float = Field(default=14.0, gt=0)
     # Reconcile and retention (controller.reconcile, controller.store.retention).
     resync_branches: bool = True
+    # SLIPWAY_PREVIEW_TTL: seconds without a deployment after which an active preview
+    # branch is archived by the resync (default 7 days; 0: never).
+    preview_ttl: float = Field(default=7 * 86400.0, ge=0)
     job_retention_days: float = Field(default=7.0, gt=0)
     deployment_log_retention_days: float = Field(default=30.0, gt=0)
     run_log_retention_days: float = Field(default=7.0, gt=0)

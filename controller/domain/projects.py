@@ -11,9 +11,10 @@ from controller.domain.events import record_event
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.models import BRANCH_PATTERN, REF_PATTERN
 from controller.secretstore.crypto import Cipher
-from controller.store.environments import environment_ids_of_project
-from controller.store.projects import project_by_ref, repository_by_name
+from controller.store.environments import active_preview_branches, environment_ids_of_project
+from controller.store.projects import project_by_ref, projects_of_repo, repository_by_name
 from controller.store.tables import Installation, Project, utcnow
+from webhooks.routing import ProjectView
 
 PROJECT_FIELDS = (
     "repo",
@@ -122,3 +123,33 @@ def project_not_deploying_reason(session: Session, project: Project) -> str | No
             f"suspended, so it cannot reach {project.repo}"
         )
     return None
+
+
+def project_views(
+    session: Session, repo: str | None
+) -> tuple[list[ProjectView], dict[int, Project]]:
+    """What routing (deliveries, and the resync's pull requests) knows of the projects
+    of ``repo``, and the projects by id."""
+    if not repo:
+        return [], {}
+    projects = projects_of_repo(session, repo.lower())
+    views, by_id = [], {}
+    for project in projects:
+        reason = project_not_deploying_reason(session, project)
+        by_id[project.id] = project
+        views.append(
+            ProjectView(
+                id=project.id,
+                ref=project.ref,
+                repo=project.repo,
+                production_branch=project.production_branch,
+                staging_branch=project.staging_branch,
+                previews=project.previews,
+                fork_previews=project.fork_previews,
+                preview_limit=project.preview_limit,
+                active_previews=active_preview_branches(session, project.id),
+                deploying=reason is None,
+                not_deploying_reason=reason,
+            )
+        )
+    return views, by_id

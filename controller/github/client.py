@@ -19,9 +19,11 @@ neither means no client (``None``). A half-configured or unreadable identity is 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -44,8 +46,31 @@ PER_PAGE = 100
 MAX_PAGES = 50
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A REST answer: ``status`` 2xx or 304 (``data`` None: unchanged since ``etag``)."""
+
+    status: int
+    data: Any
+    etag: str | None = None
+
+
 class GitHubClient(Protocol):
     def installation_token(self, installation_id: int) -> str: ...
+
+    def request(
+        self,
+        installation_id: int,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+        etag: str | None = None,
+    ) -> Answer:
+        """One REST call as the installation. A 4xx/5xx raises our own error
+        (:func:`~controller.github.errors.map_github_error`); ``etag`` makes it conditional."""
+        ...
 
     def app_info(self) -> dict[str, Any]: ...
 
@@ -115,17 +140,46 @@ class AppClient:
         except Exception as exc:
             raise map_github_error(exc, doing="listing the App's installations") from None
 
-    def installation_repositories(self, installation_id: int) -> list[dict[str, Any]]:
-        doing = f"listing the repositories of installation {installation_id}"
-        token = self.installation_token(installation_id)
-        client = github.Github(
-            auth=github.Auth.Token(token),
+    def _as_installation(self, installation_id: int) -> github.Github:
+        return github.Github(
+            auth=github.Auth.Token(self.installation_token(installation_id)),
             base_url=self.api_url,
             timeout=REQUEST_TIMEOUT,
             retry=None,
             seconds_between_requests=None,
             seconds_between_writes=None,
         )
+
+    def request(
+        self,
+        installation_id: int,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+        etag: str | None = None,
+    ) -> Answer:
+        doing = f"{method} {path}"
+        client = self._as_installation(installation_id)
+        headers = {"If-None-Match": etag} if etag else {}
+        try:
+            status, answer_headers, text = client.requester.requestJson(
+                method, path, parameters=params, headers=headers, input=body
+            )
+            lowered = {k.lower(): v for k, v in answer_headers.items()}
+            data = _json_or_none(text)
+            if status >= 400:
+                raise github.GithubException(status, data, lowered)
+        except Exception as exc:
+            raise map_github_error(exc, doing=doing) from None
+        finally:
+            client.close()
+        return Answer(status, None if status == 304 else data, lowered.get("etag"))
+
+    def installation_repositories(self, installation_id: int) -> list[dict[str, Any]]:
+        doing = f"listing the repositories of installation {installation_id}"
+        client = self._as_installation(installation_id)
         found: list[dict[str, Any]] = []
         try:
             for page in range(1, MAX_PAGES + 1):
@@ -143,6 +197,14 @@ class AppClient:
         finally:
             client.close()
         return found
+
+
+def _json_or_none(text: str) -> Any:
+    """A proxy's HTML error page is no JSON: its status still decides what happens."""
+    try:
+        return json.loads(text) if text.strip() else None
+    except ValueError:
+        return None
 
 
 def make_client(

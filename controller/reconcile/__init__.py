@@ -6,6 +6,9 @@ Webhook deliveries only make things happen sooner; these passes make them happen
 * :mod:`~controller.reconcile.branches` — every tracked branch's head (the desired state,
   read from the source) against the commits its environment has attempted; a new head is
   requested the way a push delivery would request it.
+* :mod:`~controller.reconcile.github` — with a GitHub App: open pull requests (missed
+  previews deployed, previews of closed ones archived) and expired previews
+  (``SLIPWAY_PREVIEW_TTL``); branch heads of repositories without ``--clone-url``.
 * storage retention (:mod:`controller.store.retention`) — finished jobs, old deployment
   logs and old run logs go, so the database stays bounded.
 
@@ -22,7 +25,9 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
+from controller.github.client import GitHubClient
 from controller.reconcile.branches import BranchPass, Repo
+from controller.reconcile.github import ConditionalReads, GitHubBranches, PullRequestPass
 from controller.secretstore.crypto import Cipher
 from controller.settings import Settings
 from controller.sources.base import GitRemote, RefResolver, Source
@@ -34,11 +39,18 @@ log = logging.getLogger(__name__)
 __all__ = ["BranchPass", "git_sources", "resync_passes"]
 
 
-def git_sources(git: RefResolver) -> Callable[[Repo], Source | None]:
-    """Every project with a clone URL is resolved with ``git ls-remote`` of that URL."""
+def git_sources(
+    git: RefResolver, *, github: ConditionalReads | None = None
+) -> Callable[[Repo], Source | None]:
+    """A project with a clone URL is resolved with ``git ls-remote`` of that URL; one
+    without, whose repository has an installation, with GitHub's API."""
 
     def source_for(repo: Repo) -> Source | None:
-        return GitRemote(resolver=git, clone_url=repo.clone_url, name=repo.repo)
+        if repo.clone_url:
+            return GitRemote(resolver=git, clone_url=repo.clone_url, name=repo.repo)
+        if github is not None and repo.installation_id is not None:
+            return GitHubBranches(github, repo.installation_id, repo.repo)
+        return None
 
     return source_for
 
@@ -50,6 +62,8 @@ def resync_passes(
     git: RefResolver,
     settings: Settings,
     on_deploy: Callable[[], None],
+    github: Callable[[], GitHubClient | None] | None = None,
+    on_archive: Callable[[int], None] = lambda env_id: None,
 ) -> list[Callable[[], None]]:
     """The passes :class:`controller.manager.Manager` runs at each resync, in order."""
     runtime = settings.runtime
@@ -71,9 +85,20 @@ def resync_passes(
             )
 
     passes: list[Callable[[], None]] = [prune_old_records]
+    reads = ConditionalReads(github) if github is not None else None
+    if reads is not None:
+        pulls = PullRequestPass(
+            db=db,
+            cipher=cipher,
+            reads=reads,
+            preview_ttl=runtime.preview_ttl,
+            on_deploy=on_deploy,
+            on_archive=on_archive,
+        )
+        passes.insert(0, pulls.reconcile_pull_requests)
     if runtime.resync_branches:
         branches = BranchPass(
-            db=db, cipher=cipher, source_for=git_sources(git), on_deploy=on_deploy
+            db=db, cipher=cipher, source_for=git_sources(git, github=reads), on_deploy=on_deploy
         )
         passes.insert(0, branches.reconcile_branches)
     return passes

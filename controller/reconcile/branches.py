@@ -4,10 +4,12 @@ Load → guards → resolve → compare → request, as Flux's kustomization con
 each object, once per resync (``SLIPWAY_RESYNC_INTERVAL``, jittered by the manager):
 
 1. **Load** (one read transaction): every connected project that is deploying (not
-   disconnected, its repository reachable) and has a clone URL. Its tracked branches are
+   disconnected, its repository reachable) and has a clone URL or an installation. Its tracked branches are
    production — ``production_branch``, else the recorded default branch, else whatever
    the remote's ``HEAD`` points at (``git ls-remote --symref URL HEAD``) — and staging
    when a staging branch is set. Uploaded-only projects have no clone URL: skipped.
+   Projects without a clone URL whose repository has an App installation are included:
+   their source reads GitHub's REST API (:mod:`controller.reconcile.github`).
 2. **Resolve** the heads in parallel, in a pool of ``workers`` threads, each call bounded
    by ``timeout``. A call that fails or runs out of time changes nothing: one log line,
    no deployment, no archive. A branch the source does not have is left alone too.
@@ -19,9 +21,8 @@ each object, once per resync (``SLIPWAY_RESYNC_INTERVAL``, jittered by the manag
    delivery) adds nothing. Candidates are found in a read transaction first; only those
    take a (short, per-environment) write transaction, which checks again.
 
-Previews are not reconciled yet: they come from pull requests, which only GitHub can
-list (a later issue adds that behind the same :class:`~controller.sources.base.Source`
-protocol). An open preview whose branch was deleted at the source is left alone: with
+Previews come from pull requests, which only GitHub can list: that is
+:class:`~controller.reconcile.github.PullRequestPass`. An open preview whose branch was deleted at the source is left alone: with
 only ``ls-remote`` we cannot tell "deleted" from "never pushed here" (fork branches live
 in another repository), and an error must never archive anything.
 """
@@ -45,7 +46,7 @@ from controller.sources.base import Resolved, Source
 from controller.store.db import Database
 from controller.store.deployments import attempted_deployment
 from controller.store.environments import environment_id_by_key
-from controller.store.projects import connected_projects_with_clone_url
+from controller.store.projects import connected_projects, installations_by_repo
 from controller.store.tables import Project
 from webhooks.routing import Deploy
 
@@ -55,6 +56,7 @@ RESOLVE_WORKERS = 8
 RESOLVE_TIMEOUT = 30.0
 
 K = TypeVar("K")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class Repo:
     project_id: int
     ref: str
     repo: str
-    clone_url: str
+    clone_url: str  # "" without --clone-url: the repository's installation answers
+    installation_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,12 +132,18 @@ class BranchPass:
         targets: list[Tracked] = []
         sources: dict[int, Source] = {}
         with self.db.read() as session:
-            projects = connected_projects_with_clone_url(session)
+            installations = installations_by_repo(session)
+            projects = connected_projects(session)
             for project in projects:
-                if not project.clone_url or project_not_deploying_reason(session, project):
+                installation = installations.get(project.repo_lower)
+                if not (project.clone_url or installation) or project_not_deploying_reason(
+                    session, project
+                ):
                     continue
                 source = self.source_for(
-                    Repo(project.id, project.ref, project.repo, project.clone_url)
+                    Repo(
+                        project.id, project.ref, project.repo, project.clone_url or "", installation
+                    )
                 )
                 if source is None:
                     continue
@@ -144,7 +153,7 @@ class BranchPass:
                 if project.staging_branch:
                     wanted.append(("staging", f"refs/heads/{project.staging_branch}"))
                 targets += [
-                    Tracked(project.id, project.ref, project.clone_url, env, ref)
+                    Tracked(project.id, project.ref, project.clone_url or "", env, ref)
                     for env, ref in wanted
                 ]
         return targets, sources
@@ -171,7 +180,7 @@ class BranchPass:
             if (
                 project is None
                 or project.disconnected_at is not None
-                or project.clone_url != target.clone_url
+                or (project.clone_url or "") != target.clone_url
                 or project_not_deploying_reason(session, project)
             ):
                 return []  # changed while we were asking the source
@@ -194,9 +203,7 @@ def _bind(source: Source, ref: str) -> Callable[[], Resolved | None]:
     return lambda: source.resolve(ref)
 
 
-def resolve_all(
-    calls: dict[K, Callable[[], Resolved | None]], *, workers: int, timeout: float
-) -> dict[K, Resolved | None]:
+def resolve_all(calls: dict[K, Callable[[], T]], *, workers: int, timeout: float) -> dict[K, T]:
     """Run ``calls`` in a pool of ``workers`` threads, each bounded by ``timeout`` from its
     start. A call that raised or ran out of time is logged and left out of the result.
 
@@ -204,20 +211,20 @@ def resolve_all(
     git's own timeout kills its subprocess, and the pool is shut down without waiting, so
     one hung remote never holds up the pass.
     """
-    results: dict[K, Resolved | None] = {}
+    results: dict[K, T] = {}
     if not calls:
         return results
     lock = threading.Lock()
     started: dict[K, float] = {}
 
-    def run(key: K, call: Callable[[], Resolved | None]) -> Resolved | None:
+    def run(key: K, call: Callable[[], T]) -> T:
         with lock:
             started[key] = time.monotonic()
         return call()
 
     pool = ThreadPoolExecutor(max_workers=min(workers, len(calls)), thread_name_prefix="resolve")
     try:
-        futures: dict[Future[Resolved | None], K] = {
+        futures: dict[Future[T], K] = {
             pool.submit(run, key, call): key for key, call in calls.items()
         }
         rounds = math.ceil(len(calls) / max(1, workers))

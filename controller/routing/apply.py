@@ -21,14 +21,14 @@ from sqlalchemy.orm import Session
 from controller.domain.deployments import Applied, DeployRequest, apply_deploy, record_superseded
 from controller.domain.environments import archive_branch, find_environment
 from controller.domain.events import record_event
-from controller.domain.projects import project_not_deploying_reason
+from controller.domain.projects import project_views
 from controller.logs import bind_log_context
 from controller.models import BRANCH_PATTERN
 from controller.routing.access import apply_access, record_signal
 from controller.secretstore.crypto import Cipher
 from controller.store.deployments import active_deployment_count, attempted_deployment
-from controller.store.environments import active_preview_branches, preview_owner
-from controller.store.projects import projects_of_repo, repository_by_name
+from controller.store.environments import preview_owner
+from controller.store.projects import repository_by_name
 from controller.store.routejobs import delivery_body
 from controller.store.tables import Delivery, Project, Repository, utcnow
 from webhooks.events import PayloadError, RepositorySource, repository_full_name
@@ -43,34 +43,6 @@ from webhooks.routing import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def project_views(
-    session: Session, repo: str | None
-) -> tuple[list[ProjectView], dict[int, Project]]:
-    if not repo:
-        return [], {}
-    projects = projects_of_repo(session, repo.lower())
-    views, by_id = [], {}
-    for project in projects:
-        reason = project_not_deploying_reason(session, project)
-        by_id[project.id] = project
-        views.append(
-            ProjectView(
-                id=project.id,
-                ref=project.ref,
-                repo=project.repo,
-                production_branch=project.production_branch,
-                staging_branch=project.staging_branch,
-                previews=project.previews,
-                fork_previews=project.fork_previews,
-                preview_limit=project.preview_limit,
-                active_previews=active_preview_branches(session, project.id),
-                deploying=reason is None,
-                not_deploying_reason=reason,
-            )
-        )
-    return views, by_id
 
 
 class IntentBatch:

@@ -36,6 +36,25 @@ def connected_projects_with_clone_url(session: Session) -> list[Project]:
     )
 
 
+def connected_projects(session: Session) -> list[Project]:
+    return list(
+        session.execute(
+            select(Project).where(Project.disconnected_at.is_(None)).order_by(Project.id)
+        ).scalars()
+    )
+
+
+def installations_by_repo(session: Session) -> dict[str, int]:
+    """``owner/name`` lowercased → the installation that reaches it, for every repository
+    an installation reaches."""
+    rows = session.execute(
+        select(Repository.full_name_lower, Repository.installation_id).where(
+            Repository.installation_id.is_not(None)
+        )
+    ).all()
+    return {name: installation for name, installation in rows if installation is not None}
+
+
 def repository_by_name(session: Session, full_name_lower: str) -> Repository | None:
     return session.execute(
         select(Repository).where(Repository.full_name_lower == full_name_lower)

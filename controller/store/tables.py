@@ -446,3 +446,36 @@ class GitHubUserSession(Base):
     token_encrypted: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+# --- GitHub reporting (controller.github.reporting) --------------------------------------
+
+
+class GitHubReport(Base):
+    """What was last reported to GitHub for one deployment, so each pass sends only the
+    difference, and ids GitHub gave (recorded right after each create succeeds)."""
+
+    __tablename__ = "github_reports"
+    __table_args__ = (Index("ix_github_reports_done", "done"),)
+
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), primary_key=True)
+    github_deployment_id: Mapped[int | None] = mapped_column(BigInteger)
+    deployment_state: Mapped[str | None] = mapped_column(String(20))
+    check_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    check_state: Mapped[str | None] = mapped_column(String(20))
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class GitHubComment(Base):
+    """The one comment a project keeps on a pull request, and a hash of its last body."""
+
+    __tablename__ = "github_comments"
+    __table_args__ = (UniqueConstraint("project_id", "pr_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    pr_number: Mapped[int] = mapped_column(Integer)
+    comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    body_hash: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -44,6 +44,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -281,6 +282,17 @@ class FakeGitHub:
         self.user_tokens: dict[str, str] = {}  # token -> login
         self._grants: dict[str, Grant] = {}
         self._lock = threading.Lock()
+        # -- reporting and resync state (see the "reporting and resync" block) --
+        self.latency = 0.0  # seconds each answer waits (the benchmark's 50 ms)
+        self.outage: int | None = None  # when set, every request is answered this status
+        self.deployments: dict[int, dict[str, Any]] = {}  # id -> deployment (+ "repo")
+        self.deployment_statuses: dict[int, list[dict[str, Any]]] = {}
+        self.check_runs: dict[int, dict[str, Any]] = {}
+        self.comments: dict[int, dict[str, Any]] = {}  # id -> comment (+ "repo", "number")
+        self.branches: dict[str, dict[str, str]] = {}  # repo -> branch -> sha
+        self.pulls: dict[str, list[dict[str, Any]]] = {}  # repo -> open pull requests
+        self.not_modified = 0
+        self._next_id = 1000
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -368,11 +380,19 @@ class FakeGitHub:
                 self.errors.append(f"{method} {parts.path}: " + "; ".join(problems))
         if operation is None or problems:
             return 400, {}, {"message": "invalid request (fake GitHub)", "errors": problems}
+        if self.latency:
+            time.sleep(self.latency)
+        if self.outage is not None:
+            return self.outage, {}, {"message": "Service Unavailable (fake GitHub outage)"}
         with self._lock:
             queued = self._failures.get(operation.operation_id)
             failure = queued.pop(0) if queued else None
         if failure is not None:
             return failure.status, failure.headers, failure.body
+        reporting = _REPORTING.get(operation.operation_id)
+        if reporting is not None:
+            query_flat = {k: v[-1] for k, v in query.items()}
+            return reporting(self, headers, params, query_flat, json.loads(body or b"null"))
         handler = _STATEFUL.get(operation.operation_id)
         if handler is None:
             for status in ("200", "201", "202", "204"):
@@ -596,6 +616,234 @@ _STATEFUL = {
 }
 
 
+# --- reporting and resync: deployments, statuses, check runs, comments, branches, pulls ---
+#
+# Answers are the operation's example with our state laid over it. Every handler needs an
+# installation token the fake issued; lists filter as GitHub does for the parameters
+# Slipway sends. Branches and pull request lists carry ETags and answer 304 to a matching
+# If-None-Match (counted in ``not_modified``), as GitHub does.
+
+Answer = tuple[int, dict[str, str], Any]
+
+
+def _new_id(fake: FakeGitHub) -> int:
+    with fake._lock:
+        fake._next_id += 1
+        return fake._next_id
+
+
+def _from_example(method: str, path: str, status: str) -> Any:
+    found = match(method, path)
+    assert found is not None
+    return example(found[0], status)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _repo(params: dict[str, str]) -> str:
+    return f"{params['owner']}/{params['repo']}"
+
+
+def _unauthorised(fake: FakeGitHub, headers: dict[str, str]) -> Answer | None:
+    if fake._installation_of(headers) is None:
+        return 401, {}, {"message": "Bad credentials"}
+    return None
+
+
+def _create_deployment(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    dep = _from_example("POST", "/repos/o/r/deployments", "201")
+    dep.update(
+        id=_new_id(fake),
+        sha=body["ref"],
+        ref=body["ref"],
+        task=body.get("task", "deploy"),
+        payload=body.get("payload", {}),
+        environment=body.get("environment", "production"),
+        description=body.get("description"),
+        transient_environment=body.get("transient_environment", False),
+        production_environment=body.get("production_environment", False),
+        created_at=_now(),
+    )
+    with fake._lock:
+        fake.deployments[dep["id"]] = {**dep, "repo": _repo(params)}
+        fake.deployment_statuses[dep["id"]] = []
+    return 201, {}, dep
+
+
+def _list_deployments(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    with fake._lock:
+        found = [
+            {k: v for k, v in d.items() if k != "repo"}
+            for d in fake.deployments.values()
+            if d["repo"] == _repo(params)
+            and all(d.get(k) == query[k] for k in ("sha", "environment", "ref") if k in query)
+        ]
+    return 200, {}, found[::-1]
+
+
+def _create_deployment_status(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    dep_id = int(params["deployment_id"])
+    if dep_id not in fake.deployments:
+        return 404, {}, {"message": "Not Found"}
+    status = _from_example("POST", "/repos/o/r/deployments/1/statuses", "201")
+    status.update(id=_new_id(fake), created_at=_now(), **body)
+    with fake._lock:
+        fake.deployment_statuses[dep_id].append(status)
+    return 201, {}, status
+
+
+def _create_check_run(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    run = _from_example("POST", "/repos/o/r/check-runs", "201")
+    run.update(id=_new_id(fake), started_at=_now(), conclusion=None, completed_at=None)
+    run.update(body)
+    with fake._lock:
+        fake.check_runs[run["id"]] = {**run, "repo": _repo(params)}
+    return 201, {}, run
+
+
+def _update_check_run(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    run_id = int(params["check_run_id"])
+    with fake._lock:
+        run = fake.check_runs.get(run_id)
+        if run is None or run["repo"] != _repo(params):
+            return 404, {}, {"message": "Not Found"}
+        run.update(body)
+        return 200, {}, {k: v for k, v in run.items() if k != "repo"}
+
+
+def _list_check_runs_for_ref(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    with fake._lock:
+        runs = [
+            {k: v for k, v in r.items() if k != "repo"}
+            for r in fake.check_runs.values()
+            if r["repo"] == _repo(params)
+            and r["head_sha"] == params["ref"]
+            and ("check_name" not in query or r["name"] == query["check_name"])
+        ]
+    return 200, {}, {"total_count": len(runs), "check_runs": runs}
+
+
+def _create_comment(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    comment = _from_example("POST", "/repos/o/r/issues/1/comments", "201")
+    comment.update(id=_new_id(fake), body=body["body"], created_at=_now(), updated_at=_now())
+    with fake._lock:
+        fake.comments[comment["id"]] = {
+            **comment,
+            "repo": _repo(params),
+            "number": int(params["issue_number"]),
+            "edits": 0,
+        }
+    return 201, {}, comment
+
+
+def _update_comment(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    with fake._lock:
+        comment = fake.comments.get(int(params["comment_id"]))
+        if comment is None or comment["repo"] != _repo(params):
+            return 404, {}, {"message": "Not Found"}
+        comment.update(body=body["body"], updated_at=_now(), edits=comment["edits"] + 1)
+        return 200, {}, {k: v for k, v in comment.items() if k not in ("repo", "number", "edits")}
+
+
+def _list_comments(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    page, per_page = int(query.get("page", 1)), int(query.get("per_page", 30))
+    with fake._lock:
+        found = [
+            {k: v for k, v in c.items() if k not in ("repo", "number", "edits")}
+            for c in fake.comments.values()
+            if c["repo"] == _repo(params) and c["number"] == int(params["issue_number"])
+        ]
+    return 200, {}, found[(page - 1) * per_page : page * per_page]
+
+
+def _conditional(fake: FakeGitHub, headers: dict[str, str], answer: Any) -> Answer:
+    etag = '"' + hashlib.sha256(json.dumps(answer, sort_keys=True).encode()).hexdigest()[:32] + '"'
+    if headers.get("if-none-match") == etag:
+        with fake._lock:
+            fake.not_modified += 1
+        return 304, {"ETag": etag}, None
+    return 200, {"ETag": etag}, answer
+
+
+def _get_branch(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    sha = fake.branches.get(_repo(params), {}).get(params["branch"])
+    if sha is None:
+        return 404, {}, {"message": "Branch not found"}
+    branch = _from_example("GET", "/repos/o/r/branches/main", "200")
+    branch["name"] = params["branch"]
+    branch["commit"]["sha"] = sha
+    return _conditional(fake, headers, branch)
+
+
+def _list_pulls(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    return _conditional(fake, headers, list(fake.pulls.get(_repo(params), [])))
+
+
+def pull_request(
+    *, repo: str, number: int, branch: str, sha: str, fork_of: str | None = None
+) -> dict[str, Any]:
+    """An open pull request as ``GET /repos/{o}/{r}/pulls`` lists it (the spec's example)."""
+    pull = _from_example("GET", "/repos/o/r/pulls", "200")[0]
+    head_repo = fork_of or repo
+    pull.update(number=number, state="open", draft=False)
+    pull["head"].update(ref=branch, sha=sha, label=f"{head_repo.split('/')[0]}:{branch}")
+    pull["head"]["repo"] = copy.deepcopy(pull["head"]["repo"])
+    pull["head"]["repo"].update(full_name=head_repo, fork=fork_of is not None)
+    pull["base"]["repo"] = copy.deepcopy(pull["base"]["repo"])
+    pull["base"]["repo"].update(full_name=repo)
+    return pull
+
+
+_REPORTING = {
+    "repos/create-deployment": _create_deployment,
+    "repos/list-deployments": _list_deployments,
+    "repos/create-deployment-status": _create_deployment_status,
+    "checks/create": _create_check_run,
+    "checks/update": _update_check_run,
+    "checks/list-for-ref": _list_check_runs_for_ref,
+    "issues/create-comment": _create_comment,
+    "issues/update-comment": _update_comment,
+    "issues/list-comments": _list_comments,
+    "repos/get-branch": _get_branch,
+    "pulls/list": _list_pulls,
+}
+
+
 def _handler(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -605,7 +853,7 @@ def _handler(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, extra, answer = fake.answer(self.command, self.path, headers, body)
-            data = b"" if answer is None else json.dumps(answer).encode()
+            data = b"" if answer is None or status == 304 else json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
