@@ -50,7 +50,7 @@ import httpx
 
 from controller.datadir import open_private, private_dir, write_private
 from controller.errors import PermanentError, RuntimeUnavailable
-from controller.runtimes.base import VersionSpec
+from controller.runtimes.base import VersionSpec, host_paths
 from controller.runtimes.procs import kill_session, session_of, workers_marked
 
 log = logging.getLogger(__name__)
@@ -215,15 +215,14 @@ class LocalRuntime:
         return None
 
     def _start(self, spec: VersionSpec) -> _Worker:
-        if not (spec.venv / "bin" / "python").exists():
-            raise PermanentError(
-                f"the environment of version {spec.version} is missing: {spec.venv}"
-            )
+        source, venv = host_paths(spec.artifact)
+        if not (venv / "bin" / "python").exists():
+            raise PermanentError(f"the environment of version {spec.version} is missing: {venv}")
         env = {
-            "PATH": f"{spec.venv / 'bin'}:{SYSTEM_PATH}",
+            "PATH": f"{venv / 'bin'}:{SYSTEM_PATH}",
             "HOME": str(self.home),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "VIRTUAL_ENV": str(spec.venv),
+            "VIRTUAL_ENV": str(venv),
             "PYTHONUNBUFFERED": "1",
             **spec.env,
         }
@@ -233,12 +232,12 @@ class LocalRuntime:
         try:
             proc = subprocess.Popen(
                 [
-                    str(spec.venv / "bin" / "python"),
+                    str(venv / "bin" / "python"),
                     "-I",
                     "-B",
                     str(WORKER_MAIN),
                     "--source",
-                    str(spec.source),
+                    str(source),
                     "--tasks-dir",
                     spec.tasks_dir,
                     "--context-json",
@@ -250,7 +249,7 @@ class LocalRuntime:
                     "--owner",
                     str(self.registry),
                 ],
-                cwd=spec.source,
+                cwd=source,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -334,6 +333,9 @@ class LocalRuntime:
     def _forget(self, version_id: int) -> _Worker | None:
         (self.registry / f"{version_id}.json").unlink(missing_ok=True)
         return self._workers.pop(version_id, None)
+
+    def activate(self, spec: VersionSpec) -> None:
+        """Nothing to switch: every run names its version's worker."""
 
     def retire(self, version_id: int) -> None:
         with self._version_lock(version_id):
