@@ -334,7 +334,7 @@ def render_service(
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(settings, target, SERVICE),
+        "metadata": _meta(settings, target, SERVICE, **{VERSION: label_value(current_version)}),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_for(current_version),
