@@ -4,13 +4,12 @@ promotion in one request, rollback, failing rollouts, scale to zero, archive."""
 from __future__ import annotations
 
 import pytest
+from k8s_fakes import FakeClock, FakeCluster, FakeInputs
 
 from controller.errors import PermanentError
 from controller.runtimes.base import ArtifactRef, VersionSpec
 from controller.runtimes.kubernetes.runtime import KubernetesRuntime
 from controller.settings import KubernetesSettings
-
-from k8s_fakes import FakeClock, FakeCluster, FakeInputs
 
 PROD = "slipway-acme-production"
 
