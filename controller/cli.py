@@ -923,13 +923,15 @@ def demo(keep_running: bool | None, port: int) -> None:
 
 from controller.cli_env import env_group, keys_group  # noqa: E402 - see cli_env's docstring
 from controller.cli_github import github_group  # noqa: E402 - as cli_env
+from controller.cli_kubernetes import kubernetes_group  # noqa: E402 - as cli_env
 
 main.add_command(env_group)
 main.add_command(keys_group)
 main.add_command(github_group)
+main.add_command(kubernetes_group)
 # Groups from other modules are plain click groups: give them and their commands the
 # global options too (--json, --token, --api-url after the command).
-for _group in (env_group, keys_group, github_group):
+for _group in (env_group, keys_group, github_group, kubernetes_group):
     for _command in (_group, *_group.commands.values()):
         _command.params.extend(_late_global_options())
 

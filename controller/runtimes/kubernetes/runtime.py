@@ -77,7 +77,7 @@ FATAL = (
     "CreateContainerError",
     "RunContainerError",
 )
-RUN_ONLY = ("SLIPWAY_RUN_ID", "SLIPWAY_TASK_ID", "SLIPWAY_VERSION")
+RESERVED = "SLIPWAY_"  # run variables Slipway sets itself: not the environment's
 
 
 class Inputs(Protocol):
@@ -108,6 +108,17 @@ def target_of(spec: VersionSpec) -> Target:
         project=str(context["project"]),
         environment=str(context["environment"]),
         branch=context.get("branch"),
+    )
+
+
+def worker_version(spec: VersionSpec, bundle: Bundle) -> WorkerVersion:
+    return WorkerVersion(
+        version=spec.version,
+        version_id=spec.version_id,
+        bundle=bundle,
+        commit=spec.context.get("sha"),
+        tasks_dir=spec.tasks_dir,
+        deployment_id=spec.context.get("deployment_id"),
     )
 
 
@@ -157,14 +168,7 @@ class KubernetesRuntime:
         self.cluster.apply(render_namespace(self.settings, target))
         self._apply_variables(spec, target, self.inputs.variables(spec))
         self.cluster.apply(render_bundle_secret(self.settings, target, self.inputs.token(spec)))
-        version = WorkerVersion(
-            version=spec.version,
-            version_id=spec.version_id,
-            bundle=self.inputs.bundle(spec),
-            commit=spec.context.get("sha"),
-            tasks_dir=spec.tasks_dir,
-            deployment_id=spec.context.get("deployment_id"),
-        )
+        version = worker_version(spec, self.inputs.bundle(spec))
         deployment = render_deployment(self.settings, target, version)
         self.cluster.apply(deployment)
         name = deployment["metadata"]["name"]
@@ -259,7 +263,7 @@ class KubernetesRuntime:
                 live = self._live[spec.version_id]
         target = target_of(spec)
         if env:
-            shared = {k: v for k, v in env.items() if k not in RUN_ONLY}
+            shared = {k: v for k, v in env.items() if not k.startswith(RESERVED)}
             self._apply_variables(spec, target, shared)
         self._touch(live)
         body = {"run_id": run_id, "task_id": task_id, "payload": payload, "timeout": timeout}
