@@ -3,8 +3,9 @@
 The only module that imports the client (an import-linter contract keeps it so). Writes
 are server-side apply (``application/apply-patch+yaml``, field manager ``slipway``,
 forced: Slipway owns the fields it renders); scaling is a merge patch of the ``scale``
-subresource. Reads ask for the raw JSON (``_preload_content=False``) and parse it here,
-so we depend on the API's wire format, not on the client's generated model classes.
+subresource. Every call asks for the raw answer (``_preload_content=False``) and reads
+reads' JSON here, so we depend on the API's wire format, not on the client's generated
+model classes (whose validation of answers changes between client versions).
 
 Runs go to the workers' Service through the API server's service proxy, or straight to
 ``<service>.<namespace>.svc`` when Slipway runs in the cluster; they are sent with httpx
@@ -230,6 +231,7 @@ class ApiCluster:
             "force": True,
             "_content_type": APPLY,
             "_request_timeout": REQUEST_TIMEOUT,
+            "_preload_content": False,
         }
         try:
             if kind == "Namespace":
@@ -253,6 +255,7 @@ class ApiCluster:
                 {"spec": {"replicas": replicas}},
                 _content_type=MERGE,
                 _request_timeout=REQUEST_TIMEOUT,
+                _preload_content=False,
             )
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise _error(exc, what=f"scale {namespace}/{name}") from exc
@@ -265,6 +268,7 @@ class ApiCluster:
                 {"metadata": {"annotations": annotations}},
                 _content_type=MERGE,
                 _request_timeout=REQUEST_TIMEOUT,
+                _preload_content=False,
             )
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise _error(exc, what=f"annotate {namespace}/{name}") from exc
@@ -272,10 +276,12 @@ class ApiCluster:
     def delete(self, kind: str, namespace: str, name: str) -> None:
         try:
             if kind == "Namespace":
-                self.core.delete_namespace(name, _request_timeout=REQUEST_TIMEOUT)
+                self.core.delete_namespace(
+                    name, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
+                )
             elif kind == "Deployment":
                 self.apps.delete_namespaced_deployment(
-                    name, namespace, _request_timeout=REQUEST_TIMEOUT
+                    name, namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
                 )
             else:
                 raise PermanentError(f"Slipway does not delete {kind} objects")
