@@ -55,9 +55,11 @@ def manifests(
     "/bundles/{digest}",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/x-tar": {}}, "description": "the bundle"},
-        401: {"description": "missing or invalid bundle token"},
-        404: {"description": "no such bundle in the token's environment"},
+        200: {
+            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the bundle (an uncompressed tar whose sha256 is the digest)",
+        },
+        **error_responses(401, 404),
     },
 )
 def bundle(request: Request, digest: str) -> FileResponse:
