@@ -12,17 +12,23 @@ API answer (keys stay, so the output shows what the Secret holds).
 
 from __future__ import annotations
 
-from pathlib import Path
+import tomllib
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import select
 
 from controller.bundles import bundle_token, known_digest, make_bundle
 from controller.deployments import find_environment, get_project
-from controller.errors import NotFound
+from controller.errors import NotFound, PermanentError
 from controller.models import normalise_environment
 from controller.runtimes.base import VersionSpec, host_paths
-from controller.runtimes.kubernetes.render import Bundle, Target, render_environment
+from controller.runtimes.kubernetes.render import (
+    Bundle,
+    Target,
+    render_environment,
+    resource_overrides,
+)
 from controller.runtimes.kubernetes.runtime import worker_version
 from controller.secretstore.crypto import Cipher
 from controller.secretstore.store import resolve_for_environment
@@ -66,6 +72,21 @@ class StoreInputs:
                 return {}
             return run_variables(resolve_for_environment(session, self.cipher, env))
 
+    def resources(self, spec: VersionSpec) -> dict[str, str]:
+        with self.db.read() as session:
+            env = session.get(Environment, int(spec.context["environment_id"]))
+            project = session.get(Project, env.project_id) if env else None
+            config_path = (project.config_path if project else None) or "slipway.toml"
+        name = PurePosixPath(config_path).name if config_path.endswith(".toml") else "slipway.toml"
+        source, _venv = host_paths(spec.artifact)
+        try:
+            data = tomllib.loads((source / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise PermanentError(f"{name} cannot be read: {exc}") from exc
+        return resource_overrides(data.get("kubernetes"), where=name)
+
     def archived(self, version_id: int) -> bool:
         with self.db.read() as session:
             version = session.get(Version, version_id)
@@ -104,7 +125,8 @@ def environment_manifests(
         current_name = current.version if current is not None else None
     worker = None
     if spec is not None:
-        worker = worker_version(spec, StoreInputs(settings, db=db, cipher=cipher).bundle(spec))
+        inputs = StoreInputs(settings, db=db, cipher=cipher)
+        worker = worker_version(spec, inputs.bundle(spec), inputs.resources(spec))
     return render_environment(
         settings.kubernetes,
         target,

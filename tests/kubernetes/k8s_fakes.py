@@ -182,6 +182,7 @@ class FakeCluster:
 class FakeInputs:
     variables_by_env: dict[str, dict[str, str]] = field(default_factory=dict)
     archived_ids: set[int] = field(default_factory=set)
+    resources_by_version: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def bundle(self, spec: Any) -> Bundle:
         return Bundle(
@@ -197,3 +198,6 @@ class FakeInputs:
 
     def archived(self, version_id: int) -> bool:
         return version_id in self.archived_ids
+
+    def resources(self, spec: Any) -> dict[str, str]:
+        return dict(self.resources_by_version.get(spec.version, {}))

@@ -68,6 +68,7 @@ def _artifact(root: Path, name: str) -> tuple[Path, Path]:
     source = root / name / "app"
     (source / "tasks").mkdir(parents=True)
     (source / "tasks" / "hello.py").write_text(f"def run(payload, ctx):\n    return '{name}'\n")
+    (source / "slipway.toml").write_text('[kubernetes]\nmemory_request = "300Mi"\n')
     packages = root / name / "venv" / "lib" / "python3.11" / "site-packages" / "dep"
     packages.mkdir(parents=True)
     (packages / "__init__.py").write_text("VALUE = 1\n")
@@ -190,6 +191,8 @@ def _check(objects: list[dict[str, Any]]) -> str:
 def test_manifests_for_production_and_two_long_previews(site: Site) -> None:
     prod = list(yaml.safe_load_all(cli(site, "--env", "prod")))
     assert _check(prod) == "slipway-acme-production"
+    worker = prod[3]["spec"]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["requests"]["memory"] == "300Mi"  # from slipway.toml
     secret = {k: base64.b64decode(v).decode() for k, v in prod[1]["data"].items()}
     assert secret["API_URL"] == "https://api"
     assert set(secret) == {"API_URL", "DB_PASSWORD"} and SECRET_VALUE not in secret["DB_PASSWORD"]

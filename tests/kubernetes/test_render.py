@@ -8,6 +8,7 @@ import re
 import kubernetes_validate
 import pytest
 
+from controller.errors import PermanentError
 from controller.runtimes.kubernetes.names import label_value, namespace_name
 from controller.runtimes.kubernetes.render import (
     MANAGED_BY,
@@ -15,7 +16,9 @@ from controller.runtimes.kubernetes.render import (
     Target,
     WorkerVersion,
     namespace_of,
+    render_deployment,
     render_environment,
+    resource_overrides,
 )
 from controller.settings import KubernetesSettings
 
@@ -122,3 +125,24 @@ def test_label_values_are_sanitised_and_distinct() -> None:
     assert a != b and len(a) <= 63
     assert label_value("main") == "main"
     assert label_value("Ünïcode/branch") != label_value("Unicode-branch")
+
+
+def test_slipway_toml_resources_win_over_the_settings_and_are_checked() -> None:
+    overrides = resource_overrides({"cpu_request": "500m", "memory_limit": "2Gi"})
+    version = WorkerVersion(
+        version="20260101.3",
+        version_id=9,
+        bundle=Bundle(digest="sha256:" + "b" * 64, url="https://x/api/v1/bundles/y"),
+        resources=overrides,
+    )
+    deployment = render_deployment(KubernetesSettings(), TARGETS[0], version)
+    kubernetes_validate.validate(deployment, "1.29", strict=True)
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {
+        "requests": {"cpu": "500m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "2Gi"},
+    }
+    with pytest.raises(PermanentError, match="not a Kubernetes quantity"):
+        resource_overrides({"cpu_request": "lots"})
+    with pytest.raises(PermanentError, match="unknown keys"):
+        resource_overrides({"gpu": "1"})

@@ -91,6 +91,10 @@ class Inputs(Protocol):
 
     def archived(self, version_id: int) -> bool: ...
 
+    def resources(self, spec: VersionSpec) -> dict[str, str]:
+        """Requests and limits the version's slipway.toml asks for (``[kubernetes]``)."""
+        ...
+
 
 @dataclass
 class _Live:
@@ -111,8 +115,11 @@ def target_of(spec: VersionSpec) -> Target:
     )
 
 
-def worker_version(spec: VersionSpec, bundle: Bundle) -> WorkerVersion:
+def worker_version(
+    spec: VersionSpec, bundle: Bundle, resources: dict[str, str] | None = None
+) -> WorkerVersion:
     return WorkerVersion(
+        resources=dict(resources or {}),
         version=spec.version,
         version_id=spec.version_id,
         bundle=bundle,
@@ -168,7 +175,7 @@ class KubernetesRuntime:
         self.cluster.apply(render_namespace(self.settings, target))
         self._apply_variables(spec, target, self.inputs.variables(spec))
         self.cluster.apply(render_bundle_secret(self.settings, target, self.inputs.token(spec)))
-        version = worker_version(spec, self.inputs.bundle(spec))
+        version = worker_version(spec, self.inputs.bundle(spec), self.inputs.resources(spec))
         deployment = render_deployment(self.settings, target, version)
         self.cluster.apply(deployment)
         name = deployment["metadata"]["name"]
