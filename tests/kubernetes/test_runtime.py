@@ -256,3 +256,27 @@ def test_a_run_another_process_recorded_keeps_a_preview_up(
     assert runtime.scale_idle_previews() == []
     clock.sleep(600)
     assert runtime.scale_idle_previews() == [5]
+
+
+def test_pruning_in_another_process_never_deletes_the_current_version(
+    runtime: KubernetesRuntime, cluster: FakeCluster, inputs: FakeInputs, clock: FakeClock
+) -> None:
+    promote(runtime, spec(1))
+    other = KubernetesRuntime(
+        runtime.settings, cluster=cluster, inputs=inputs, clock=clock, sleep=clock.sleep
+    )
+    for version_id in (2, 3, 4):
+        other.ensure(spec(version_id))  # built, not promoted: 1 stays current
+    names = {k[2] for k in cluster.objects if k[0] == "Deployment" and k[1] == PROD}
+    assert "worker-20261201-1" in names and len(names) == 2
+
+
+def test_archiving_with_several_versions_deletes_the_namespace_once_and_scales_nothing(
+    runtime: KubernetesRuntime, cluster: FakeCluster, inputs: FakeInputs
+) -> None:
+    promote(runtime, spec(2, environment="preview", branch="feature/a"))
+    promote(runtime, spec(3, environment="preview", branch="feature/a"))
+    inputs.archived_ids |= {2, 3}
+    runtime.retire(2)
+    runtime.retire(3)
+    assert [c[0] for c in cluster.calls if c[0] in ("delete", "scale")] == ["delete"]

@@ -286,7 +286,8 @@ class ApiCluster:
             else:
                 raise PermanentError(f"Slipway does not delete {kind} objects")
         except ApiException as exc:
-            if exc.status != 404:
+            # 404: gone already; 409 on a namespace: it is being deleted already.
+            if exc.status != 404 and not (kind == "Namespace" and exc.status == 409):
                 raise _error(exc, what=f"delete {kind} {name}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _error(exc, what=f"delete {kind} {name}") from exc

@@ -162,6 +162,7 @@ class KubernetesRuntime:
         self._live: dict[int, _Live] = {}
         self._current: dict[str, str] = {}  # namespace -> version the Service selects
         self._secrets: dict[str, str] = {}  # namespace -> digest of the applied variables
+        self._tokens: dict[str, str] = {}  # namespace -> the bundle token applied
 
     # -- ensure ---------------------------------------------------------------------------
 
@@ -174,7 +175,10 @@ class KubernetesRuntime:
         self._claim_namespace(namespace)
         self.cluster.apply(render_namespace(self.settings, target))
         self._apply_variables(spec, target, self.inputs.variables(spec))
-        self.cluster.apply(render_bundle_secret(self.settings, target, self.inputs.token(spec)))
+        token = self.inputs.token(spec)
+        if self._tokens.get(namespace) != token:
+            self.cluster.apply(render_bundle_secret(self.settings, target, token))
+            self._tokens[namespace] = token
         version = worker_version(spec, self.inputs.bundle(spec), self.inputs.resources(spec))
         deployment = render_deployment(self.settings, target, version)
         self.cluster.apply(deployment)
@@ -341,11 +345,12 @@ class KubernetesRuntime:
         live = self._find(version_id)
         if live is None:
             return
+        if live.preview and self.inputs.archived(version_id):
+            self.archive_namespace(live.namespace)  # its Deployments go with it
+            return
         self._scale(live, 0)
         with self._lock:
             self._live.pop(version_id, None)
-        if live.preview and self.inputs.archived(version_id):
-            self.archive_namespace(live.namespace)
 
     def archive_namespace(self, namespace: str) -> None:
         """Delete a preview's namespace, and nothing that is not a Slipway preview's."""
@@ -356,6 +361,7 @@ class KubernetesRuntime:
         with self._lock:
             self._current.pop(namespace, None)
             self._secrets.pop(namespace, None)
+            self._tokens.pop(namespace, None)
             for version_id in [i for i, v in self._live.items() if v.namespace == namespace]:
                 del self._live[version_id]
         log.info("deleted namespace %s of an archived preview", namespace)
@@ -372,6 +378,8 @@ class KubernetesRuntime:
         one just ensured nor the one the Service selects."""
         with self._lock:
             current = self._current.get(namespace)
+        if current is None:  # another process promoted: the Service says which
+            current = (self.cluster.labels_of("Service", namespace, SERVICE) or {}).get(VERSION)
         workloads = self.cluster.deployments(namespace, {MANAGED_BY: MANAGER})
         spare = [
             w
