@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -300,3 +301,49 @@ def test_the_init_container_refuses_a_bundle_whose_digest_differs(
     assert done.returncode != 0
     assert "digest mismatch" in done.stderr
     assert not (tmp_path / "bundle" / "source").exists()
+
+
+def test_the_worker_container_serves_the_unpacked_bundle(site: Site, tmp_path: Path) -> None:
+    """The Deployment's worker command, run here as the kubelet would run it (the bundle
+    dir and the port mapped to this machine), serves the version's tasks."""
+    objects = list(yaml.safe_load_all(cli(site, "--env", "production")))
+    pod = objects[3]["spec"]["template"]["spec"]
+    fetch, worker = pod["initContainers"][0], pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in fetch["env"]}
+    assert (
+        _fetch(site, tmp_path, digest=env["BUNDLE_DIGEST"], url=env["BUNDLE_URL"]).returncode == 0
+    )
+    bundle_dir = str(tmp_path / "bundle")
+
+    def local(text: str) -> str:
+        return text.replace("/slipway/bundle", bundle_dir)
+
+    args = [local(a) for a in worker["args"]]
+    args[args.index("--port") + 1] = "0"
+    args[args.index("--host") + 1] = "127.0.0.1"
+    command = [sys.executable if c == "python" else c for c in worker["command"]]
+    child_env = {e["name"]: local(e["value"]) for e in worker["env"]}
+    child_env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), HOME=str(tmp_path))
+    proc = subprocess.Popen(
+        command + args, env=child_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "ready" and ready["tasks"] == ["hello"], ready
+        base = f"http://127.0.0.1:{ready['port']}"
+        health = httpx.get(f"{base}/health", timeout=10).json()
+        label = objects[3]["metadata"]["labels"]["slipway.dev/version-id"]
+        assert health["version_id"] == int(label)
+        run = httpx.post(
+            f"{base}/runs",
+            json={"run_id": "run_k8s", "task_id": "hello", "payload": None, "timeout": 30},
+            timeout=60,
+        ).json()
+        assert run["status"] == "completed" and run["output"] == "v1", run
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
