@@ -187,3 +187,35 @@ def test_kubeconfig_settings_reach_the_emulated_server(api_url: str, tmp_path: A
         assert made.rollout(NS, "nothing") is None
     finally:
         made.close()
+
+
+def test_slipway_runtime_kubernetes_wires_the_runtime_and_a_wakeup_only_channel(
+    api_url: str, tmp_path: Any
+) -> None:
+    from controller.runtimes.kubernetes.runtime import KubernetesRuntime
+    from controller.services import Services
+    from controller.settings import load_settings, prepare
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+        f"clusters: [{{name: kmock, cluster: {{server: '{api_url}'}}}}]\n"
+        "users: [{name: me, user: {token: not-a-real-token}}]\n"
+        "contexts: [{name: test, context: {cluster: kmock, user: me}}]\n"
+    )
+    settings, _ = prepare(
+        load_settings(
+            data_dir=tmp_path / "data", runtime="kubernetes", kubernetes_kubeconfig=kubeconfig
+        )
+    )
+    services = Services(settings, role="controller")
+    try:
+        assert isinstance(services.runtime, KubernetesRuntime)
+        assert services.local is None and services.remote is None
+        assert services.control is not None
+        assert services.runtime.serving() == set()
+    finally:
+        services.runtime.close()
+        services.db.dispose()
+        if services.inbox is not None:
+            services.inbox.close()
