@@ -85,6 +85,7 @@ def test_deployment_is_hardened_and_probed() -> None:
     assert worker["readinessProbe"]["httpGet"]["path"] == "/health"
     assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
     assert worker["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    assert {c["terminationMessagePolicy"] for c in (worker, fetch)} == {"FallbackToLogsOnError"}
     labels = pod and deployment["spec"]["template"]["metadata"]["labels"]
     assert labels["slipway.dev/version"] == "20260101.2"
     assert labels["slipway.dev/commit"] == "a" * 40

@@ -297,6 +297,7 @@ def render_deployment(
         },
         "resources": _resources(settings, version.resources),
         "securityContext": _CONTAINER_SECURITY,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
     fetch = {
@@ -315,6 +316,9 @@ def render_deployment(
         ],
         "resources": _resources(settings, version.resources),
         "securityContext": _CONTAINER_SECURITY,
+        # A failing container's last log lines become its termination message, which
+        # the rollout check reports (a digest mismatch, an import error).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
     name = deployment_name(version.version)
