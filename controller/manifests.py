@@ -23,12 +23,8 @@ from controller.deployments import find_environment, get_project
 from controller.errors import NotFound, PermanentError
 from controller.models import normalise_environment
 from controller.runtimes.base import VersionSpec, host_paths
-from controller.runtimes.kubernetes.render import (
-    Bundle,
-    Target,
-    render_environment,
-    resource_overrides,
-)
+from controller.runtimes.kubernetes.render import Bundle, Target, render_environment
+from controller.runtimes.kubernetes.resources import resource_overrides
 from controller.runtimes.kubernetes.runtime import worker_version
 from controller.secretstore.crypto import Cipher
 from controller.secretstore.store import resolve_for_environment

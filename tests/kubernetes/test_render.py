@@ -18,8 +18,8 @@ from controller.runtimes.kubernetes.render import (
     namespace_of,
     render_deployment,
     render_environment,
-    resource_overrides,
 )
+from controller.runtimes.kubernetes.resources import resource_overrides
 from controller.settings import KubernetesSettings
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.errors import PermanentError
 from controller.runtimes.kubernetes.names import label_value, namespace_name, object_name
+from controller.runtimes.kubernetes.resources import container_resources
 from controller.settings import KubernetesSettings
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -100,34 +99,6 @@ class WorkerVersion:
     context: dict[str, Any] = field(default_factory=dict)
     # From the version's slipway.toml ``[kubernetes]`` table: they win over the settings.
     resources: dict[str, str] = field(default_factory=dict)
-
-
-RESOURCE_KEYS = ("cpu_request", "memory_request", "cpu_limit", "memory_limit")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
-
-
-def resource_overrides(table: Any, *, where: str = "slipway.toml") -> dict[str, str]:
-    """The ``[kubernetes]`` table of slipway.toml: requests and limits as quantities."""
-    if table is None:
-        return {}
-    if not isinstance(table, dict):
-        raise PermanentError(f"{where}: [kubernetes] must be a table")
-    unknown = sorted(set(table) - set(RESOURCE_KEYS))
-    if unknown:
-        raise PermanentError(
-            f"{where}: [kubernetes] has unknown keys {', '.join(unknown)}",
-            hint="known: " + ", ".join(RESOURCE_KEYS),
-        )
-    found = {}
-    for key, value in table.items():
-        text = str(value)
-        if isinstance(value, bool) or not _QUANTITY.match(text):
-            raise PermanentError(
-                f"{where}: kubernetes.{key} = {text!r} is not a Kubernetes quantity",
-                hint='for example "500m" CPU or "512Mi" memory',
-            )
-        found[key] = text
-    return found
 
 
 def namespace_of(settings: KubernetesSettings, target: Target) -> str:
@@ -217,19 +188,6 @@ def render_bundle_secret(
     return _secret(settings, target, BUNDLE_SECRET, {"token": token})
 
 
-def _resources(settings: KubernetesSettings, overrides: dict[str, str]) -> dict[str, Any]:
-    def pick(key: str) -> str | None:
-        value = overrides.get(key, getattr(settings, key))
-        return str(value) if value else None
-
-    requests = {"cpu": pick("cpu_request"), "memory": pick("memory_request")}
-    resources: dict[str, Any] = {"requests": {k: v for k, v in requests.items() if v}}
-    limits = {k: v for k, v in (("cpu", pick("cpu_limit")), ("memory", pick("memory_limit"))) if v}
-    if limits:
-        resources["limits"] = limits
-    return resources
-
-
 _CONTAINER_SECURITY = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -295,7 +253,7 @@ def render_deployment(
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "resources": _resources(settings, version.resources),
+        "resources": container_resources(settings, version.resources),
         "securityContext": _CONTAINER_SECURITY,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
@@ -314,7 +272,7 @@ def render_deployment(
                 "valueFrom": {"secretKeyRef": {"name": BUNDLE_SECRET, "key": "token"}},
             },
         ],
-        "resources": _resources(settings, version.resources),
+        "resources": container_resources(settings, version.resources),
         "securityContext": _CONTAINER_SECURITY,
         # A failing container's last log lines become its termination message, which
         # the rollout check reports (a digest mismatch, an import error).

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes.base import VersionSpec
-from controller.runtimes.kubernetes.cluster import Cluster, Rollout
+from controller.runtimes.kubernetes.cluster import Cluster
 from controller.runtimes.kubernetes.names import label_value
 from controller.runtimes.kubernetes.render import (
     BRANCH,
@@ -60,23 +60,13 @@ from controller.runtimes.kubernetes.render import (
     render_service,
     selector_for,
 )
+from controller.runtimes.kubernetes.rollout import wait_for_rollout
 from controller.settings import KubernetesSettings
 
 log = logging.getLogger(__name__)
 
 LAST_USED = "slipway.dev/last-used"
 LAST_USED_EVERY = 60.0
-POLL_SECONDS = 2.0
-# Waiting reasons that do not pass by waiting longer.
-FATAL = (
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CrashLoopBackOff",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-)
 RESERVED = "SLIPWAY_"  # run variables Slipway sets itself: not the environment's
 
 
@@ -129,14 +119,6 @@ def worker_version(
     )
 
 
-def rolled_out(state: Rollout) -> bool:
-    return (
-        state.observed_generation >= state.generation
-        and state.updated >= state.replicas
-        and state.available >= state.replicas
-    )
-
-
 class KubernetesRuntime:
     name = "kubernetes"
 
@@ -183,7 +165,15 @@ class KubernetesRuntime:
         deployment = render_deployment(self.settings, target, version)
         self.cluster.apply(deployment)
         name = deployment["metadata"]["name"]
-        self._wait_rollout(namespace, name, version=spec.version)
+        wait_for_rollout(
+            self.cluster,
+            namespace,
+            name,
+            version=spec.version,
+            timeout=self.settings.rollout_timeout,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
         with self._lock:
             self._live[spec.version_id] = _Live(
                 namespace=namespace,
@@ -209,38 +199,6 @@ class KubernetesRuntime:
             return
         self.cluster.apply(render_env_secret(self.settings, target, values))
         self._secrets[namespace] = digest
-
-    def _wait_rollout(self, namespace: str, name: str, *, version: str) -> None:
-        deadline = self.clock() + self.settings.rollout_timeout
-        selector = selector_for(version)
-        while True:
-            state = self.cluster.rollout(namespace, name)
-            if state is not None and rolled_out(state):
-                return
-            stalled = [
-                f"{reason}: {message}"
-                for reason, message in (state.failed_conditions if state else [])
-                if reason == "ProgressDeadlineExceeded"
-            ]
-            problems = self.cluster.pod_problems(namespace, selector)
-            fatal = [p for p in problems if any(reason in p for reason in FATAL)]
-            if stalled or fatal:
-                self._fail(version, namespace, stalled + problems)
-            if self.clock() >= deadline:
-                self._fail(
-                    version,
-                    namespace,
-                    [f"not available after {self.settings.rollout_timeout:.0f}s", *problems],
-                )
-            self.sleep(POLL_SECONDS)
-
-    def _fail(self, version: str, namespace: str, reasons: list[str]) -> None:
-        unique = list(dict.fromkeys(r for r in reasons if r))
-        raise PermanentError(
-            f"version {version} did not roll out in namespace {namespace}: "
-            + "; ".join(unique[-6:] or ["no reason reported"]),
-            hint="see `kubectl -n " + namespace + " describe pods`",
-        )
 
     # -- promotion ------------------------------------------------------------------------
 
