@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import select
 
 from controller.bundles import bundle_token, known_digest, make_bundle
-from controller.deployments import find_environment, get_project
+from controller.domain.environments import find_environment
+from controller.domain.projects import get_project
 from controller.errors import NotFound, PermanentError
 from controller.models import normalise_environment
 from controller.runtimes.base import VersionSpec, host_paths

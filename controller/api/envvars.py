@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from controller.api.auth import require_admin
 from controller.api.branches import EnvTarget, env_target
 from controller.api.errors import error_responses
-from controller.deployments import get_project
+from controller.domain.projects import get_project
 from controller.secretstore.store import (
     Scope,
     decrypt_value,

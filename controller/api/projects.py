@@ -11,10 +11,10 @@ from sqlalchemy import select
 from controller.api.auth import require_admin
 from controller.api.branches import EnvTarget, env_target
 from controller.api.errors import ProjectRef, error_responses
-from controller.deployments import (
+from controller.domain.environments import find_environment
+from controller.domain.projects import (
     create_project,
     disconnect_project,
-    find_environment,
     get_project,
     project_not_deploying_reason,
     update_project,

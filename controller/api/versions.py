@@ -13,14 +13,9 @@ from sqlalchemy import select
 from controller.api.auth import require_admin
 from controller.api.branches import EnvTarget, branch_header, env_target
 from controller.api.errors import ENV_PATTERN, ProjectRef, error_responses
-from controller.deployments import (
-    DeployRequest,
-    archive_branch,
-    ensure_environment,
-    find_environment,
-    get_project,
-    request_deployment,
-)
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.environments import archive_branch, ensure_environment, find_environment
+from controller.domain.projects import get_project
 from controller.errors import InvalidInput, NotFound
 from controller.ids import new_id
 from controller.metrics import count_promotion

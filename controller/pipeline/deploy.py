@@ -60,7 +60,7 @@ from sqlalchemy.orm import Session
 from controller.builders.base import Builder
 from controller.builders.config import BuildConfig, load_config
 from controller.datadir import private_dir
-from controller.deployments import project_not_deploying_reason
+from controller.domain.projects import project_not_deploying_reason
 from controller.errors import BuildFailed, PermanentError, TemporaryError
 from controller.ids import new_id
 from controller.logs import bind_log_context

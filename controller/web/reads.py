@@ -29,7 +29,7 @@ from controller.api import envvars as api_envvars
 from controller.api import projects as api_projects
 from controller.api import versions as api_versions
 from controller.api.branches import EnvTarget, env_target
-from controller.deployments import get_project
+from controller.domain.projects import get_project
 from controller.runs import get_run
 from controller.secretstore.store import Scope, list_variables
 from controller.store.tables import Environment, Run, Version

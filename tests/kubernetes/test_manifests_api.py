@@ -37,12 +37,9 @@ from support.waiting import poll_until
 
 from controller.api.app import create_app
 from controller.bundles import bundle_token
-from controller.deployments import (
-    DeployRequest,
-    create_project,
-    ensure_environment,
-    request_deployment,
-)
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.environments import ensure_environment
+from controller.domain.projects import create_project
 from controller.runtimes.kubernetes.render import FETCH_SCRIPT
 from controller.secretstore.crypto import Cipher
 from controller.secretstore.store import Scope, set_variables

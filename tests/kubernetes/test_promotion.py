@@ -8,7 +8,8 @@ from cryptography.fernet import Fernet
 from k8s_fakes import FakeClock, FakeCluster, FakeInputs
 from sqlalchemy import select
 
-from controller.deployments import DeployRequest, create_project, request_deployment
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.projects import create_project
 from controller.errors import PermanentError
 from controller.runtimes.kubernetes.runtime import KubernetesRuntime
 from controller.secretstore.crypto import Cipher

@@ -1,8 +1,7 @@
 """``slipway kubernetes manifests``: prints what the Kubernetes runtime applies, as YAML.
 
 A thin client of ``GET /api/v1/projects/{ref}/environments/{env}/manifests`` (attached to
-the main group by :mod:`controller.cli`, helpers imported when the command runs, as in
-:mod:`controller.cli_env`). The server renders with its ``SLIPWAY_KUBERNETES_*`` settings
+the main group by :mod:`controller.cli`, helpers from :mod:`controller.cli.base`). The server renders with its ``SLIPWAY_KUBERNETES_*`` settings
 whatever its ``SLIPWAY_RUNTIME``; no cluster is needed. Users of Argo CD or Flux can
 commit the output (secret values are placeholders: see :mod:`controller.manifests`).
 """
@@ -14,11 +13,8 @@ from typing import Any
 import click
 import yaml
 
-
-def _helpers() -> Any:
-    from controller import cli
-
-    return cli
+from controller.branchnames import branch_headers
+from controller.cli import base as cli
 
 
 @click.group("kubernetes")
@@ -36,12 +32,11 @@ def kubernetes_manifests(
     ctx: click.Context, project: str, env: str, branch: str | None, version: str | None
 ) -> None:
     """Print the YAML the Kubernetes runtime applies for that environment."""
-    cli = _helpers()
     params = {"version": version} if version else {}
     objects = ctx.find_root().obj.get(
         f"/api/v1/projects/{project}/environments/{cli._env(env)}/manifests",
         params=params,
-        headers=cli.branch_headers(branch),
+        headers=branch_headers(branch),
     )
 
     def render(items: list[dict[str, Any]]) -> None:
