@@ -30,6 +30,7 @@ from controller.datadir import private_dir
 from controller.domain.projects import get_project
 from controller.errors import PermanentError
 from controller.github.auth import github_clone_auth
+from controller.leadership import make_elector
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
@@ -186,6 +187,7 @@ class Services:
                 ),
             ],
             resync_interval=settings.runtime.resync_interval,
+            elector=None if role == "web" else make_elector(settings),
         )
         self.pipeline = Pipeline(
             db=self.db,
@@ -199,6 +201,10 @@ class Services:
             clone_auth=github_clone_auth(settings),
         )
         self._started = False
+
+    @property
+    def lost_leadership(self) -> bool:  # the controller exits (see controller.leadership)
+        return self.manager.lost_leadership.is_set()
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ from controller.logs import bind_log_context
 from controller.manager import Interrupted
 from controller.models import FINAL_STATUSES
 from controller.pipeline.envvars import EnvVarsPhase
+from controller.pipeline.handover import node_id, on_node, redo_foreign_steps
 from controller.pipeline.journal import Journal
 from controller.queue import Backoff, Claimed
 from controller.runs import mask_run_result, run_environment
@@ -137,6 +138,7 @@ class Pipeline:
         self.stopping = stopping
         self.builds = data_dir / "builds"
         self.artifacts = data_dir / "artifacts"
+        self.node = node_id(data_dir)
         private_dir(self.builds)
         private_dir(self.artifacts)
 
@@ -182,6 +184,7 @@ class Pipeline:
     def _run(self, snap: Snapshot, journal: Journal) -> None:
         dep, project, env = snap.deployment, snap.project, snap.environment
         self._guard(snap)
+        redo_foreign_steps(journal, self.node)
         if dep.started_at is None:
             journal.log(
                 f"Deploying {dep.sha[:12] if dep.sha else 'an upload'} of {project.repo} to "
@@ -211,7 +214,11 @@ class Pipeline:
             )
             return {"source": "git", "sha": dep.sha}
 
-        journal.step("fetch", fetch, retry=Backoff(limit=5, min_timeout=2, max_timeout=60))
+        journal.step(
+            "fetch",
+            on_node(self.node, fetch),
+            retry=Backoff(limit=5, min_timeout=2, max_timeout=60),
+        )
 
         def materialise() -> str:
             shutil.rmtree(work, ignore_errors=True)
@@ -237,7 +244,7 @@ class Pipeline:
             )
             return {"digest": digest, "config": config.to_dict()}
 
-        checked = journal.step("checkout", do_checkout)
+        checked = journal.step("checkout", on_node(self.node, do_checkout))
         config = BuildConfig.from_dict(checked["config"])
         self._guard(snap)
 
@@ -256,7 +263,7 @@ class Pipeline:
                 build_env=build_env,
             )
 
-        env_result = journal.step("install", install, retry=Backoff(limit=1))
+        env_result = journal.step("install", on_node(self.node, install), retry=Backoff(limit=1))
         venv = Path(env_result["venv"])
         self._guard(snap)
         self._set_status(journal, dep.id, "building")
@@ -303,7 +310,7 @@ class Pipeline:
             journal.log(f"Detected {len(tasks)} tasks: {', '.join(sorted(ids)) or '(none)'}")
             return {"artifact": str(root), "tasks": tasks, "digest": digest}
 
-        built = journal.step("build", build, retry=Backoff(limit=1))
+        built = journal.step("build", on_node(self.node, build), retry=Backoff(limit=1))
         self._guard(snap)
         if config.sync_env_vars:
             self.envvars.sync(
