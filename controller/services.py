@@ -84,6 +84,24 @@ def make_runtime(settings: Settings, *, may_start: Callable[[int], str | None]) 
     )
 
 
+def make_kubernetes_runtime(
+    settings: Settings, *, db: Database, cipher: Cipher, may_start: Callable[[int], str | None]
+) -> Runtime:
+    """Both processes talk to the cluster themselves (no control channel needed): the
+    state they share lives in the cluster (see controller.runtimes.kubernetes.runtime)."""
+    from controller.manifests import StoreInputs
+    from controller.runtimes.kubernetes.client import ApiCluster
+    from controller.runtimes.kubernetes.runtime import KubernetesRuntime
+
+    return KubernetesRuntime(
+        settings.kubernetes,
+        cluster=ApiCluster.from_settings(settings.kubernetes),
+        inputs=StoreInputs(settings, db=db, cipher=cipher),
+        may_start=may_start,
+        preview_idle_timeout=settings.runtime.preview_idle_timeout,
+    )
+
+
 class Services:
     """``role``: ``all`` (everything in this process), ``web`` (HTTP: intake, API, runs;
     the controller runs in a supervised child process) or ``controller`` (that child)."""
@@ -111,7 +129,11 @@ class Services:
         self.local: LocalRuntime | None = None
         self.runtime: Runtime
         self.remote: RemoteRuntime | None = None
-        if self.control_client is not None:
+        if settings.runtime.runtime == "kubernetes":
+            self.runtime = make_kubernetes_runtime(
+                settings, db=self.db, cipher=self.cipher, may_start=functools.partial(start_refusal, self.db)
+            )
+        elif self.control_client is not None:
             self.remote = RemoteRuntime(
                 self.control_client, grace=settings.runtime.shutdown_grace_period
             )
@@ -121,7 +143,7 @@ class Services:
             self.runtime = self.local
         self.control = (
             ControlServer(data, self._control_handlers(self.local))
-            if role == "controller" and self.local is not None
+            if role == "controller"
             else None
         )
         self.source = GitSource(data / "git")
@@ -230,6 +252,8 @@ class Services:
             stop_leftover_sessions(self.settings.data_dir, keep_workers=False)
         if self.remote is not None:
             self.remote.close()
+        if self.local is None and self.remote is None:
+            self.runtime.close()  # the Kubernetes runtime: its client's connections
         self.writer.stop()
         self.db.dispose()
         if self.inbox is not None:
@@ -272,11 +296,17 @@ class Services:
 
     # -- control channel ------------------------------------------------------------------
 
-    def _control_handlers(self, runtime: LocalRuntime) -> dict[str, Handler]:
-        """What the web process may ask of the controller (see controller.runtimes.control)."""
-        return {
+    def _control_handlers(self, runtime: LocalRuntime | None) -> dict[str, Handler]:
+        """What the web process may ask of the controller (see controller.runtimes.control);
+        with another runtime than the local one, only wake-ups."""
+        wakeups: dict[str, Handler] = {
             "ping": lambda r: True,
             "notify": lambda r: self.queue.notify(r.get("kind")),
+        }
+        if runtime is None:
+            return wakeups
+        return {
+            **wakeups,
             "ensure": lambda r: runtime.ensure(spec_from_json(r["spec"])),
             "retire": lambda r: runtime.retire(int(r["version_id"])),
             "acquire": lambda r: runtime.acquire(spec_from_json(r["spec"])),

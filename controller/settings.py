@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +22,7 @@ from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller import __version__
 from controller.datadir import DIR_MODE
 
 _CONFIG = SettingsConfigDict(env_prefix="SLIPWAY_", env_file=".env", extra="ignore")
@@ -96,6 +97,37 @@ class RuntimeSettings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
 
+class KubernetesSettings(BaseSettings):
+    """``SLIPWAY_KUBERNETES_*``: read by the Kubernetes runtime and by the manifest
+    renderer (``slipway kubernetes manifests`` renders with these whatever the runtime)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLIPWAY_KUBERNETES_", env_file=".env", extra="ignore"
+    )
+
+    namespace_prefix: str = Field(default="slipway-", pattern=r"^([a-z0-9][-a-z0-9]{0,19})?$")
+    worker_image: str = f"ghcr.io/slipway-dev/slipway:{__version__}"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    replicas: int = Field(default=1, ge=1, le=100)
+    cpu_request: str = "100m"
+    memory_request: str = "256Mi"
+    cpu_limit: str | None = "1"
+    memory_limit: str | None = "1Gi"
+    # How long a rollout may take before the deployment fails (also the Deployment's
+    # progressDeadlineSeconds), and how many versions' Deployments stay per namespace.
+    rollout_timeout: float = Field(default=300.0, gt=0)
+    keep_versions: int = Field(default=3, ge=1)
+    # Outside the cluster: the kubeconfig (and its context); inside, the service account.
+    kubeconfig: Path | None = None
+    context: str | None = None
+    # Where pods fetch version bundles from (the controller as the cluster sees it);
+    # default SLIPWAY_PUBLIC_URL.
+    artifact_url: str | None = None
+    # True when Slipway runs in the cluster: runs go to the Service directly; otherwise
+    # through the API server's service proxy.
+    in_cluster: bool | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """All settings, merged. ``data_dir`` is absolute and exists once :func:`prepare` ran."""
@@ -104,6 +136,7 @@ class Settings:
     github: GitHubSettings
     security: SecuritySettings
     runtime: RuntimeSettings
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -160,10 +193,16 @@ def load_settings(**overrides: object) -> Settings:
         "github": GitHubSettings,
         "security": SecuritySettings,
         "runtime": RuntimeSettings,
+        "kubernetes": KubernetesSettings,
     }
     built = {}
     for name, model in groups.items():
-        mine = {k: v for k, v in overrides.items() if k in model.model_fields}
+        strip = "kubernetes_" if name == "kubernetes" else ""
+        mine = {
+            k[len(strip) :]: v
+            for k, v in overrides.items()
+            if k.startswith(strip) and k[len(strip) :] in model.model_fields
+        }
         built[name] = model(**mine)  # type: ignore[arg-type]
     return Settings(**built)  # type: ignore[arg-type]
 
@@ -225,7 +264,11 @@ def prepare(settings: Settings) -> tuple[Settings, list[str]]:
             )
     return (
         Settings(
-            server=server, github=settings.github, security=security, runtime=settings.runtime
+            server=server,
+            github=settings.github,
+            security=security,
+            runtime=settings.runtime,
+            kubernetes=settings.kubernetes,
         ),
         notices,
     )

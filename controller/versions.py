@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controller.errors import Conflict, InvalidInput, NotFound
-from controller.runtimes.base import Runtime, VersionSpec
+from controller.runtimes.base import ArtifactRef, Runtime, VersionSpec
 from controller.store.db import Database
 from controller.store.tables import Deployment, Environment, Project, Version, utcnow
 from controller.store.versions import (
@@ -96,14 +96,19 @@ def spec_for(session: Session, version: Version) -> VersionSpec:
     return VersionSpec(
         version_id=version.id,
         version=version.version,
-        source=Path(version.source_path),
-        venv=Path(version.venv_path),
+        artifact=ArtifactRef.on_host(
+            digest=version.artifact_digest,
+            source=Path(version.source_path),
+            venv=Path(version.venv_path),
+        ),
         tasks_dir=version.tasks_dir,
         context={
             "project": project.ref,
             "environment": env.name,
             "branch": env.branch,
             "deployment_id": version.deployment_id,
+            "environment_id": env.id,
+            "sha": version.sha,
         },
     )
 
@@ -179,6 +184,7 @@ def promote(
         old_name = old.version if old else None
         if record is not None:
             record(session, version.version, old_name)
+    runtime.activate(spec)
     if old_id and old_id != version_id:
         runtime.retire(old_id)
     return version.version, old_name

@@ -136,7 +136,7 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
         "/metrics", make_metrics_endpoint(services), methods=["GET"], include_in_schema=False
     )
 
-    from controller.api import deployments, envvars, github, projects, runs, versions
+    from controller.api import deployments, envvars, github, kubernetes, projects, runs, versions
     from controller.web import github_signin, pages
 
     app.include_router(projects.router)
@@ -144,6 +144,8 @@ def create_app(services: Any, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(versions.router)
     app.include_router(runs.router)
     app.include_router(envvars.router)
+    app.include_router(kubernetes.router)
+    app.include_router(kubernetes.bundles)
     app.include_router(github.api)
     app.include_router(github.pages)
     app.include_router(github_signin.router)

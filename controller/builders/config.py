@@ -14,7 +14,8 @@ from pathlib import Path, PurePosixPath
 
 from controller.errors import BuildFailed
 
-KNOWN_KEYS = {"tasks_dir", "install", "pre_build", "release_tasks", "sync_env_vars"}
+KNOWN_KEYS = {"tasks_dir", "install", "pre_build", "release_tasks", "sync_env_vars", "kubernetes"}
+# ``[kubernetes]`` (workers' requests and limits) is read by the Kubernetes runtime.
 
 
 @dataclass(frozen=True)

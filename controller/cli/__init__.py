@@ -8,7 +8,8 @@ runs it too). Each command is a thin, flat wrapper of one API call, grouped by c
   ``promote``, ``rollback``;
 * :mod:`~controller.cli.environments` — ``preview …``, ``environments …``, ``tasks …``;
 * :mod:`~controller.cli.env` — ``env …``, ``keys rotate``;
-* :mod:`~controller.cli.github` — ``github …``.
+* :mod:`~controller.cli.github` — ``github …``;
+* :mod:`~controller.cli.kubernetes` — ``kubernetes manifests``.
 
 Importing the modules registers their commands on :func:`~controller.cli.base.main`.
 """
@@ -19,13 +20,15 @@ from controller.cli import deployments, environments, projects, server
 from controller.cli.base import _late_global_options, main, own_invocation
 from controller.cli.env import env_group, keys_group
 from controller.cli.github import github_group
+from controller.cli.kubernetes import kubernetes_group
 
 main.add_command(env_group)
 main.add_command(keys_group)
 main.add_command(github_group)
+main.add_command(kubernetes_group)
 # Groups from other modules are plain click groups: give them and their commands the
 # global options too (--json, --token, --api-url after the command).
-for _group in (env_group, keys_group, github_group):
+for _group in (env_group, keys_group, github_group, kubernetes_group):
     for _command in (_group, *_group.commands.values()):
         _command.params.extend(_late_global_options())
 

@@ -44,7 +44,7 @@ import httpx
 
 from controller import errors
 from controller.errors import RuntimeUnavailable, SlipwayError
-from controller.runtimes.base import VersionSpec
+from controller.runtimes.base import ArtifactRef, VersionSpec
 from controller.runtimes.runcall import run_leased
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,14 @@ def _addressable(path: Path) -> Iterator[str]:
 
 
 def spec_to_json(spec: VersionSpec) -> dict[str, Any]:
-    return {**asdict(spec), "source": str(spec.source), "venv": str(spec.venv)}
+    return asdict(spec)
 
 
 def spec_from_json(data: dict[str, Any]) -> VersionSpec:
     return VersionSpec(
         version_id=int(data["version_id"]),
         version=str(data["version"]),
-        source=Path(data["source"]),
-        venv=Path(data["venv"]),
+        artifact=ArtifactRef(**data["artifact"]),
         tasks_dir=str(data["tasks_dir"]),
         context=dict(data.get("context") or {}),
         env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
@@ -259,6 +258,9 @@ class RemoteRuntime:
         self.client.call(
             "ensure", spec=spec_to_json(spec), timeout=ACQUIRE_TIMEOUT, wait=RESTART_WAIT
         )
+
+    def activate(self, spec: VersionSpec) -> None:
+        """Nothing to switch: every run names its version's worker."""
 
     def retire(self, version_id: int) -> None:
         self.client.call("retire", version_id=version_id, wait=RESTART_WAIT)

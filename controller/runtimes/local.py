@@ -195,6 +195,9 @@ class LocalRuntime:
         self.records.remove(version_id)
         return self._workers.pop(version_id, None)
 
+    def activate(self, spec: VersionSpec) -> None:
+        """Nothing to switch: every run names its version's worker."""
+
     def retire(self, version_id: int) -> None:
         with self._version_lock(version_id):
             worker = self._forget(version_id)

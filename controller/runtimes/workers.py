@@ -32,7 +32,7 @@ from typing import Any
 from controller.datadir import open_private, private_dir, write_private
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes import worker_main
-from controller.runtimes.base import VersionSpec
+from controller.runtimes.base import VersionSpec, host_paths
 from controller.runtimes.procs import kill_session, session_of
 
 log = logging.getLogger(__name__)
@@ -132,13 +132,14 @@ def spawn_worker(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``spec``'s worker in a session of its own and wait for its ready line; its
     process and port. Its stdout (after the ready line) and stderr go to its log."""
-    if not (spec.venv / "bin" / "python").exists():
-        raise PermanentError(f"the environment of version {spec.version} is missing: {spec.venv}")
+    source, venv = host_paths(spec.artifact)
+    if not (venv / "bin" / "python").exists():
+        raise PermanentError(f"the environment of version {spec.version} is missing: {venv}")
     env = {
-        "PATH": f"{spec.venv / 'bin'}:{SYSTEM_PATH}",
+        "PATH": f"{venv / 'bin'}:{SYSTEM_PATH}",
         "HOME": str(home),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "VIRTUAL_ENV": str(spec.venv),
+        "VIRTUAL_ENV": str(venv),
         "PYTHONUNBUFFERED": "1",
         **spec.env,
     }
@@ -150,12 +151,12 @@ def spawn_worker(
     try:
         proc = subprocess.Popen(
             [
-                str(spec.venv / "bin" / "python"),
+                str(venv / "bin" / "python"),
                 "-I",
                 "-B",
                 str(WORKER_MAIN),
                 "--source",
-                str(spec.source),
+                str(source),
                 "--tasks-dir",
                 spec.tasks_dir,
                 "--context-json",
@@ -167,7 +168,7 @@ def spawn_worker(
                 "--owner",
                 str(registry),
             ],
-            cwd=spec.source,
+            cwd=source,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from controller.errors import PermanentError, RuntimeUnavailable
-from controller.runtimes.base import VersionSpec
+from controller.runtimes.base import ArtifactRef, VersionSpec
 from controller.runtimes.control import ControlClient, ControlServer, RemoteRuntime, spec_from_json
 from controller.runtimes.local import WORKER_MAIN, LocalRuntime
 from controller.runtimes.procs import session_of, workers_marked
@@ -45,8 +45,7 @@ def make_spec(root: Path, version_id: int = 1) -> VersionSpec:
     return VersionSpec(
         version_id=version_id,
         version=f"20261201.{version_id}",
-        source=root,
-        venv=Path(sys.prefix),
+        artifact=ArtifactRef.on_host(digest=None, source=root, venv=Path(sys.prefix)),
         tasks_dir="tasks",
         context={"project": "demo", "environment": "production"},
     )

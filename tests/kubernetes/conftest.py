@@ -1,0 +1,3 @@
+"""Kubernetes tests: no cluster here (see /work/shared/TESTING.md). Manifests are checked
+with ``kubernetes-validate`` (the API's own schemas, strict); the runtime against a fake
+cluster at our own boundary (``FakeCluster``), and the client adapter against ``kmock``."""

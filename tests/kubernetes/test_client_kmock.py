@@ -1,0 +1,221 @@
+"""The client adapter (ApiCluster) on the wire, against kmock's emulated API server.
+
+kmock serves a Kubernetes-like HTTP API that the official client talks to. It supports
+Deployment and Secret create/read/list/delete, merge patches and status patches; it
+does not do namespaces, server-side apply that creates, label selectors or rollouts
+(see /work/shared/TESTING.md), so those are covered against the fake cluster instead.
+Objects are created here with the client itself, as a controller of the cluster would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import kmock
+import pytest
+from kubernetes import client
+
+from controller.errors import RuntimeUnavailable
+from controller.runtimes.kubernetes.client import ApiCluster
+from controller.settings import KubernetesSettings
+
+NS = "slipway-acme-production"
+LABELS = {"app.kubernetes.io/managed-by": "slipway", "slipway.dev/version-id": "1"}
+
+
+@pytest.fixture
+def emulated() -> Iterator[dict[str, Any]]:
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def serve() -> None:
+        try:
+            box["stop"] = asyncio.Event()
+            emulator = kmock.KubernetesEmulator()
+            with warnings.catch_warnings():  # kmock 0.8 reads its bundle the old way
+                warnings.filterwarnings("ignore", "read_binary is deprecated", DeprecationWarning)
+                emulator.resources.load_bundled()
+            box["emulator"] = emulator
+            async with emulator, kmock.Server(emulator) as server:
+                box["url"] = str(server.url).rstrip("/")
+                ready.set()
+                await box["stop"].wait()
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+            raise
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), name="kmock")
+    thread.start()
+    assert ready.wait(30), "kmock did not start"
+    assert "error" not in box, f"kmock did not start: {box.get('error')!r}"
+    try:
+        yield box
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(30)
+        loop.close()
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def api_url(emulated: dict[str, Any]) -> str:
+    return str(emulated["url"])
+
+
+@pytest.fixture
+def cluster(api_url: str) -> Iterator[ApiCluster]:
+    made = ApiCluster(client.Configuration(host=api_url))
+    yield made
+    made.close()
+
+
+def deployment(name: str = "worker-20261201-1") -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS, "labels": LABELS},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"slipway.dev/version": "20261201.1"}},
+            "template": {
+                "metadata": {"labels": {"slipway.dev/version": "20261201.1"}},
+                "spec": {"containers": [{"name": "worker", "image": "slipway:test"}]},
+            },
+        },
+    }
+
+
+def test_rollout_state_is_read_from_the_deployments_status(cluster: ApiCluster) -> None:
+    cluster.apps.create_namespaced_deployment(NS, deployment())
+    before = cluster.rollout(NS, "worker-20261201-1")
+    assert before is not None and before.replicas == 2 and before.available == 0
+    cluster.apps.patch_namespaced_deployment_status(
+        "worker-20261201-1",
+        NS,
+        {
+            "status": {
+                "observedGeneration": 1,
+                "updatedReplicas": 2,
+                "availableReplicas": 1,
+                "conditions": [
+                    {
+                        "type": "Progressing",
+                        "status": "False",
+                        "reason": "ProgressDeadlineExceeded",
+                        "message": "ReplicaSet has timed out progressing.",
+                    }
+                ],
+            }
+        },
+        _content_type="application/merge-patch+json",
+    )
+    after = cluster.rollout(NS, "worker-20261201-1")
+    assert after is not None
+    assert (after.observed_generation, after.updated, after.available) == (1, 2, 1)
+    assert after.failed_conditions == [
+        ("ProgressDeadlineExceeded", "ReplicaSet has timed out progressing.")
+    ]
+    assert after.labels == LABELS
+
+
+def test_missing_objects_read_as_none(cluster: ApiCluster) -> None:
+    assert cluster.rollout(NS, "nope") is None
+    assert cluster.labels_of("Deployment", NS, "nope") is None
+    cluster.delete("Deployment", NS, "nope")  # deleting what is gone is done
+
+
+def test_scale_annotate_list_and_delete_on_the_wire(cluster: ApiCluster) -> None:
+    cluster.apps.create_namespaced_deployment(NS, deployment())
+    cluster.annotate(NS, "worker-20261201-1", {"slipway.dev/last-used": "1700000000"})
+    cluster.scale(NS, "worker-20261201-1", 0)
+    [listed] = cluster.deployments(NS, {"app.kubernetes.io/managed-by": "slipway"})
+    assert (listed.namespace, listed.name, listed.replicas) == (NS, "worker-20261201-1", 0)
+    assert listed.annotations["slipway.dev/last-used"] == "1700000000"
+    assert listed.labels == LABELS
+    assert [w.name for w in cluster.deployments(None, LABELS)] == ["worker-20261201-1"]
+    cluster.delete("Deployment", NS, "worker-20261201-1")
+    assert cluster.rollout(NS, "worker-20261201-1") is None
+
+
+def test_an_apply_over_an_existing_secret_goes_through(
+    cluster: ApiCluster, emulated: dict[str, Any]
+) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "slipway-env", "namespace": NS, "labels": LABELS},
+        "data": {"API_URL": "aHR0cHM6Ly9vbmU="},
+    }
+    cluster.core.create_namespaced_secret(NS, secret)
+    cluster.apply({**secret, "data": {"API_URL": "aHR0cHM6Ly90d28="}})
+    stored = cluster.core.read_namespaced_secret("slipway-env", NS)
+    assert stored.data["API_URL"] == "aHR0cHM6Ly90d28="
+    [patch] = [r for r in list(emulated["emulator"]) if str(r.method).upper().endswith("PATCH")]
+    assert patch.params["fieldManager"] == "slipway" and patch.params["force"] == "true"
+    assert patch.headers["Content-Type"].startswith("application/apply-patch+yaml")
+
+
+def test_an_unreachable_api_server_is_a_temporary_error() -> None:
+    from support.server import free_port
+
+    dead = ApiCluster(client.Configuration(host=f"http://127.0.0.1:{free_port()}"))
+    dead.configuration.retries = 0
+    try:
+        with pytest.raises(RuntimeUnavailable):
+            dead.rollout(NS, "worker-20261201-1")
+    finally:
+        dead.close()
+
+
+def test_kubeconfig_settings_reach_the_emulated_server(api_url: str, tmp_path: Any) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+        f"clusters: [{{name: kmock, cluster: {{server: '{api_url}'}}}}]\n"
+        "users: [{name: me, user: {token: not-a-real-token}}]\n"
+        "contexts: [{name: test, context: {cluster: kmock, user: me}}]\n"
+    )
+    made = ApiCluster.from_settings(KubernetesSettings(kubeconfig=kubeconfig))
+    try:
+        assert made.configuration.host == api_url
+        assert made.rollout(NS, "nothing") is None
+    finally:
+        made.close()
+
+
+def test_slipway_runtime_kubernetes_wires_the_runtime_and_a_wakeup_only_channel(
+    api_url: str, tmp_path: Any
+) -> None:
+    from controller.runtimes.kubernetes.runtime import KubernetesRuntime
+    from controller.services import Services
+    from controller.settings import load_settings, prepare
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+        f"clusters: [{{name: kmock, cluster: {{server: '{api_url}'}}}}]\n"
+        "users: [{name: me, user: {token: not-a-real-token}}]\n"
+        "contexts: [{name: test, context: {cluster: kmock, user: me}}]\n"
+    )
+    settings, _ = prepare(
+        load_settings(
+            data_dir=tmp_path / "data", runtime="kubernetes", kubernetes_kubeconfig=kubeconfig
+        )
+    )
+    services = Services(settings, role="controller")
+    try:
+        assert isinstance(services.runtime, KubernetesRuntime)
+        assert services.local is None and services.remote is None
+        assert services.control is not None
+        assert services.runtime.serving() == set()
+    finally:
+        services.runtime.close()
+        services.db.dispose()
+        if services.inbox is not None:
+            services.inbox.close()
