@@ -19,6 +19,10 @@ deploying   release:ID   run each ``release_tasks`` entry on the new version
 deploying   promote      make it current (unless ``--skip-promotion``)
 ==========  ===========  ===============================================================
 
+The phases live in :mod:`controller.pipeline.build` (fetch to sync-env) and
+:mod:`controller.pipeline.release` (version to promote); this module orders them, guards
+between them and records the outcome.
+
 **Bookkeeping rides along**: status changes are staged in the journal and written with
 its next transaction (a step's end; the durable start of the pre-build), the version's
 number and its step commit together, and so do the promotion and its step — about one
@@ -28,18 +32,9 @@ Failures are classified: a :class:`PermanentError` fails the deployment with its
 and hint; a :class:`TemporaryError` is retried (in the step, then by the queue) until the
 attempts run out. The current version is never touched by a failed deployment.
 
-**Clone URL and credentials**: ``--clone-url`` if the project has one (fetched as is);
-else the ``clone_url`` GitHub reported in the repository's newest delivery, with an
-installation token from ``clone_auth`` (the GitHub App) as an ``http.extraHeader``; else
-``https://github.com/OWNER/NAME.git`` without credentials. A token only ever goes to the
-URL GitHub reported.
-
 **Env vars**: build steps see the build-time variables and ``sync-env`` imports what
 ``sync_env_vars`` prints (:mod:`controller.pipeline.envvars`); release tasks run with
 the variables runs see, their secrets masked in the deployment log.
-
-Over 400 lines on purpose: the phases read best as one function, in order; the details
-of steps live in their own modules (journal, env vars, builders).
 """
 
 from __future__ import annotations
@@ -48,42 +43,31 @@ import logging
 import shlex
 import shutil
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.builders.base import Builder
-from controller.builders.config import BuildConfig, load_config
 from controller.datadir import private_dir
 from controller.deployments import project_not_deploying_reason
-from controller.errors import BuildFailed, PermanentError, TemporaryError
-from controller.ids import new_id
+from controller.errors import PermanentError, TemporaryError
 from controller.logs import bind_log_context
 from controller.manager import Interrupted
 from controller.models import FINAL_STATUSES
+from controller.pipeline.build import Attempt, BuildPhases, CloneAuth, Snapshot
 from controller.pipeline.envvars import EnvVarsPhase
 from controller.pipeline.journal import Journal
-from controller.queue import Backoff, Claimed
-from controller.runs import mask_run_result, run_environment
+from controller.pipeline.release import ReleasePhases
+from controller.queue import Claimed
 from controller.runtimes.base import Runtime
 from controller.secretstore.crypto import Cipher
-from controller.sources.archive import content_digest, safe_extract
 from controller.sources.git import GitSource
 from controller.store.db import Database
-from controller.store.tables import (
-    Deployment,
-    Environment,
-    Project,
-    Repository,
-    Version,
-    utcnow,
-)
-from controller.versions import allocate_version, promote, spec_for
+from controller.store.tables import Deployment, Environment, Project, Repository, Version, utcnow
+
+__all__ = ["CloneAuth", "Pipeline", "Snapshot", "Stop"]
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +81,6 @@ class Stop(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class CloneAuth(Protocol):
-    """Credentials for a GitHub-reported clone URL (``controller.github.auth``)."""
-
-    def header_for(self, *, clone_url: str, installation_id: int | None) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    deployment: Deployment
-    project: Project
-    environment: Environment
 
 
 class Pipeline:
@@ -127,14 +98,17 @@ class Pipeline:
         clone_auth: CloneAuth | None = None,
     ) -> None:
         self.db = db
-        self.clone_auth = clone_auth
-        self.cipher = cipher
-        self.envvars = EnvVarsPhase(db=db, cipher=cipher, builder=builder, stopping=stopping)
-        self.source = source
-        self.builder = builder
         self.runtime = runtime
         self.build_timeout = build_timeout
         self.stopping = stopping
+        self.build = BuildPhases(
+            source=source,
+            builder=builder,
+            envvars=EnvVarsPhase(db=db, cipher=cipher, builder=builder, stopping=stopping),
+            stopping=stopping,
+            clone_auth=clone_auth,
+        )
+        self.release = ReleasePhases(db=db, runtime=runtime, cipher=cipher)
         self.builds = data_dir / "builds"
         self.artifacts = data_dir / "artifacts"
         private_dir(self.builds)
@@ -180,6 +154,28 @@ class Pipeline:
     # -- phases ---------------------------------------------------------------------------
 
     def _run(self, snap: Snapshot, journal: Journal) -> None:
+        run = self._start(snap, journal)
+        self._set_status(journal, snap.deployment.id, "installing")
+        self.build.fetch(run)
+        self.build.checkout(run)
+        run.guard()
+        self.build.install(run)
+        run.guard()
+        self._set_status(journal, snap.deployment.id, "building")
+        self.build.build(run)
+        run.guard()
+        self.build.sync_env(run)
+        self._set_status(journal, snap.deployment.id, "deploying")
+        self.release.number(run)
+        self.release.health(run)
+        self.release.release_tasks(run)
+        run.guard()
+        self._promote(run)
+        n = len(run.built["tasks"])
+        journal.log(f"Version {run.version} deployed with {n} detected task{'s' if n != 1 else ''}")
+        self._finish(snap, journal, "deployed", None)
+
+    def _start(self, snap: Snapshot, journal: Journal) -> Attempt:
         dep, project, env = snap.deployment, snap.project, snap.environment
         self._guard(snap)
         if dep.started_at is None:
@@ -187,247 +183,31 @@ class Pipeline:
                 f"Deploying {dep.sha[:12] if dep.sha else 'an upload'} of {project.repo} to "
                 f"{env.name}{'/' + env.branch if env.branch else ''}"
             )
-        self._set_status(journal, dep.id, "installing")
-        work = self.builds / dep.id
-        checkout = work / "src"
         clone_url, installation_id = self._clone_target(project)
+        return Attempt(
+            snap=snap,
+            journal=journal,
+            work=self.builds / dep.id,
+            artifact=self.artifacts / dep.id,
+            clone_url=clone_url,
+            installation_id=installation_id,
+            remaining=lambda: self._remaining(dep),
+            guard=lambda: self._guard(snap),
+        )
 
-        def fetch(_attempt: int) -> dict[str, Any]:
-            if dep.upload_path:
-                if not Path(dep.upload_path).is_file():
-                    raise PermanentError("the uploaded source is missing from the data dir")
-                return {"source": "upload"}
-            assert dep.sha is not None
-            auth_header = None
-            if self.clone_auth is not None and installation_id is not None:
-                auth_header = self.clone_auth.header_for(
-                    clone_url=clone_url, installation_id=installation_id
-                )
-            self.source.fetch(
-                clone_url=clone_url,
-                sha=dep.sha,
-                refs=[dep.ref] if dep.ref else [],
-                auth_header=auth_header,
-            )
-            return {"source": "git", "sha": dep.sha}
-
-        journal.step("fetch", fetch, retry=Backoff(limit=5, min_timeout=2, max_timeout=60))
-
-        def materialise() -> str:
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            if dep.upload_path:
-                safe_extract(Path(dep.upload_path), checkout)
-                return content_digest(checkout)
-            assert dep.sha is not None
-            return self.source.export(clone_url=clone_url, sha=dep.sha, dest=checkout)
-
-        def do_checkout(_attempt: int) -> dict[str, Any]:
-            digest = materialise()
-            config = load_config(
-                checkout,
-                config_path=project.config_path,
-                install_command=project.install_command,
-                pre_build_command=project.pre_build_command,
-            )
-            for warning in config.warnings:
-                journal.log(warning, level="warn")
-            journal.log(
-                f"Checked out {digest[:19]}; project root {config.root}, tasks in {config.tasks_dir}/"
-            )
-            return {"digest": digest, "config": config.to_dict()}
-
-        checked = journal.step("checkout", do_checkout)
-        config = BuildConfig.from_dict(checked["config"])
-        self._guard(snap)
-
-        def install(_attempt: int) -> dict[str, Any]:
-            if not checkout.is_dir():
-                materialise()
-            build_env, log = self.envvars.build_variables(
-                snap.deployment, snap.environment, journal
-            )
-            return self.builder.prepare(
-                checkout / config.root,
-                install=config.install,
-                log=log,
-                cancel=self.stopping,
-                timeout=self._remaining(dep),
-                build_env=build_env,
-            )
-
-        env_result = journal.step("install", install, retry=Backoff(limit=1))
-        venv = Path(env_result["venv"])
-        self._guard(snap)
-        self._set_status(journal, dep.id, "building")
-        artifact = self.artifacts / dep.id
-
-        def build(attempt: int) -> dict[str, Any]:
-            digest = checked["digest"]
-            if attempt > 1 or not checkout.is_dir():
-                journal.log("Starting the build again from a clean checkout")
-                digest = materialise()
-            if config.pre_build:
-                journal.begin_durably()  # a rerun must know the checkout may be dirty
-                build_env, log = self.envvars.build_variables(
-                    snap.deployment, snap.environment, journal
-                )
-                self.builder.pre_build(
-                    checkout / config.root,
-                    venv=venv,
-                    command=config.pre_build,
-                    log=log,
-                    cancel=self.stopping,
-                    timeout=self._remaining(dep),
-                    build_env=build_env,
-                )
-            shutil.rmtree(artifact, ignore_errors=True)
-            checkout.rename(artifact)
-            shutil.rmtree(work, ignore_errors=True)
-            root = artifact / config.root
-            tasks = self.builder.discover(
-                root,
-                venv=venv,
-                tasks_dir=config.tasks_dir,
-                timeout=120,
-                tree=None if config.pre_build else f"{digest}:{config.root}",
-                log=journal.log,
-            )
-            ids = {t["id"] for t in tasks}
-            missing = [t for t in config.release_tasks if t not in ids]
-            if missing:
-                raise BuildFailed(
-                    f"release_tasks names tasks that do not exist: {', '.join(missing)}",
-                    hint="fix release_tasks in slipway.toml",
-                )
-            journal.log(f"Detected {len(tasks)} tasks: {', '.join(sorted(ids)) or '(none)'}")
-            return {"artifact": str(root), "tasks": tasks, "digest": digest}
-
-        built = journal.step("build", build, retry=Backoff(limit=1))
-        self._guard(snap)
-        if config.sync_env_vars:
-            self.envvars.sync(
-                snap.deployment,
-                snap.environment,
-                journal,
-                command=config.sync_env_vars,
-                root=Path(built["artifact"]),
-                venv=venv,
-                timeout=lambda: min(self._remaining(dep), 600.0),
-            )
-        self._set_status(journal, dep.id, "deploying")
-
-        def number(_attempt: int) -> dict[str, Any]:
-            version = allocate_version(
-                self.db,
-                deployment=dep,
-                sha=dep.sha,
-                tasks=built["tasks"],
-                artifact_digest=built["digest"],
-                source_path=built["artifact"],
-                venv_path=str(venv),
-                tasks_dir=config.tasks_dir,
-                release_tasks=config.release_tasks,
-                record=record,
-            )
-            return {"version_id": version.id, "version": version.version}
-
-        def record(session: Session, version: Version) -> None:
-            row = session.get(Deployment, dep.id)
-            assert row is not None
-            row.version_id, row.artifact_digest = version.id, built["digest"]
-            journal.record(
-                session,
-                {"version_id": version.id, "version": version.version},
-                lines=[f"Version {version.version}"],
-            )
-
-        numbered = journal.step("version", number)
-        version_id, version = numbered["version_id"], numbered["version"]
-
-        def health(_attempt: int) -> dict[str, Any]:
-            with self.db.read() as session:
-                row = session.get(Version, version_id)
-                assert row is not None
-                spec = spec_for(session, row)
-            self.runtime.ensure(spec)
-            journal.log(f"Version {version} passed its health check")
-            return {"healthy": True}
-
-        journal.step("health", health, retry=Backoff(limit=3, min_timeout=1, max_timeout=10))
-
-        for task_id in config.release_tasks:
-            self._guard(snap)
-            journal.step(f"release:{task_id}", self._release_step(task_id, version_id, journal))
-
-        self._guard(snap)
+    def _promote(self, run: Attempt) -> None:
+        snap, journal = run.snap, run.journal
+        dep, project, env = snap.deployment, snap.project, snap.environment
+        assert run.version_id is not None
         if dep.options.get("skip_promotion"):
             branch = f" --branch {shlex.quote(env.branch)}" if env.branch else ""
             journal.log(
-                f"Not promoting {version} (--skip-promotion); promote it with `slipway promote "
-                f"{version} --project {project.ref} --env {env.name}{branch}`"
+                f"Not promoting {run.version} (--skip-promotion); promote it with `slipway "
+                f"promote {run.version} --project {project.ref} --env {env.name}{branch}`"
             )
-            self.runtime.retire(version_id)
-        else:
-
-            def promoted(session: Session, new: str, old: str | None) -> None:
-                journal.record(
-                    session,
-                    {"version": new, "previous": old},
-                    lines=[f"Promoted {new} to current" + (f" (was {old})" if old else "")],
-                )
-
-            def do_promote(_attempt: int) -> dict[str, Any]:
-                new, old = promote(self.db, self.runtime, version_id=version_id, record=promoted)
-                return {"version": new, "previous": old}
-
-            journal.step(
-                "promote", do_promote, retry=Backoff(limit=3, min_timeout=1, max_timeout=10)
-            )
-        n = len(built["tasks"])
-        journal.log(f"Version {version} deployed with {n} detected task{'s' if n != 1 else ''}")
-        self._finish(snap, journal, "deployed", None)
-
-    def _release_step(
-        self, task_id: str, version_id: int, journal: Journal
-    ) -> Callable[[int], dict[str, Any]]:
-        return lambda _attempt: self._release_task(task_id, version_id, journal)
-
-    def _release_task(self, task_id: str, version_id: int, journal: Journal) -> dict[str, Any]:
-        with self.db.read() as session:
-            row = session.get(Version, version_id)
-            assert row is not None
-            spec = spec_for(session, row)
-        journal.log(f"Running release task {task_id} on {spec.version}")
-        run_id = new_id("run")
-        with self.db.read() as session:
-            env = session.get(Environment, row.environment_id)
-            project = session.get(Project, row.project_id)
-            assert env is not None and project is not None
-            run_env, secrets = run_environment(
-                session,
-                self.cipher,
-                env,
-                project=project,
-                version=spec.version,
-                run_id=run_id,
-                task_id=task_id,
-            )
-        result = mask_run_result(
-            self.runtime.run(
-                spec, run_id=run_id, task_id=task_id, payload={}, timeout=None, env=run_env
-            ),
-            secrets,
-        )
-        for line in (result.get("logs") or "").splitlines()[-200:]:
-            journal.log(f"[{task_id}] {line}")
-        if result.get("status") != "completed":
-            error = result.get("error") or {}
-            raise PermanentError(
-                f"release task {task_id} {result.get('status')}: {error.get('message', '')}",
-                hint="the new version was not promoted; fix the task and push again",
-            )
-        return {"status": "completed"}
+            self.runtime.retire(run.version_id)
+            return
+        self.release.promote(journal, run.version_id)
 
     # -- bookkeeping ----------------------------------------------------------------------
 
