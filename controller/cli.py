@@ -26,6 +26,7 @@ from rich.table import Table
 
 from controller.branchnames import branch_headers, encode_branch
 from controller.models import FINAL_STATUSES as FINAL
+from controller.models import SETTLED_STATUSES as SETTLED
 from controller.models import normalise_environment
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -340,6 +341,19 @@ def project_options(create: bool) -> Callable[[Any], Any]:
             click.option("--config", "config_path", help="path of slipway.toml (monorepos)"),
             click.option("--install-command"),
             click.option("--pre-build-command"),
+            click.option(
+                "--promote-after",
+                "promote_after",
+                multiple=True,
+                metavar="ENV=GATE",
+                help="promote only once GATE passes: github-deployment:NAME, check-run:NAME, "
+                "kubernetes:NAMESPACE/DEPLOYMENT or manual (ENV=none removes it; repeatable)",
+            ),
+            click.option(
+                "--promotion-timeout",
+                metavar="DURATION",
+                help="how long a gated deployment waits: 90s, 30m, 2h (default 30m)",
+            ),
         ]
         if not create:
             opts.append(
@@ -374,8 +388,38 @@ def _render_project(p: dict[str, Any]) -> None:
         "status",
     ):
         console.print(f"[bold]{key}[/bold]: {p.get(key) if p.get(key) is not None else '-'}")
+    gates = p.get("promotion_gates") or {}
+    promote_after = ", ".join(f"{env}={gate}" for env, gate in sorted(gates.items()))
+    console.print(f"[bold]promote_after[/bold]: {promote_after or '- (promote at once)'}")
+    if p.get("promotion_timeout") is not None:
+        console.print(f"[bold]promotion_timeout[/bold]: {_duration(int(p['promotion_timeout']))}")
     if not p.get("deploying"):
         console.print(f"[red]not deploying:[/red] {p.get('not_deploying_reason')}")
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _project_body(fields: dict[str, Any]) -> dict[str, Any]:
+    """The API body of the project options: ``--promote-after ENV=GATE`` pairs become
+    ``promotion_gates`` (``ENV=none`` removes that environment's gate)."""
+    pairs = fields.pop("promote_after", ()) or ()
+    body = {k: v for k, v in fields.items() if v is not None}
+    gates: dict[str, str | None] = {}
+    for pair in pairs:
+        env, sep, gate = pair.partition("=")
+        if not sep or not env.strip() or not gate.strip():
+            fail(
+                f"--promote-after {pair!r}: use ENV=GATE, e.g. production=github-deployment:Production"
+            )
+        gates[_env(env.strip())] = None if gate.strip().lower() == "none" else gate.strip()
+    if gates:
+        body["promotion_gates"] = gates
+    return body
 
 
 def _warn(answer: dict[str, Any]) -> None:
@@ -393,7 +437,7 @@ def projects() -> None:
 @project_options(create=True)
 @click.pass_context
 def projects_create(ctx: click.Context, ref: str, **fields: Any) -> None:
-    body = {"ref": ref, **{k: v for k, v in fields.items() if v is not None}}
+    body = {"ref": ref, **_project_body(fields)}
     project = ctx.find_root().obj.post("/api/v1/projects", json=body)
     _warn(project)
     out(
@@ -437,7 +481,7 @@ def projects_show(ctx: click.Context, ref: str) -> None:
 @project_options(create=False)
 @click.pass_context
 def projects_update(ctx: click.Context, ref: str, **fields: Any) -> None:
-    body = {k: v for k, v in fields.items() if v is not None}
+    body = _project_body(fields)
     if not body:
         fail("nothing to update: pass at least one option (see --help)")
     project = ctx.find_root().obj.request("PATCH", f"/api/v1/projects/{ref}", json=body)
@@ -555,7 +599,7 @@ def wait_for(api: Api, deployment_id: str, *, show_logs: bool) -> dict[str, Any]
             if page["status"] != status:
                 status = page["status"]
                 spinner.update(f"[bold]{status}[/bold]")
-            if status in FINAL:
+            if status in SETTLED:
                 break
             time.sleep(0.3)
     return dict(api.get(f"/api/v1/deployments/{deployment_id}"))
@@ -631,6 +675,12 @@ def deploy(
     final = wait_for(api, dep["id"], show_logs=not _ctx_json(ctx))
     if _ctx_json(ctx):
         click.echo(json.dumps(final, indent=2))
+    elif final["status"] == "waiting":
+        console.print(
+            f"[yellow]Version[/yellow] [bold]{final['version']}[/bold] is waiting for its "
+            f"promotion gate {final.get('gate')} (until {final.get('gate_deadline')})"
+        )
+        click.echo(final["version"])
     elif final["status"] == "deployed":
         note = " (not promoted)" if skip_promotion else ""
         console.print(f"[green]Deployed version[/green] [bold]{final['version']}[/bold]{note}")
@@ -639,7 +689,7 @@ def deploy(
             command += f" --env {env}" + (f" --branch {shlex.quote(branch)}" if branch else "")
             console.print(f"Make it current with: {command}", highlight=False, markup=False)
         click.echo(final["version"])
-    if final["status"] != "deployed":
+    if final["status"] not in ("deployed", "waiting"):
         fail(f"deployment {final['id']} {final['status']}: {summarise_error(final.get('error'))}")
 
 

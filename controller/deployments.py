@@ -14,8 +14,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from controller.errors import Conflict, InvalidInput, NotFound
+from controller.gates.spec import merge_gates, parse_duration
 from controller.ids import new_id
-from controller.models import ACTIVE_STATUSES, BRANCH_PATTERN, REF_PATTERN
+from controller.models import ACTIVE_STATUSES, BRANCH_PATTERN, REF_PATTERN, WAITING
 from controller.queue import Queue
 from controller.secretstore.crypto import Cipher, key_hash, new_secret_key
 from controller.store.tables import (
@@ -40,6 +41,8 @@ PROJECT_FIELDS = (
     "config_path",
     "install_command",
     "pre_build_command",
+    "promotion_gates",
+    "promotion_timeout",
 )
 
 
@@ -74,6 +77,15 @@ def _validate_project(values: dict[str, Any]) -> None:
         raise InvalidInput("config_path must be a relative path inside the repository")
 
 
+def _normalise_gates(current: dict[str, Any] | None, values: dict[str, Any]) -> None:
+    """Gate changes merge into the current gates (``ENV: none`` removes one); a timeout
+    may be given as a duration (``30m``)."""
+    if values.get("promotion_gates") is not None:
+        values["promotion_gates"] = merge_gates(current, values["promotion_gates"])
+    if values.get("promotion_timeout") is not None:
+        values["promotion_timeout"] = parse_duration(values["promotion_timeout"])
+
+
 def create_project(session: Session, cipher: Cipher, *, ref: str, **values: Any) -> Project:
     if not REF_PATTERN.match(ref):
         raise InvalidInput(
@@ -85,6 +97,7 @@ def create_project(session: Session, cipher: Cipher, *, ref: str, **values: Any)
     if not values.get("repo"):
         raise InvalidInput("a project needs --repo OWNER/NAME")
     _validate_project(values)
+    _normalise_gates(None, values)
     existing = session.execute(select(Project).where(Project.ref == ref)).scalar_one_or_none()
     if existing is not None:
         raise Conflict(f"project {ref!r} already exists")
@@ -102,6 +115,7 @@ def update_project(session: Session, project: Project, **values: Any) -> Project
     if unknown:
         raise InvalidInput(f"unknown project fields: {', '.join(sorted(unknown))}")
     _validate_project(values)
+    _normalise_gates(project.promotion_gates, values)
     connected = values.pop("connected", None)
     for name, value in values.items():
         setattr(project, name, value)
@@ -241,6 +255,7 @@ def archive_branch(
 
 
 def cancel_queued(session: Session, environment_id: int, reason: str) -> list[str]:
+    """Cancel the environment's queued deployments, and any waiting for its gate."""
     ids = Queue.cancel(session, key=env_key(environment_id))
     if ids:
         session.execute(
@@ -248,6 +263,11 @@ def cancel_queued(session: Session, environment_id: int, reason: str) -> list[st
             .where(Deployment.id.in_(ids), Deployment.status == "queued")
             .values(status="canceled", error=reason, finished_at=utcnow())
         )
+    session.execute(
+        update(Deployment)
+        .where(Deployment.environment_id == environment_id, Deployment.status == WAITING)
+        .values(status="canceled", error=reason, finished_at=utcnow())
+    )
     return ids
 
 
@@ -306,6 +326,17 @@ def request_deployment(
             .values(
                 status="superseded",
                 error=f"superseded by {deployment.id}",
+                finished_at=utcnow(),
+            )
+        )
+    if supersede:
+        # A newer request also replaces the one waiting for its promotion gate.
+        session.execute(
+            update(Deployment)
+            .where(Deployment.environment_id == environment.id, Deployment.status == WAITING)
+            .values(
+                status="superseded",
+                error=f"superseded by {deployment.id} while waiting for its promotion gate",
                 finished_at=utcnow(),
             )
         )

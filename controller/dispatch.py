@@ -48,6 +48,7 @@ from controller.deployments import (
     request_deployment,
 )
 from controller.errors import Conflict
+from controller.gates.waiting import decide_commit
 from controller.logs import bind_log_context
 from controller.models import BRANCH_PATTERN
 from controller.queue import Backoff
@@ -402,6 +403,10 @@ class _Batch:
                 _apply_access(session, intent.change)
             elif isinstance(intent, RecordSignal):
                 _record_signal(session, intent.signal, delivery.delivery_id)
+                # A waiting deployment of that commit may be decided by it now.
+                applied.deployments += decide_commit(
+                    session, repo_lower=intent.signal.repo.lower(), sha=intent.signal.sha
+                )
         delivery.processed_at = utcnow()
         delivery.outcome = applied.outcome[:4000]
         self.results.append(applied)

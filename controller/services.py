@@ -33,6 +33,7 @@ from controller.datadir import private_dir
 from controller.deployments import orphaned_queued_deployments
 from controller.dispatch import route_pending
 from controller.errors import PermanentError
+from controller.gates.wiring import gate_poller
 from controller.github.auth import github_clone_auth
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
@@ -141,6 +142,8 @@ class Services:
                 Pool(
                     ("deploy",), self.handle_deploy, threads=settings.runtime.max_concurrent_builds
                 ),
+                # Promotion gates' decisions: short, and never behind a build slot.
+                Pool(("promote",), self.handle_deploy),
             ],
             drains=[
                 # Routing drains queued deliveries in short single-transaction batches,
@@ -151,6 +154,7 @@ class Services:
                 self.resync_deployments,
                 self.resync_runtime,
                 self.prune_deliveries,
+                gate_poller(self.db, settings, on_decision=lambda: self.queue.notify("promote")),
                 *resync_passes(
                     db=self.db,
                     cipher=self.cipher,
@@ -241,6 +245,7 @@ class Services:
             return True if moved.backlog else None
         if any(applied.deployments for applied in results):
             self.queue.notify("deploy")
+            self.queue.notify("promote")
         for applied in results:
             for env_id in applied.archived_env_ids:
                 self.retire_environment(env_id)

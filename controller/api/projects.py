@@ -67,6 +67,14 @@ class ProjectFields(BaseModel):
     config_path: str | None = None
     install_command: str | None = None
     pre_build_command: str | None = None
+    promotion_gates: dict[str, str | None] = _settable(
+        description="gates by environment: production=github-deployment:NAME, "
+        "check-run:NAME, kubernetes:NAMESPACE/DEPLOYMENT or manual; none removes one",
+        examples=[{"production": "github-deployment:Production"}],
+    )
+    promotion_timeout: JsonInt | str = _settable(
+        description="seconds, or a duration: 90s, 30m, 2h", examples=["30m"]
+    )
 
 
 class ProjectCreate(ProjectFields):

@@ -45,6 +45,7 @@ import shutil
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -53,11 +54,13 @@ from controller.builders.base import Builder
 from controller.datadir import private_dir
 from controller.deployments import project_not_deploying_reason
 from controller.errors import PermanentError, TemporaryError
+from controller.gates.waiting import PROMOTE_JOB
 from controller.logs import bind_log_context
 from controller.manager import Interrupted
-from controller.models import FINAL_STATUSES
+from controller.models import FINAL_STATUSES, WAITING
 from controller.pipeline.build import Attempt, BuildPhases, CloneAuth, Snapshot
 from controller.pipeline.envvars import EnvVarsPhase
+from controller.pipeline.gate import GatePhase
 from controller.pipeline.journal import Journal
 from controller.pipeline.release import ReleasePhases
 from controller.queue import Claimed
@@ -109,6 +112,7 @@ class Pipeline:
             clone_auth=clone_auth,
         )
         self.release = ReleasePhases(db=db, runtime=runtime, cipher=cipher)
+        self.gates = GatePhase(db=db)
         self.builds = data_dir / "builds"
         self.artifacts = data_dir / "artifacts"
         private_dir(self.builds)
@@ -125,7 +129,10 @@ class Pipeline:
         bind_log_context(deployment=snap.deployment.id, project=snap.project.ref, environment=snap.environment.branch or snap.environment.name, delivery=snap.deployment.delivery_id)  # fmt: skip
         journal = Journal(self.db, snap.deployment.id, stopping=self.stopping)
         try:
-            self._run(snap, journal)
+            if job.kind == PROMOTE_JOB:
+                self._decide(snap, journal, job.payload)
+            elif snap.deployment.status != WAITING:  # a rerun after the wait step: it waits
+                self._run(snap, journal)
         except Stop as stop:
             journal.log(stop.message, level="warn")
             self._finish(snap, journal, stop.status, stop.message)
@@ -170,9 +177,11 @@ class Pipeline:
         self.release.health(run)
         self.release.release_tasks(run)
         run.guard()
-        self._promote(run)
-        n = len(run.built["tasks"])
-        journal.log(f"Version {run.version} deployed with {n} detected task{'s' if n != 1 else ''}")
+        if self._promote(run):
+            self._deployed(snap, journal, version=run.version, tasks=len(run.built["tasks"]))
+
+    def _deployed(self, snap: Snapshot, journal: Journal, *, version: str | None, tasks: int) -> None:  # fmt: skip
+        journal.log(f"Version {version} deployed with {tasks} detected task{'s' if tasks != 1 else ''}")  # fmt: skip
         self._finish(snap, journal, "deployed", None)
 
     def _start(self, snap: Snapshot, journal: Journal) -> Attempt:
@@ -195,7 +204,8 @@ class Pipeline:
             guard=lambda: self._guard(snap),
         )
 
-    def _promote(self, run: Attempt) -> None:
+    def _promote(self, run: Attempt) -> bool:
+        """Promote, or start waiting for the environment's gate (False: it waits)."""
         snap, journal = run.snap, run.journal
         dep, project, env = snap.deployment, snap.project, snap.environment
         assert run.version_id is not None
@@ -206,8 +216,44 @@ class Pipeline:
                 f"promote {run.version} --project {project.ref} --env {env.name}{branch}`"
             )
             self.runtime.retire(run.version_id)
+            return True
+        gate = self.gates.gate_of(snap)
+        if gate is None:
+            self.release.promote(journal, run.version_id)
+            return True
+        self.gates.wait(run, gate)
+        self.runtime.retire(run.version_id)  # waiting holds no worker either
+        return False
+
+    def _decide(self, snap: Snapshot, journal: Journal, payload: dict[str, Any]) -> None:
+        """Apply a gate's decision (a ``promote`` job) to a deployment that still waits."""
+        dep = snap.deployment
+        if dep.status != WAITING or dep.version_id is None:
             return
-        self.release.promote(journal, run.version_id)
+        outcome, message = payload.get("outcome"), str(payload.get("message") or "")
+        if outcome == "pass":
+            journal.log(f"Promotion gate {dep.gate} passed: {message}")
+            self.release.promote(journal, dep.version_id)
+            self._deployed(snap, journal, version=self._version_name(dep.version_id), tasks=self._task_count(dep.version_id))  # fmt: skip
+            return
+        if outcome == "fail":
+            status = "failed"
+        else:
+            status = "timed_out"
+            message = self.gates.timeout_message(snap)
+        journal.log(message, level="error" if status == "failed" else "warn")
+        self._finish(snap, journal, status, message)
+        self.runtime.retire(dep.version_id)
+
+    def _version_name(self, version_id: int) -> str | None:
+        with self.db.read() as session:
+            row = session.get(Version, version_id)
+            return row.version if row is not None else None
+
+    def _task_count(self, version_id: int) -> int:
+        with self.db.read() as session:
+            row = session.get(Version, version_id)
+            return len(row.tasks or []) if row is not None else 0
 
     # -- bookkeeping ----------------------------------------------------------------------
 
@@ -275,7 +321,7 @@ class Pipeline:
         def write(session: Session) -> None:
             dep = session.get(Deployment, deployment_id)
             assert dep is not None
-            if dep.status in FINAL_STATUSES:
+            if dep.status in FINAL_STATUSES or dep.status == WAITING:
                 return
             dep.status = status
             if dep.started_at is None:

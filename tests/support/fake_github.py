@@ -240,6 +240,11 @@ class FakeGitHub:
         self.requests: list[tuple[str, str, str]] = []  # method, path, operationId
         self.errors: list[str] = []
         self._failures: dict[str, list[Failure]] = {}
+        # Promotion gates: the app's GitHub deployments (with their statuses) and check
+        # runs, by lowercase repository (see add_deployment, add_check_run).
+        self.deployments: dict[str, list[dict[str, Any]]] = {}
+        self.check_runs: dict[str, list[dict[str, Any]]] = {}
+        self._ids = iter(range(7_000_001, 8_000_000))
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -284,6 +289,62 @@ class FakeGitHub:
             rows.append(repo)
         self.repositories[installation_id] = rows
 
+    # -- promotion gates: what an app's pipeline reports on GitHub --------------------
+
+    def add_deployment(
+        self,
+        repo: str,
+        *,
+        sha: str,
+        environment: str,
+        states: list[str] = (),  # type: ignore[assignment]
+    ) -> int:
+        """A GitHub deployment of ``sha`` in ``environment`` with statuses ``states``."""
+        found = match("GET", "/repos/o/r/deployments")
+        assert found is not None
+        deployment = example(found[0], "200")[0]
+        deployment.update(id=next(self._ids), sha=sha, environment=environment, ref=sha)
+        deployment["statuses"] = []
+        with self._lock:
+            self.deployments.setdefault(repo.lower(), []).append(deployment)
+        for state in states:
+            self.add_deployment_status(repo, deployment["id"], state)
+        return int(deployment["id"])
+
+    def add_deployment_status(self, repo: str, deployment_id: int, state: str) -> int:
+        found = match("GET", "/repos/o/r/deployments/1/statuses")
+        assert found is not None
+        status = example(found[0], "200")[0]
+        with self._lock:
+            deployment = next(d for d in self.deployments[repo.lower()] if d["id"] == deployment_id)
+            status.update(
+                id=next(self._ids),
+                state=state,
+                environment=deployment["environment"],
+                log_url=f"https://ci.example.com/deploys/{deployment_id}/log",
+            )
+            deployment["statuses"].insert(0, status)  # GitHub lists the newest first
+        return int(status["id"])
+
+    def add_check_run(
+        self,
+        repo: str,
+        *,
+        sha: str,
+        name: str,
+        status: str = "completed",
+        conclusion: str | None = "success",
+    ) -> int:
+        found = match("GET", "/repos/o/r/commits/abc/check-runs")
+        assert found is not None
+        run = example(found[0], "200")["check_runs"][0]
+        run.update(
+            id=next(self._ids), head_sha=sha, name=name, status=status, conclusion=conclusion
+        )
+        with self._lock:
+            self.check_runs.setdefault(repo.lower(), []).append(run)
+        return int(run["id"])
+
     def fail_next(self, operation_id: str, failure: Failure, *, times: int = 1) -> None:
         with self._lock:
             self._failures.setdefault(operation_id, []).extend([failure] * times)
@@ -325,7 +386,8 @@ class FakeGitHub:
                 if status in operation.op["responses"]:
                     return int(status), {}, example(operation, status)
             return 500, {}, {"message": f"no example answer for {operation.operation_id}"}
-        status, answer = handler(self, headers, params)
+        queried = {f"?{name}": values[-1] for name, values in query.items()}
+        status, answer = handler(self, headers, {**params, **queried})
         return status, {}, answer
 
     def _app(self, headers: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
@@ -407,7 +469,53 @@ def _installation_repositories(
     return 200, {"total_count": len(repos), "repositories": repos}
 
 
+def _repo_key(params: dict[str, str]) -> str:
+    return f"{params['owner']}/{params['repo']}".lower()
+
+
+def _list_deployments(
+    fake: FakeGitHub, headers: dict[str, str], params: dict[str, str]
+) -> tuple[int, Any]:
+    if fake._installation_of(headers) is None:
+        return 401, {"message": "Bad credentials"}
+    with fake._lock:
+        rows = list(fake.deployments.get(_repo_key(params), []))
+    sha, env = params.get("?sha"), params.get("?environment")
+    rows = [d for d in rows if (sha is None or d["sha"] == sha) and (env is None or d["environment"] == env)]  # fmt: skip
+    return 200, [{k: v for k, v in d.items() if k != "statuses"} for d in reversed(rows)]
+
+
+def _list_deployment_statuses(
+    fake: FakeGitHub, headers: dict[str, str], params: dict[str, str]
+) -> tuple[int, Any]:
+    if fake._installation_of(headers) is None:
+        return 401, {"message": "Bad credentials"}
+    with fake._lock:
+        for d in fake.deployments.get(_repo_key(params), []):
+            if str(d["id"]) == params["deployment_id"]:
+                return 200, list(d["statuses"])
+    return 404, {"message": "Not Found"}
+
+
+def _list_check_runs(
+    fake: FakeGitHub, headers: dict[str, str], params: dict[str, str]
+) -> tuple[int, Any]:
+    if fake._installation_of(headers) is None:
+        return 401, {"message": "Bad credentials"}
+    name = params.get("?check_name")
+    with fake._lock:
+        rows = [
+            r
+            for r in fake.check_runs.get(_repo_key(params), [])
+            if r["head_sha"] == params["ref"] and (name is None or r["name"] == name)
+        ]
+    return 200, {"total_count": len(rows), "check_runs": rows}
+
+
 _STATEFUL = {
+    "repos/list-deployments": _list_deployments,
+    "repos/list-deployment-statuses": _list_deployment_statuses,
+    "checks/list-for-ref": _list_check_runs,
     "apps/get-authenticated": _get_app,
     "apps/list-installations": _list_installations,
     "apps/create-installation-access-token": _create_token,
