@@ -4,6 +4,7 @@ deliveries GitHub would send, signed for real."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -123,3 +124,16 @@ class Gated:
 def gated(gh_server: Server, task_repo: TaskRepo) -> Gated:
     payloads.require_node_modules()
     return Gated(gh_server, task_repo)
+
+
+def signals_and_decisions(gated: Gated) -> tuple[int, int]:
+    """Signals recorded, and decisions (promote jobs other than the deadline's) queued."""
+    db = sqlite3.connect(f"file:{gated.server.data_dir / 'slipway.db'}?mode=ro", uri=True)
+    try:
+        (signals,) = db.execute("SELECT count(*) FROM commit_signals").fetchone()
+        (decisions,) = db.execute(
+            "SELECT count(*) FROM jobs WHERE kind = 'promote' AND payload NOT LIKE '%timeout%'"
+        ).fetchone()
+    finally:
+        db.close()
+    return int(signals), int(decisions)

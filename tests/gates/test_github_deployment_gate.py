@@ -14,9 +14,8 @@ promoted by hand.
 from __future__ import annotations
 
 import json
-import sqlite3
 
-from conftest import REPO, Gated, cli
+from conftest import REPO, Gated, cli, signals_and_decisions
 from support import payloads
 from support.fake_github import FakeGitHub
 from support.waiting import scaled
@@ -57,8 +56,8 @@ def test_github_deployment_gate(gated: Gated, fake_github: FakeGitHub) -> None:
     gated.deliver("deployment_status", status(second, "slipway/production", "success"))
     # Recording a signal and deciding from it are one transaction: once all three are
     # recorded, no decision was queued.
-    gated.server.wait_for(lambda: _signals_and_decisions(gated)[0] >= 3, timeout=60)
-    assert _signals_and_decisions(gated) == (3, 0)
+    gated.server.wait_for(lambda: signals_and_decisions(gated)[0] >= 3, timeout=60)
+    assert signals_and_decisions(gated) == (3, 0)
     assert gated.deployment(second)["status"] == "waiting"
 
     # success for the commit in the gate's environment, named in another case: promoted.
@@ -97,16 +96,3 @@ def test_github_deployment_gate(gated: Gated, fake_github: FakeGitHub) -> None:
     assert gated.current() == v5
     cli(gated.server, "promote", v6, "--project", "demo", "--env", "production")
     assert gated.current() == v6 and gated.says() == "v6"
-
-
-def _signals_and_decisions(gated: Gated) -> tuple[int, int]:
-    """Signals recorded, and decisions (promote jobs other than the deadline's) queued."""
-    db = sqlite3.connect(f"file:{gated.server.data_dir / 'slipway.db'}?mode=ro", uri=True)
-    try:
-        (signals,) = db.execute("SELECT count(*) FROM commit_signals").fetchone()
-        (decisions,) = db.execute(
-            "SELECT count(*) FROM jobs WHERE kind = 'promote' AND payload NOT LIKE '%timeout%'"
-        ).fetchone()
-    finally:
-        db.close()
-    return int(signals), int(decisions)
