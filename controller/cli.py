@@ -419,6 +419,14 @@ def _project_body(fields: dict[str, Any]) -> dict[str, Any]:
         gates[_env(env.strip())] = None if gate.strip().lower() == "none" else gate.strip()
     if gates:
         body["promotion_gates"] = gates
+    if body.get("promotion_timeout") is not None:
+        from controller.errors import InvalidInput
+        from controller.gates.spec import parse_duration
+
+        try:
+            body["promotion_timeout"] = parse_duration(body["promotion_timeout"])
+        except InvalidInput as exc:
+            fail(f"--promotion-timeout: {exc.message} ({exc.hint or ''})")
     return body
 
 

@@ -5,7 +5,9 @@ preview gate holds for every preview branch) as their text, so what ``projects s
 prints is what the user typed, normalised. Decisions where the SPEC is silent:
 
 * ``github-deployment:NAME`` never names one of Slipway's own environments
-  (``slipway/…``): those are the deployments this gate must not count.
+  (``slipway/…``): those are the deployments this gate must not count. That is a
+  :class:`Conflict` (well-formed, but it contradicts what Slipway reports), not an
+  :class:`InvalidInput`.
 * ``check-run:NAME`` compares the check's name exactly, as GitHub shows it;
   GitHub environment names compare case-insensitively, as GitHub does.
 * ``kubernetes:NAMESPACE/DEPLOYMENT`` takes DNS-label names (RFC 1123).
@@ -19,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from controller.errors import InvalidInput
+from controller.errors import Conflict, InvalidInput
 from controller.models import normalise_environment
 
 KINDS = ("github-deployment", "check-run", "kubernetes", "manual")
@@ -62,7 +64,7 @@ def parse_gate(text: str) -> Gate:
     if len(target) > 255:
         raise InvalidInput("a promotion gate's name is at most 255 characters")
     if kind == "github-deployment" and target.lower().startswith("slipway/"):
-        raise InvalidInput(
+        raise Conflict(
             f"{text!r} names one of Slipway's own GitHub environments",
             hint="name the environment your app deploys to (what Vercel or your workflow creates)",
         )
