@@ -16,12 +16,16 @@ building    sync-env     run ``sync_env_vars`` in the built environment, import 
 deploying   version      number the version (one per deployment)
 deploying   health       start the version's worker and pass its health check
 deploying   release:ID   run each ``release_tasks`` entry on the new version
-deploying   promote      make it current (unless ``--skip-promotion``)
+deploying   promote      make it current (unless ``--skip-promotion``, or gated:)
+waiting     wait         start waiting for the environment's promotion gate; the job ends
+waiting     promote      a ``promote`` job, once the gate passed (:mod:`controller.gates`)
 ==========  ===========  ===============================================================
 
 The phases live in :mod:`controller.pipeline.build` (fetch to sync-env) and
-:mod:`controller.pipeline.release` (version to promote); this module orders them, guards
-between them and records the outcome.
+:mod:`controller.pipeline.release` (version to promote), :mod:`controller.pipeline.gate`
+(wait); this module orders them, guards between them and records the outcome. A job of
+kind ``promote`` applies a gate's decision to a deployment that still waits (pass: the
+journaled promote step; fail; timeout), so a decision enqueued twice promotes once.
 
 **Bookkeeping rides along**: status changes are staged in the journal and written with
 its next transaction (a step's end; the durable start of the pre-build), the version's
