@@ -22,16 +22,12 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from pathlib import Path
-
-from sqlalchemy import select
 
 from controller.builders.commands import CommandRegistry
 from controller.builders.venv import VirtualenvBuilder
 from controller.datadir import private_dir
-from controller.deployments import orphaned_queued_deployments
-from controller.dispatch import route_pending
+from controller.domain.projects import get_project
 from controller.errors import PermanentError
 from controller.gates.wiring import gate_poller
 from controller.github.auth import github_clone_auth
@@ -39,6 +35,8 @@ from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
 from controller.reconcile import resync_passes
+from controller.reconcile.deployments import prune_old_deliveries, requeue_lost_deployments
+from controller.routing import route_pending
 from controller.runtimes.base import Runtime, VersionSpec
 from controller.runtimes.control import (
     ControlClient,
@@ -57,10 +55,14 @@ from controller.store.deliveries import (
     DeliveryWriter,
     Moved,
     move_from_inbox,
-    prune_deliveries,
 )
+from controller.store.deployments import (
+    deploying_version_ids,
+)
+from controller.store.environments import environment_ids_of_project
 from controller.store.inbox import Inbox
-from controller.store.tables import Deployment, Environment, Job, Project, Version, utcnow
+from controller.store.tables import Environment, Project, Version
+from controller.store.versions import current_versions, version_ids_of_environment
 from controller.supervisor import ControllerProcess
 from controller.versions import spec_for
 
@@ -151,9 +153,11 @@ class Services:
                 Drain("route", ("route",), self.route_deliveries, pause=0.05),
             ],
             resync=[
-                self.resync_deployments,
+                lambda: requeue_lost_deployments(self.db, notify=self.queue.notify),
                 self.resync_runtime,
-                self.prune_deliveries,
+                lambda: prune_old_deliveries(
+                    self.db, days=settings.runtime.delivery_retention_days
+                ),
                 gate_poller(self.db, settings, on_decision=lambda: self.queue.notify("promote")),
                 *resync_passes(
                     db=self.db,
@@ -299,72 +303,23 @@ class Services:
 
     def retire_environment(self, env_id: int) -> None:
         with self.db.read() as session:
-            ids = (
-                session.execute(select(Version.id).where(Version.environment_id == env_id))
-                .scalars()
-                .all()
-            )
+            ids = version_ids_of_environment(session, env_id)
         for version_id in ids:
             self.runtime.retire(version_id)
 
     def after_disconnect(self, ref: str) -> None:
         with self.db.read() as session:
-            project = session.execute(select(Project).where(Project.ref == ref)).scalar_one()
-            env_ids = (
-                session.execute(select(Environment.id).where(Environment.project_id == project.id))
-                .scalars()
-                .all()
-            )
+            env_ids = environment_ids_of_project(session, get_project(session, ref).id)
         for env_id in env_ids:
             self.retire_environment(env_id)
-
-    def resync_deployments(self) -> None:
-        """Active deployments without a live job get one (their job was lost or gave up)."""
-        with self.db.transaction() as session:
-            for dep in orphaned_queued_deployments(session):
-                last = session.execute(
-                    select(Job).where(Job.deployment_id == dep.id).order_by(Job.id.desc()).limit(1)
-                ).scalar_one_or_none()
-                if last is not None and last.status == "failed":
-                    dep.status = "failed"
-                    dep.error = dep.error or f"gave up: {last.last_error}"
-                    dep.finished_at = utcnow()
-                    continue
-                log.info("resync: re-queueing deployment %s", dep.id)
-                Queue.add(
-                    session, kind="deploy", key=f"env:{dep.environment_id}", deployment_id=dep.id
-                )
-        self.queue.notify()
-
-    def prune_deliveries(self) -> None:
-        """Delivery bodies and finished routing jobs older than the retention go."""
-        days = self.settings.runtime.delivery_retention_days
-        emptied, removed = prune_deliveries(self.db, older_than=timedelta(days=days))
-        if emptied or removed:
-            log.info(
-                "retention (%g days): dropped %d delivery bodies, %d routing jobs",
-                days,
-                emptied,
-                removed,
-            )
 
     def resync_runtime(self) -> None:
         """Current versions serve (previews only while they have runs: they scale to
         zero); archived or idle non-current versions stop."""
         with self.db.read() as session:
-            rows = session.execute(
-                select(Environment, Version)
-                .join(Version, Version.id == Environment.current_version_id)
-                .join(Project, Project.id == Environment.project_id)
-                .where(Environment.status == "active", Project.disconnected_at.is_(None))
-            ).all()
+            rows = current_versions(session)
             specs = [spec_for(session, version) for _env, version in rows]
-            deploying = session.execute(
-                select(Deployment.version_id).where(
-                    Deployment.status == "deploying", Deployment.version_id.is_not(None)
-                )
-            ).scalars()
-            busy = {version_id for version_id in deploying if version_id is not None}
+            busy = deploying_version_ids(session)
         wanted = {spec.version_id for spec in specs}
         # A preview scaled to zero stays stopped until its next run; production and
         # staging always serve. Health checks run in parallel, bounded.

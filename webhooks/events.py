@@ -204,7 +204,7 @@ class InstallationChange:
         if event == "installation":
             repos = _repos(payload, "repositories")
             # suspend/unsuspend list no repositories: the installation's flag changes, and
-            # each repository keeps its own access (see controller.dispatch).
+            # each repository keeps its own access (see controller.routing.access).
             added = repos if action in ("created", "new_permissions_accepted") else []
             removed = repos if action == "deleted" else []
         else:

@@ -10,7 +10,8 @@ from sqlalchemy import select
 from controller.api.auth import require_admin
 from controller.api.branches import branch_header
 from controller.api.errors import ProjectRef, error_responses
-from controller.deployments import find_environment, get_project
+from controller.domain.environments import find_environment
+from controller.domain.projects import get_project
 from controller.errors import NotFound
 from controller.models import normalise_environment
 from controller.store.tables import Deployment, DeploymentLog, DeploymentStep, Environment

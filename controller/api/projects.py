@@ -9,19 +9,19 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
-from controller.api.branches import branch_header
-from controller.api.errors import EnvName, ProjectRef, error_responses
-from controller.deployments import (
+from controller.api.branches import EnvTarget, env_target
+from controller.api.errors import ProjectRef, error_responses
+from controller.domain.environments import find_environment
+from controller.domain.projects import (
     create_project,
     disconnect_project,
-    find_environment,
     get_project,
     project_not_deploying_reason,
     update_project,
 )
 from controller.errors import SourceNotFound, SourceUnavailable
 from controller.gates.spec import MAX_TIMEOUT, MIN_TIMEOUT
-from controller.models import BRANCH_PATTERN, REF_PATTERN, normalise_environment
+from controller.models import BRANCH_PATTERN, REF_PATTERN
 from controller.store.tables import Environment, Event, Project
 from controller.views import environment_view, event_view, project_view, version_strings
 
@@ -192,19 +192,13 @@ def list_environments(request: Request, ref: ProjectRef) -> list[dict[str, Any]]
 
 @router.get("/projects/{ref}/environments/{env}/secret-key")
 def get_secret_key(
-    request: Request,
-    ref: ProjectRef,
-    env: EnvName,
-    x_slipway_branch: str | None = Depends(branch_header),
-    branch: str | None = Query(default=None),
+    request: Request, target: Annotated[EnvTarget, Depends(env_target)]
 ) -> dict[str, Any]:
     """The environment's secret key (``sk_…``), for triggering runs. Shown on purpose."""
     services = _services(request)
-    name = normalise_environment(env)
     with services.db.read() as session:
-        project = get_project(session, ref)
-        target = branch or x_slipway_branch
-        if name == "preview" and not target:
+        project = get_project(session, target.ref)
+        if target.env == "preview" and not target.branch:
             environment = session.execute(
                 select(Environment).where(
                     Environment.project_id == project.id,
@@ -213,7 +207,7 @@ def get_secret_key(
                 )
             ).scalar_one()
         else:
-            environment = find_environment(session, project, name, target)
+            environment = find_environment(session, project, target.env, target.branch)
         return {
             "environment": environment.name,
             "branch": environment.branch,

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from controller.api.auth import require_admin
-from controller.api.branches import branch_header
-from controller.api.errors import ENV_PATTERN, EnvName, ProjectRef, error_responses
-from controller.deployments import (
-    DeployRequest,
-    archive_branch,
-    ensure_environment,
-    find_environment,
-    get_project,
-    request_deployment,
-)
+from controller.api.branches import EnvTarget, branch_header, env_target
+from controller.api.errors import ENV_PATTERN, ProjectRef, error_responses
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.environments import archive_branch, ensure_environment, find_environment
+from controller.domain.projects import get_project
 from controller.errors import InvalidInput, NotFound
 from controller.ids import new_id
 from controller.metrics import count_promotion
@@ -53,24 +48,23 @@ class PromoteBody(BaseModel):
     version: str = Field(pattern=r"^[0-9]+(\.[0-9]+)*$", examples=["20260101.2"])
 
 
-def _env(session: Any, ref: str, env: str, branch: str | None) -> tuple[Any, Environment]:
-    project = get_project(session, ref)
-    name = normalise_environment(env)
-    if name == "preview" and not branch:
+Target = Annotated[EnvTarget, Depends(env_target)]
+
+
+def _env(session: Any, target: EnvTarget) -> tuple[Any, Environment]:
+    project = get_project(session, target.ref)
+    if target.env == "preview" and not target.branch:
         raise NotFound(NO_PREVIEW_BRANCH)
-    return project, find_environment(session, project, name, branch)
+    return project, find_environment(session, project, target.env, target.branch)
 
 
 @router.get("/projects/{ref}/environments/{env}/versions")
 def list_versions(
     request: Request,
-    ref: ProjectRef,
-    env: EnvName,
-    branch: str | None = None,
-    x_slipway_branch: str | None = Depends(branch_header),
+    target: Target,
 ) -> list[dict[str, Any]]:
     with request.app.state.services.db.read() as session:
-        _project, environment = _env(session, ref, env, branch or x_slipway_branch)
+        _project, environment = _env(session, target)
         rows = (
             session.execute(
                 select(Version)
@@ -89,14 +83,11 @@ def list_versions(
 @router.get("/projects/{ref}/environments/{env}/tasks")
 def list_tasks(
     request: Request,
-    ref: ProjectRef,
-    env: EnvName,
-    branch: str | None = None,
+    target: Target,
     version: str | None = None,
-    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     with request.app.state.services.db.read() as session:
-        _project, environment = _env(session, ref, env, branch or x_slipway_branch)
+        _project, environment = _env(session, target)
         if version:
             row = session.execute(
                 select(Version).where(
@@ -114,10 +105,10 @@ def list_tasks(
         return {"version": row.version, "tasks": row.tasks}
 
 
-def _promote(request: Request, ref: str, env: str, branch: str | None, pick: Any) -> dict[str, Any]:
+def _promote(request: Request, target: EnvTarget, pick: Any) -> dict[str, Any]:
     services = request.app.state.services
     with services.db.read() as session:
-        _project, environment = _env(session, ref, env, branch)
+        _project, environment = _env(session, target)
         version = pick(session, environment)
         version_id = version.id
     new, old = promote(services.db, services.runtime, version_id=version_id)
@@ -131,17 +122,12 @@ def _promote(request: Request, ref: str, env: str, branch: str | None, pick: Any
 @count_promotion("promote")
 def post_promote(
     request: Request,
-    ref: ProjectRef,
-    env: EnvName,
+    target: Target,
     body: PromoteBody,
-    branch: str | None = None,
-    x_slipway_branch: str | None = Depends(branch_header),
 ) -> dict[str, Any]:
     return _promote(
         request,
-        ref,
-        env,
-        branch or x_slipway_branch,
+        target,
         lambda session, environment: promotable(session, environment, body.version),
     )
 
@@ -150,16 +136,11 @@ def post_promote(
 @count_promotion("rollback")
 def post_rollback(
     request: Request,
-    ref: ProjectRef,
-    env: EnvName,
-    branch: str | None = None,
-    x_slipway_branch: str | None = Depends(branch_header),
+    target: Target,
 ) -> dict[str, Any]:
     return _promote(
         request,
-        ref,
-        env,
-        branch or x_slipway_branch,
+        target,
         lambda session, environment: promotable(
             session, environment, previous_version(session, environment).version
         ),

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.deployments import env_key
+from controller.domain.environments import env_key
 from controller.gates.decide import Decision, decide
 from controller.gates.spec import Gate, parse_gate
 from controller.models import WAITING

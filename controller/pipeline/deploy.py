@@ -56,7 +56,7 @@ from sqlalchemy.orm import Session
 
 from controller.builders.base import Builder
 from controller.datadir import private_dir
-from controller.deployments import project_not_deploying_reason
+from controller.domain.projects import project_not_deploying_reason
 from controller.errors import PermanentError, TemporaryError
 from controller.gates.waiting import PROMOTE_JOB
 from controller.logs import bind_log_context

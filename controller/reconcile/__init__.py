@@ -9,8 +9,11 @@ Webhook deliveries only make things happen sooner; these passes make them happen
 * storage retention (:mod:`controller.store.retention`) — finished jobs, old deployment
   logs and old run logs go, so the database stays bounded.
 
-The passes that re-queue lost deployments and reconcile the runtime still live in
-:mod:`controller.services`; they move here once its restructuring settles.
+* :mod:`~controller.reconcile.deployments` — deployments that lost their job get one
+  again; webhook deliveries past their retention go.
+
+The pass that reconciles the runtime (which workers serve) still lives in
+:mod:`controller.services`, as it holds the runtime this package may not import.
 """
 
 from __future__ import annotations

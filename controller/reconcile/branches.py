@@ -12,7 +12,7 @@ each object, once per resync (``SLIPWAY_RESYNC_INTERVAL``, jittered by the manag
    by ``timeout``. A call that fails or runs out of time changes nothing: one log line,
    no deployment, no archive. A branch the source does not have is left alone too.
 3. **Compare and request**: a head the environment has never attempted (in any status,
-   queued included) is requested through :func:`controller.dispatch.apply_deploy`, the
+   queued included) is requested through :func:`controller.domain.deployments.apply_deploy`, the
    function a routed push goes through, with source ``resync``. That function holds the
    rule for both paths — a tracked-branch commit deploys at most once per environment —
    so a delivery that arrives after the resync deployed its commit (or the resync after a
@@ -37,15 +37,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import select
-
-from controller.deployments import attempted_deployment, project_not_deploying_reason
-from controller.dispatch import Applied, apply_deploy
+from controller.domain.deployments import Applied, apply_deploy
+from controller.domain.projects import project_not_deploying_reason
 from controller.errors import SlipwayError
 from controller.secretstore.crypto import Cipher
 from controller.sources.base import Resolved, Source
 from controller.store.db import Database
-from controller.store.tables import Environment, Project
+from controller.store.deployments import attempted_deployment
+from controller.store.environments import environment_id_by_key
+from controller.store.projects import connected_projects_with_clone_url
+from controller.store.tables import Project
 from webhooks.routing import Deploy
 
 log = logging.getLogger(__name__)
@@ -128,11 +129,7 @@ class BranchPass:
         targets: list[Tracked] = []
         sources: dict[int, Source] = {}
         with self.db.read() as session:
-            projects = session.execute(
-                select(Project)
-                .where(Project.disconnected_at.is_(None), Project.clone_url.is_not(None))
-                .order_by(Project.id)
-            ).scalars()
+            projects = connected_projects_with_clone_url(session)
             for project in projects:
                 if not project.clone_url or project_not_deploying_reason(session, project):
                     continue
@@ -162,13 +159,7 @@ class BranchPass:
                 head = heads.get(target.key)
                 if head is None:
                     continue  # no such branch at the source, or it did not answer
-                env_id = session.execute(
-                    select(Environment.id).where(
-                        Environment.project_id == target.project_id,
-                        Environment.name == target.environment,
-                        Environment.branch_key == "",
-                    )
-                ).scalar_one_or_none()
+                env_id = environment_id_by_key(session, target.project_id, target.environment, "")
                 if env_id is None or attempted_deployment(session, env_id, head.sha) is None:
                     out.append(target)
         return out

@@ -1,4 +1,10 @@
-"""SQLAlchemy tables. One row type per concept; the queries live next to their callers.
+"""SQLAlchemy tables. One row type per concept; the queries live in the query functions
+of the sibling modules (:mod:`~controller.store.projects`,
+:mod:`~controller.store.environments`, :mod:`~controller.store.deployments`,
+:mod:`~controller.store.routejobs`, …).
+
+The file is over 400 lines on purpose: it is the whole schema, one ``MetaData`` that the
+migrations are checked against, and its foreign keys and indexes read best side by side.
 
 Times are stored as UTC and always come back timezone-aware (SQLite forgets the zone, so
 :class:`UTCDateTime` puts it back). JSON columns hold small documents only (task lists,

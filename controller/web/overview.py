@@ -25,7 +25,7 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
-from controller.deployments import get_project, project_not_deploying_reason
+from controller.domain.projects import get_project, project_not_deploying_reason
 from controller.store.tables import Deployment, Environment, Event, Version
 from controller.views import (
     deployments_view,

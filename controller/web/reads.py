@@ -28,7 +28,8 @@ from controller.api import deployments as api_deployments
 from controller.api import envvars as api_envvars
 from controller.api import projects as api_projects
 from controller.api import versions as api_versions
-from controller.deployments import get_project
+from controller.api.branches import EnvTarget, env_target
+from controller.domain.projects import get_project
 from controller.runs import get_run
 from controller.secretstore.store import Scope, list_variables
 from controller.store.tables import Environment, Run, Version
@@ -85,24 +86,23 @@ def deployment_logs(request: Request, deployment_id: str, after: int = 0) -> dic
     return api_deployments.get_logs(request, deployment_id, after=after)
 
 
+def _target(ref: str, env: str, branch: str | None) -> EnvTarget:
+    return env_target(ref, env, branch=branch, x_slipway_branch=None)
+
+
 def versions(request: Request, ref: str, env: str, branch: str | None) -> list[dict[str, Any]]:
-    return api_versions.list_versions(request, ref, env, branch=branch, x_slipway_branch=None)
+    return api_versions.list_versions(request, _target(ref, env, branch))
 
 
 def rollback(request: Request, ref: str, env: str, branch: str | None) -> dict[str, Any]:
-    return api_versions.post_rollback(request, ref, env, branch=branch, x_slipway_branch=None)
+    return api_versions.post_rollback(request, _target(ref, env, branch))
 
 
 def promote(
     request: Request, ref: str, env: str, *, branch: str | None, version: str
 ) -> dict[str, Any]:
     return api_versions.post_promote(
-        request,
-        ref,
-        env,
-        api_versions.PromoteBody(version=version),
-        branch=branch,
-        x_slipway_branch=None,
+        request, _target(ref, env, branch), api_versions.PromoteBody(version=version)
     )
 
 

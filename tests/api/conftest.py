@@ -17,7 +17,8 @@ from support import payloads
 from support.repos import TaskRepo
 from support.server import Server
 
-from controller.deployments import DeployRequest, create_project, request_deployment
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.projects import create_project
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 from controller.store.tables import Environment, Version

@@ -29,7 +29,7 @@ UNBOUNDED = 2**62
 DRAIN = """
 import resource, sys, time
 from cryptography.fernet import Fernet
-from controller.dispatch import route_pending
+from controller.routing import route_pending
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 from controller.store.deliveries import move_from_inbox
@@ -53,7 +53,7 @@ def prepare(root: Path, *, count: int, size: int) -> str:
     from cryptography.fernet import Fernet
     from support import payloads
 
-    from controller.deployments import create_project
+    from controller.domain.projects import create_project
     from controller.secretstore.crypto import Cipher
     from controller.store.db import Database
     from controller.store.inbox import Entry, Inbox

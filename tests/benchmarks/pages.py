@@ -37,7 +37,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from support.server import Server  # noqa: E402
 
-from controller.deployments import ensure_environment, get_project  # noqa: E402
+from controller.domain.environments import ensure_environment  # noqa: E402
+from controller.domain.projects import get_project  # noqa: E402
 from controller.ids import new_id  # noqa: E402
 from controller.secretstore.crypto import Cipher  # noqa: E402
 from controller.store.db import Database  # noqa: E402

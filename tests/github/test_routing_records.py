@@ -8,8 +8,8 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 from support import payloads
 
-from controller.deployments import create_project
-from controller.dispatch import route_pending
+from controller.domain.projects import create_project
+from controller.routing import route_pending
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 from controller.store.deliveries import route_key

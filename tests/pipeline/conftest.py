@@ -9,13 +9,9 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy.orm import Session
 
-from controller.deployments import (
-    DeployRequest,
-    create_project,
-    find_environment,
-    get_project,
-    request_deployment,
-)
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.environments import find_environment
+from controller.domain.projects import create_project, get_project
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 

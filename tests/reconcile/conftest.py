@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from controller.deployments import create_project
+from controller.domain.projects import create_project
 from controller.reconcile.branches import BranchPass, Repo
 from controller.secretstore.crypto import Cipher
 from controller.sources.base import Resolved, Source

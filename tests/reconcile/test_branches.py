@@ -12,15 +12,12 @@ from conftest import SHA_A, SHA_B, Sources
 from sqlalchemy import select
 from support import payloads
 
-from controller.deployments import (
-    DeployRequest,
-    find_environment,
-    get_project,
-    request_deployment,
-)
-from controller.dispatch import route_pending
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.environments import find_environment
+from controller.domain.projects import get_project
 from controller.errors import SourceNotFound, SourceUnavailable
 from controller.reconcile.branches import BranchPass
+from controller.routing import route_pending
 from controller.secretstore.crypto import Cipher
 from controller.sources.base import Resolved
 from controller.store.db import Database

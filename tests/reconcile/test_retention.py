@@ -9,7 +9,8 @@ from itertools import count
 
 from sqlalchemy import func, select
 
-from controller.deployments import find_environment, get_project
+from controller.domain.environments import find_environment
+from controller.domain.projects import get_project
 from controller.store.db import Database
 from controller.store.retention import (
     RetentionPolicy,

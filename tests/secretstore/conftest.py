@@ -6,7 +6,8 @@ import base64
 
 import pytest
 
-from controller.deployments import create_project, ensure_environment
+from controller.domain.environments import ensure_environment
+from controller.domain.projects import create_project
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 

@@ -7,7 +7,8 @@ import base64
 import pytest
 from sqlalchemy import select, text
 
-from controller.deployments import find_environment, get_project
+from controller.domain.environments import find_environment
+from controller.domain.projects import get_project
 from controller.errors import InvalidInput, NotFound, PermanentError
 from controller.secretstore.crypto import Cipher
 from controller.secretstore.store import (

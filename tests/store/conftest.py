@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet
 
-from controller.deployments import create_project
+from controller.domain.projects import create_project
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 

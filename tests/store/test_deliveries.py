@@ -19,9 +19,9 @@ from sqlalchemy.exc import DBAPIError
 from support.payloads import body_of, push
 from support.waiting import scaled
 
-from controller.deployments import env_key
-from controller.dispatch import process_delivery
+from controller.domain.environments import env_key
 from controller.errors import InvalidInput, TemporaryError
+from controller.routing import process_delivery
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 from controller.store.deliveries import (

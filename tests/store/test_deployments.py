@@ -6,16 +6,17 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from controller.deployments import (
-    DeployRequest,
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.environments import (
     archive_branch,
-    create_project,
-    disconnect_project,
     ensure_environment,
     env_key,
     find_environment,
+)
+from controller.domain.projects import (
+    create_project,
+    disconnect_project,
     project_not_deploying_reason,
-    request_deployment,
 )
 from controller.errors import Conflict, InvalidInput
 from controller.secretstore.crypto import Cipher, key_hash

@@ -12,9 +12,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from support import payloads
 
-from controller import dispatch
-from controller.deployments import create_project
-from controller.dispatch import route_pending
+from controller.domain.projects import create_project
+from controller.routing import apply as routing_apply
+from controller.routing import route_pending
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 from controller.store.deliveries import route_key
@@ -174,14 +174,14 @@ def test_routing_that_raises_fails_its_delivery_alone(
     """Issue 14: a delivery whose routing raises unexpectedly is recorded and logged; its
     batch neighbours are routed in the same pass."""
     cipher = _setup(database)
-    real_route = dispatch.route
+    real_route = routing_apply.route
 
     def route(event: str, payload: dict[str, Any], views: Any) -> Any:
         if payload.get("after") == "2" * 40:
             raise KeyError("a bug")
         return real_route(event, payload, views)
 
-    monkeypatch.setattr(dispatch, "route", route)
+    monkeypatch.setattr(routing_apply, "route", route)
     _queue_bodies(
         database,
         [("push", _push_with(after=f"{n}" * 40)) for n in (1, 2, 3)],
@@ -204,14 +204,14 @@ def test_a_batch_that_fails_to_apply_routes_the_rest_one_by_one(
     the deliveries after it in the batch are routed at once. Once its attempts run out it
     is recorded ``failed``: every delivery ends with an outcome."""
     cipher = _setup(database)
-    real_apply = dispatch.apply_deploy
+    real_apply = routing_apply.apply_deploy
 
     def apply(session: Any, cipher: Any, project: Any, intent: Any, *args: Any, **kw: Any) -> None:
         if intent.sha == "2" * 40:
             raise OperationalError("INSERT", {}, Exception("disk I/O error"))
         real_apply(session, cipher, project, intent, *args, **kw)
 
-    monkeypatch.setattr(dispatch, "apply_deploy", apply)
+    monkeypatch.setattr(routing_apply, "apply_deploy", apply)
     opened = payloads.pull_request(action="opened", repo=REPO, head_sha="2" * 40)
     _queue_bodies(
         database,

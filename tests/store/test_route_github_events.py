@@ -1,6 +1,6 @@
 """Applying the GitHub events of issue 10: a deleted branch's preview, deployment statuses
 and check runs recorded for promotion gates, and suspended installations. Real payloads,
-routed through :func:`controller.dispatch.route_pending` into a real database."""
+routed through :func:`controller.routing.route_pending` into a real database."""
 
 from __future__ import annotations
 
@@ -13,15 +13,10 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 from support import payloads
 
-from controller.deployments import (
-    DeployRequest,
-    create_project,
-    ensure_environment,
-    find_environment,
-    project_not_deploying_reason,
-    request_deployment,
-)
-from controller.dispatch import route_pending
+from controller.domain.deployments import DeployRequest, request_deployment
+from controller.domain.environments import ensure_environment, find_environment
+from controller.domain.projects import create_project, project_not_deploying_reason
+from controller.routing import route_pending
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
 from controller.store.deliveries import route_key

@@ -15,7 +15,7 @@ import pytest
 from benchmarks.pages import seed_database
 from sqlalchemy import event, select, update
 
-from controller.deployments import create_project
+from controller.domain.projects import create_project
 from controller.errors import Conflict
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database

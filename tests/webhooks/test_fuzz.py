@@ -414,7 +414,7 @@ def test_fuzzed_deliveries_get_no_5xx_and_every_accepted_one_an_outcome(fuzzed: 
     )
     assert deployment["environment"] == "production"
     log = fuzzed.log_path.read_text(errors="replace")
-    assert " ERROR webhooks." not in log and " ERROR controller.dispatch" not in log, log
+    assert " ERROR webhooks." not in log and " ERROR controller.routing" not in log, log
     print(
         f"fuzz: {len(results) + len(raw)} requests sent in {sent:.1f} s, {len(accepted)} "
         f"accepted, all with an outcome after {drained_after:.1f} s, "

@@ -1,7 +1,7 @@
 """``slipway github setup|status``: thin clients of ``/api/v1/github``.
 
-Attached to the main group by :mod:`controller.cli` (helpers imported when a command
-runs, as in :mod:`controller.cli_env`). Nothing here sees a secret of the App: the
+Attached to the main group by :mod:`controller.cli` (helpers from
+:mod:`controller.cli.base`). Nothing here sees a secret of the App: the
 server keeps them, and its answers never carry them.
 """
 
@@ -11,11 +11,7 @@ from typing import Any
 
 import click
 
-
-def _helpers() -> Any:
-    from controller import cli
-
-    return cli
+from controller.cli import base as cli
 
 
 @click.group("github")
@@ -28,7 +24,6 @@ def github_group() -> None:
 @click.pass_context
 def github_setup(ctx: click.Context, org: str | None) -> None:
     """Print a one-time URL (10 minutes) of the page that creates the GitHub App."""
-    cli = _helpers()
     answer = ctx.find_root().obj.post("/api/v1/github/setup", json={"org": org})
 
     def render(a: dict[str, Any]) -> None:
@@ -42,7 +37,6 @@ def github_setup(ctx: click.Context, org: str | None) -> None:
 @click.pass_context
 def github_status(ctx: click.Context) -> None:
     """The App, its installations and their repositories."""
-    cli = _helpers()
     answer = ctx.find_root().obj.get("/api/v1/github/status")
 
     def render(a: dict[str, Any]) -> None:

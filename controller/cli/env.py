@@ -1,9 +1,7 @@
 """``slipway env …`` and ``slipway keys rotate``: thin clients of the env var API.
 
-Attached to the main group by :mod:`controller.cli`. The helpers of ``controller.cli``
-are imported when a command runs, not at import time: ``python -m controller.cli`` runs
-that module as ``__main__``, and importing it back from here at load time would be
-circular.
+Attached to the main group by :mod:`controller.cli`; the shared helpers come from
+:mod:`controller.cli.base`.
 
 A value given on the command line lands in the shell's history and in ``ps``: ``env set
 NAME`` (no ``=``) reads the value from stdin instead, which is the way to set a secret.
@@ -18,16 +16,10 @@ from typing import Any
 import click
 
 from controller.branchnames import branch_headers
-
-
-def _helpers() -> Any:
-    from controller import cli
-
-    return cli
+from controller.cli import base as cli
 
 
 def _target(env: str, branch: str | None) -> tuple[str, dict[str, str]]:
-    cli = _helpers()
     name = cli._env(env)
     if branch and name != "preview":
         cli.fail(f"--branch goes with --env preview, not {name}")
@@ -52,7 +44,6 @@ def env_group() -> None:
 @click.pass_context
 def env_list(ctx: click.Context, project: str, env: str, branch: str | None) -> None:
     """Names, secret, fork-safe, source, who and when (values: `env get`)."""
-    cli = _helpers()
     name, headers = _target(env, branch)
     rows = ctx.find_root().obj.get(f"/api/v1/projects/{project}/envvars/{name}", headers=headers)
     columns = ["name", "secret", "fork_safe", "source", "updated_by", "updated_at"]
@@ -65,7 +56,6 @@ def env_list(ctx: click.Context, project: str, env: str, branch: str | None) -> 
 @click.pass_context
 def env_get(ctx: click.Context, name: str, project: str, env: str, branch: str | None) -> None:
     """Print a variable's value (refused for a secret: its value is write-only)."""
-    cli = _helpers()
     target, headers = _target(env, branch)
     row = ctx.find_root().obj.get(
         f"/api/v1/projects/{project}/envvars/{target}/{name}", headers=headers
@@ -93,7 +83,6 @@ def env_set(
     fork_safe: bool | None,
 ) -> None:
     """Set NAME=VALUE (several at once); NAME alone reads its value from stdin."""
-    cli = _helpers()
     target, headers = _target(env, branch)
     values: dict[str, str] = {}
     from_stdin = [a for a in assignments if "=" not in a]
@@ -119,7 +108,6 @@ def env_set(
 @_common
 @click.pass_context
 def env_unset(ctx: click.Context, name: str, project: str, env: str, branch: str | None) -> None:
-    cli = _helpers()
     target, headers = _target(env, branch)
     result = ctx.find_root().obj.request(
         "DELETE", f"/api/v1/projects/{project}/envvars/{target}/{name}", headers=headers
@@ -136,7 +124,6 @@ def env_import(
     ctx: click.Context, file: Any, project: str, env: str, branch: str | None, override: bool
 ) -> None:
     """Import a dotenv or JSON file (``-`` is stdin)."""
-    cli = _helpers()
     target, headers = _target(env, branch)
     data = file.read()
     result = ctx.find_root().obj.post(
@@ -161,7 +148,6 @@ def env_import(
 @click.pass_context
 def env_history(ctx: click.Context, project: str, env: str, branch: str | None) -> None:
     """Who or what changed which name, when (never values)."""
-    cli = _helpers()
     target, headers = _target(env, branch)
     rows = ctx.find_root().obj.get(
         f"/api/v1/projects/{project}/envvar-history/{target}", headers=headers
@@ -178,7 +164,6 @@ def keys_group() -> None:
 @click.pass_context
 def keys_rotate(ctx: click.Context) -> None:
     """Re-encrypt every stored value under the newest SLIPWAY_ENCRYPTION_KEY."""
-    cli = _helpers()
     result = ctx.find_root().obj.post("/api/v1/keys/rotate")
 
     def render(r: dict[str, Any]) -> None:
