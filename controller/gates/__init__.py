@@ -18,6 +18,11 @@ decisions may be enqueued twice (a delivery and a poll), the promotion happens o
 controller killed while waiting has nothing to resume but its status: the next delivery
 or resync decides.
 
+Trade-off: a push that supersedes a waiting deployment while its ``promote`` job is
+already running does not stop that promotion; the newer deployment then promotes over
+it, so the newest commit still ends current. Locking the environment for the length of
+a health check would cost more than that brief detour.
+
 Modules: :mod:`~controller.gates.spec` (the gate grammar, durations), :mod:`~controller.gates.decide`
 (pure: signals → decision), :mod:`~controller.gates.waiting` (database side),
 :mod:`~controller.gates.poll` (the resync), :mod:`~controller.gates.cluster` (the
