@@ -16,6 +16,11 @@ busy). That must not kill the thread either: the error is logged with the job an
 outcome that was lost, and the job keeps its lease, which lapses, so the job is claimed
 and run again — the one safe reading of "we do not know whether it was recorded".
 
+With an ``elector`` (several replicas, :mod:`controller.leadership`), routing drains run
+in every replica but the worker pools and the resync start only once this replica is
+elected, and losing leadership stops them (:attr:`Manager.lost_leadership`): the builds
+stop between steps and their commands are cancelled, as at a graceful stop.
+
 Stopping sets :attr:`Manager.stopping`; long handlers check it between steps and raise
 :class:`Interrupted`, which hands the job back to the queue at once instead of waiting for
 its lease to run out.
@@ -33,6 +38,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from controller.errors import PermanentError, TemporaryError
+from controller.leadership import Campaign
 from controller.queue import Backoff, Claimed, Queue
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,7 @@ class Manager:
         drains: list[Drain] | None = None,
         resync_interval: float = 60.0,
         poll_interval: float = 1.0,
+        elector: Campaign | None = None,
     ) -> None:
         self.queue = queue
         self.pools = pools
@@ -84,37 +91,60 @@ class Manager:
         self.drains = drains or []
         self.resync_interval = resync_interval
         self.poll_interval = poll_interval
+        self.elector = elector
         self.stopping = threading.Event()
+        self.lost_leadership = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._spawning = threading.Lock()
         self._resync_now = threading.Event()
 
     def start(self) -> None:
+        for drain in self.drains:
+            self._spawn(f"drain-{drain.name}", self._drain, drain)
+        self._spawn("lease-heartbeat", self._heartbeat)
+        if self.elector is None:
+            self._lead()
+        else:
+            self.elector.start(on_elected=self._lead, on_lost=self._lose)
+
+    def _lead(self) -> None:
         freed = self.queue.release_dead_leases()
         if freed:
             log.info("re-queued %d job(s) held by a controller that is gone", freed)
         for pool in self.pools:
             for n in range(pool.threads):
                 self._spawn(f"worker-{pool.kinds[0]}-{n}", self._work, pool)
-        for drain in self.drains:
-            self._spawn(f"drain-{drain.name}", self._drain, drain)
-        self._spawn("lease-heartbeat", self._heartbeat)
         self._spawn("resync", self._resync_loop)
+
+    def _lose(self, reason: str) -> None:
+        self.lost_leadership.set()
+        self.stopping.set()
+        self._resync_now.set()
+        self.queue.notify()
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stopping.set()
         self._resync_now.set()
         self.queue.notify()
-        for thread in self._threads:
+        with self._spawning:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(timeout)
         self._threads.clear()
+        # Leadership goes last: the jobs this replica held are settled by now.
+        if self.elector is not None:
+            self.elector.stop()
 
     def request_resync(self) -> None:
         self._resync_now.set()
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        with self._spawning:
+            if self.stopping.is_set():
+                return
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _work(self, pool: Pool) -> None:
         while not self.stopping.is_set():

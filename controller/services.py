@@ -31,6 +31,7 @@ from controller.domain.projects import get_project
 from controller.errors import PermanentError
 from controller.gates.wiring import gate_poller
 from controller.github.auth import github_clone_auth
+from controller.leadership import make_elector
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
 from controller.queue import Claimed, Queue
@@ -168,6 +169,7 @@ class Services:
                 ),
             ],
             resync_interval=settings.runtime.resync_interval,
+            elector=None if role == "web" else make_elector(settings),
         )
         self.pipeline = Pipeline(
             db=self.db,
@@ -181,6 +183,10 @@ class Services:
             clone_auth=github_clone_auth(settings),
         )
         self._started = False
+
+    @property
+    def lost_leadership(self) -> bool:  # the controller exits (see controller.leadership)
+        return self.manager.lost_leadership.is_set()
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -74,6 +74,11 @@ class RuntimeSettings(BaseSettings):
     job_retention_days: float = Field(default=7.0, gt=0)
     deployment_log_retention_days: float = Field(default=30.0, gt=0)
     run_log_retention_days: float = Field(default=7.0, gt=0)
+    # Leader election through a coordination.k8s.io Lease (controller.leadership; the
+    # Helm chart sets them); unset on PostgreSQL: an advisory lock elects.
+    kubernetes_lease_name: str | None = None
+    kubernetes_lease_namespace: str | None = None
+    kubernetes_lease_identity: str | None = None
     # How long a graceful stop lets runs in flight finish before they are stopped.
     shutdown_grace_period: float = Field(default=30.0, ge=0)
     # Bounds on what one run may put in the database (the trigger answers 413 over the

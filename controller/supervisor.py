@@ -13,7 +13,8 @@ in a child process:
 * the child runs at a lower CPU priority (``nice`` +10, inherited by the git and build
   commands it runs): when both compete for the cores, a webhook's 202 goes first and a
   build waits a little; when the machine is otherwise idle, builds get all of it;
-* if the child dies on its own, the server starts it again after a short backoff;
+* if the child dies on its own, the server starts it again after a short backoff (a
+  controller that lost leadership exits so, and comes back as a candidate);
 * the server forwards wake-ups (``Queue.notify``) over the control channel
   (:mod:`controller.runtimes.control`), so new work starts at once instead of at the next
   poll. They used to go over the child's stdin, read by a daemon thread that was still
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 CONTROLLER_NICENESS = 10
+EXIT_LOST_LEADERSHIP = 75  # EX_TEMPFAIL: the supervisor starts the controller again
 
 
 def _prepare_child() -> None:  # runs in the child between fork and exec
@@ -184,6 +186,8 @@ def run_controller(services: object, *, parent: int | None) -> None:
         while not stop.wait(1.0):
             if parent is not None and os.getppid() != parent:
                 break
+            if getattr(services, "lost_leadership", False):
+                break
     finally:
         services.stop()  # type: ignore[attr-defined]
     leftover = [
@@ -191,3 +195,7 @@ def run_controller(services: object, *, parent: int | None) -> None:
     ]
     if leftover:
         log.error("threads still running at exit: %s", ", ".join(leftover))
+    if getattr(services, "lost_leadership", False):
+        # Start again as a candidate, from a clean slate (see controller.leadership).
+        log.warning("the controller exits after losing leadership; it restarts as a follower")
+        raise SystemExit(EXIT_LOST_LEADERSHIP)

@@ -25,6 +25,7 @@ from controller.builders.base import Builder
 from controller.builders.config import BuildConfig, load_config
 from controller.errors import BuildFailed, PermanentError
 from controller.pipeline.envvars import EnvVarsPhase
+from controller.pipeline.handover import on_node
 from controller.pipeline.journal import Journal
 from controller.queue import Backoff
 from controller.sources.archive import content_digest, safe_extract
@@ -73,12 +74,14 @@ class BuildPhases:
     def __init__(
         self,
         *,
+        node: str,
         source: GitSource,
         builder: Builder,
         envvars: EnvVarsPhase,
         stopping: threading.Event,
         clone_auth: CloneAuth | None,
     ) -> None:
+        self.node = node  # steps whose output is on this machine's disk (see handover)
         self.source = source
         self.builder = builder
         self.envvars = envvars
@@ -107,7 +110,11 @@ class BuildPhases:
             )
             return {"source": "git", "sha": dep.sha}
 
-        run.journal.step("fetch", fetch, retry=Backoff(limit=5, min_timeout=2, max_timeout=60))
+        run.journal.step(
+            "fetch",
+            on_node(self.node, fetch),
+            retry=Backoff(limit=5, min_timeout=2, max_timeout=60),
+        )
 
     def _materialise(self, run: Attempt) -> str:
         dep = run.snap.deployment
@@ -137,7 +144,7 @@ class BuildPhases:
             )
             return {"digest": digest, "config": config.to_dict()}
 
-        run.checked = journal.step("checkout", checkout)
+        run.checked = journal.step("checkout", on_node(self.node, checkout))
         run.config = BuildConfig.from_dict(run.checked["config"])
 
     def install(self, run: Attempt) -> None:
@@ -159,7 +166,7 @@ class BuildPhases:
                 build_env=build_env,
             )
 
-        result = run.journal.step("install", install, retry=Backoff(limit=1))
+        result = run.journal.step("install", on_node(self.node, install), retry=Backoff(limit=1))
         run.venv = Path(result["venv"])
 
     def build(self, run: Attempt) -> None:
@@ -208,7 +215,7 @@ class BuildPhases:
             journal.log(f"Detected {len(tasks)} tasks: {', '.join(sorted(ids)) or '(none)'}")
             return {"artifact": str(root), "tasks": tasks, "digest": digest}
 
-        run.built = journal.step("build", build, retry=Backoff(limit=1))
+        run.built = journal.step("build", on_node(self.node, build), retry=Backoff(limit=1))
 
     def sync_env(self, run: Attempt) -> None:
         config, venv = run.config, run.venv

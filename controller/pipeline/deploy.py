@@ -65,6 +65,7 @@ from controller.models import FINAL_STATUSES, WAITING
 from controller.pipeline.build import Attempt, BuildPhases, CloneAuth, Snapshot
 from controller.pipeline.envvars import EnvVarsPhase
 from controller.pipeline.gate import GatePhase
+from controller.pipeline.handover import node_id, redo_foreign_steps
 from controller.pipeline.journal import Journal
 from controller.pipeline.release import ReleasePhases
 from controller.queue import Claimed
@@ -108,7 +109,9 @@ class Pipeline:
         self.runtime = runtime
         self.build_timeout = build_timeout
         self.stopping = stopping
+        self.node = node_id(data_dir)
         self.build = BuildPhases(
+            node=self.node,
             source=source,
             builder=builder,
             envvars=EnvVarsPhase(db=db, cipher=cipher, builder=builder, stopping=stopping),
@@ -191,6 +194,7 @@ class Pipeline:
     def _start(self, snap: Snapshot, journal: Journal) -> Attempt:
         dep, project, env = snap.deployment, snap.project, snap.environment
         self._guard(snap)
+        redo_foreign_steps(journal, self.node)
         if dep.started_at is None:
             journal.log(
                 f"Deploying {dep.sha[:12] if dep.sha else 'an upload'} of {project.repo} to "

@@ -32,6 +32,9 @@ and ``max`` timeout, ``factor``, ``randomize``); permanent ones are recorded and
 
 Log lines are buffered and written in small batches, so a chatty ``pip install`` costs a
 few transactions a second, not one per line.
+
+A little over 400 lines: the ordering of starts, ends and staged writes is one concern and
+reads best in one place.
 """
 
 from __future__ import annotations
@@ -223,6 +226,13 @@ class Journal:
     def done(self, name: str) -> dict[str, Any] | None:
         state = self._load().get(name)
         return dict(state.result or {}) if state is not None and state.status == "done" else None
+
+    def redo(self, name: str) -> None:
+        """Run ``name`` again although it is done: its effect is gone (it is on another
+        replica's disk, see :mod:`controller.pipeline.handover`)."""
+        state = self._load().get(name)
+        if state is not None:
+            self._load()[name] = _StepState("running", state.attempts, None)
 
     def step(
         self,
