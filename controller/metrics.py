@@ -51,7 +51,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from controller.models import ACTIVE_STATUSES, FINAL_STATUSES
+from controller.models import ACTIVE_STATUSES, FINAL_STATUSES, WAITING
 from controller.store.db import Database
 from controller.store.stats import (
     deployments_by_status,
@@ -265,7 +265,7 @@ class StoreCollector(Collector):
             "Deployments not finished yet, by status",
             labels=["status"],
         )
-        for status in sorted(ACTIVE_STATUSES):
+        for status in sorted(ACTIVE_STATUSES | {WAITING}):
             active.add_metric([status], rows.get(status, 0))
         yield active
         builds = GaugeMetricFamily("slipway_builds_running", "Deployments installing or building")

@@ -12,6 +12,7 @@ DEPLOYMENT_STATUSES = (
     "installing",
     "building",
     "deploying",
+    "waiting",
     "deployed",
     "failed",
     "canceled",
@@ -19,7 +20,12 @@ DEPLOYMENT_STATUSES = (
     "timed_out",
 )
 ACTIVE_STATUSES = frozenset({"queued", "installing", "building", "deploying"})
-FINAL_STATUSES = frozenset(DEPLOYMENT_STATUSES) - ACTIVE_STATUSES
+# A gated deployment waits for its promotion gate holding no thread and no build slot:
+# neither active (it does not hold its environment) nor final (the gate may promote it).
+WAITING = "waiting"
+FINAL_STATUSES = frozenset(DEPLOYMENT_STATUSES) - ACTIVE_STATUSES - {WAITING}
+# Where `slipway deploy --wait` stops: the version is built and, if gated, waits.
+SETTLED_STATUSES = FINAL_STATUSES | {WAITING}
 
 REF_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 BRANCH_PATTERN = re.compile(r"^[^\x00-\x20~^:?*\[\\]{1,255}$")

@@ -26,6 +26,7 @@ from controller.builders.commands import CommandRegistry
 from controller.builders.venv import VirtualenvBuilder
 from controller.datadir import private_dir
 from controller.errors import PermanentError
+from controller.gates.wiring import gate_poller
 from controller.github.auth import github_clone_auth
 from controller.github.provider import AppClients
 from controller.github.reporting import Reporter
@@ -165,6 +166,8 @@ class Services:
                 Pool(
                     ("deploy",), self.handle_deploy, threads=settings.runtime.max_concurrent_builds
                 ),
+                # Promotion gates' decisions: short, and never behind a build slot.
+                Pool(("promote",), self.handle_deploy),
             ],
             drains=[
                 # Routing drains queued deliveries in short single-transaction batches,
@@ -179,6 +182,7 @@ class Services:
                 lambda: prune_old_deliveries(
                     self.db, days=settings.runtime.delivery_retention_days
                 ),
+                gate_poller(self.db, settings, on_decision=lambda: self.queue.notify("promote")),
                 *resync_passes(
                     db=self.db,
                     cipher=self.cipher,
@@ -278,6 +282,7 @@ class Services:
             return True if moved.backlog else None
         if any(applied.deployments for applied in results):
             self.queue.notify("deploy")
+            self.queue.notify("promote")
         for applied in results:
             for env_id in applied.archived_env_ids:
                 retire_environment(self.db, self.runtime, env_id)

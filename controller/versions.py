@@ -8,6 +8,8 @@ version it already numbered instead of making a second one.
 
 Promotion is one UPDATE of ``environments.current_version_id`` after the new version's
 worker passed its health check; the old version's worker is then retired gracefully.
+Promoting the version of a deployment waiting for its promotion gate (``manual``, or by
+hand before the gate decided) ends that deployment ``deployed`` in the same transaction.
 
 Both take a ``record`` callback that runs inside their transaction: the deploy pipeline
 writes its journal step's end there, so a version is numbered (or promoted) and its step
@@ -130,7 +132,9 @@ def promotable(session: Session, env: Environment, version: str) -> Version:
         raise InvalidInput(f"{version!r} is not a version (expected YYYYMMDD.N)")
     row = find_version(session, env, version)
     dep = session.get(Deployment, row.deployment_id)
-    if dep is None or dep.status != "deployed":
+    # A gated deployment's version passed its health check and release tasks: it may be
+    # promoted by hand while it waits, and after its gate failed or timed out.
+    if dep is None or (dep.status != "deployed" and dep.gate is None):
         status = dep.status if dep else "missing"
         raise Conflict(
             f"version {version} was not deployed (its deployment is {status}); "
@@ -182,6 +186,9 @@ def promote(
         row.promoted_at = utcnow()
         old = session.get(Version, old_id) if old_id else None
         old_name = old.version if old else None
+        waiting = session.get(Deployment, row.deployment_id)
+        if waiting is not None and waiting.status == "waiting":
+            waiting.status, waiting.finished_at = "deployed", utcnow()
         if record is not None:
             record(session, version.version, old_name)
     runtime.activate(spec)

@@ -19,6 +19,7 @@ from controller.domain.projects import (
     update_project,
 )
 from controller.errors import SourceNotFound, SourceUnavailable
+from controller.gates.spec import MAX_TIMEOUT, MIN_TIMEOUT
 from controller.models import BRANCH_PATTERN, REF_PATTERN
 from controller.runtimes.upkeep import retire_project
 from controller.store.environments import environments_of_project, preview_template
@@ -57,6 +58,24 @@ JsonInt = Annotated[int, BeforeValidator(_integral)]
 CLONE_URL_TIMEOUT = 10.0
 
 
+_DNS = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+GATE_PATTERN = (
+    rf"^(manual|none|(github-deployment|check-run):\S.{{0,254}}|kubernetes:{_DNS}/{_DNS})$"
+)
+GateText = Annotated[str | None, Field(pattern=GATE_PATTERN)]
+
+
+class PromotionGates(BaseModel):
+    """``github-deployment:NAME``, ``check-run:NAME``, ``kubernetes:NAMESPACE/DEPLOYMENT``
+    or ``manual`` per environment (a preview gate holds for every preview branch)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    production: GateText = None
+    staging: GateText = None
+    preview: GateText = None
+
+
 class ProjectFields(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -70,6 +89,13 @@ class ProjectFields(BaseModel):
     config_path: str | None = None
     install_command: str | None = None
     pre_build_command: str | None = None
+    promotion_gates: PromotionGates = _settable(
+        description="promotion gates by environment; null (or none) removes one",
+        examples=[{"production": "github-deployment:Production"}],
+    )
+    promotion_timeout: JsonInt = _settable(
+        ge=MIN_TIMEOUT, le=MAX_TIMEOUT, description="seconds a gated deployment waits"
+    )
 
 
 class ProjectCreate(ProjectFields):

@@ -25,6 +25,7 @@ from controller.cli.base import (
     table,
 )
 from controller.models import FINAL_STATUSES as FINAL
+from controller.models import SETTLED_STATUSES as SETTLED
 
 # -- deployments -----------------------------------------------------------------------
 
@@ -113,7 +114,7 @@ def wait_for(api: Api, deployment_id: str, *, show_logs: bool) -> dict[str, Any]
             if page["status"] != status:
                 status = page["status"]
                 spinner.update(f"[bold]{status}[/bold]")
-            if status in FINAL:
+            if status in SETTLED:
                 break
             time.sleep(0.3)
     return dict(api.get(f"/api/v1/deployments/{deployment_id}"))
@@ -189,6 +190,12 @@ def deploy(
     final = wait_for(api, dep["id"], show_logs=not _ctx_json(ctx))
     if _ctx_json(ctx):
         click.echo(json.dumps(final, indent=2))
+    elif final["status"] == "waiting":
+        console.print(
+            f"[yellow]Version[/yellow] [bold]{final['version']}[/bold] is waiting for its "
+            f"promotion gate {final.get('gate')} (until {final.get('gate_deadline')})"
+        )
+        click.echo(final["version"])
     elif final["status"] == "deployed":
         note = " (not promoted)" if skip_promotion else ""
         console.print(f"[green]Deployed version[/green] [bold]{final['version']}[/bold]{note}")
@@ -197,7 +204,7 @@ def deploy(
             command += f" --env {env}" + (f" --branch {shlex.quote(branch)}" if branch else "")
             console.print(f"Make it current with: {command}", highlight=False, markup=False)
         click.echo(final["version"])
-    if final["status"] != "deployed":
+    if final["status"] not in ("deployed", "waiting"):
         fail(f"deployment {final['id']} {final['status']}: {summarise_error(final.get('error'))}")
 
 

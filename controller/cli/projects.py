@@ -8,6 +8,9 @@ from typing import Any
 import click
 
 from controller.cli.base import console, fail, main, out, table
+from controller.errors import InvalidInput
+from controller.gates.spec import format_duration, parse_duration
+from controller.models import normalise_environment
 
 # -- projects --------------------------------------------------------------------------
 
@@ -33,6 +36,19 @@ def project_options(create: bool) -> Callable[[Any], Any]:
             click.option("--config", "config_path", help="path of slipway.toml (monorepos)"),
             click.option("--install-command"),
             click.option("--pre-build-command"),
+            click.option(
+                "--promote-after",
+                "promote_after",
+                multiple=True,
+                metavar="ENV=GATE",
+                help="promote only once GATE passes: github-deployment:NAME, check-run:NAME, "
+                "kubernetes:NAMESPACE/DEPLOYMENT or manual (ENV=none removes it; repeatable)",
+            ),
+            click.option(
+                "--promotion-timeout",
+                metavar="DURATION",
+                help="how long a gated deployment waits: 90s, 30m, 2h (default 30m)",
+            ),
         ]
         if not create:
             opts.append(
@@ -67,6 +83,13 @@ def _render_project(p: dict[str, Any]) -> None:
         "status",
     ):
         console.print(f"[bold]{key}[/bold]: {p.get(key) if p.get(key) is not None else '-'}")
+    gates = p.get("promotion_gates") or {}
+    promote_after = ", ".join(f"{env}={gate}" for env, gate in sorted(gates.items()))
+    console.print(f"[bold]promote_after[/bold]: {promote_after or '- (promote at once)'}")
+    if p.get("promotion_timeout") is not None:
+        console.print(
+            f"[bold]promotion_timeout[/bold]: {format_duration(int(p['promotion_timeout']))}"
+        )
     if not p.get("deploying"):
         console.print(f"[red]not deploying:[/red] {p.get('not_deploying_reason')}")
 
@@ -74,6 +97,32 @@ def _render_project(p: dict[str, Any]) -> None:
 def _warn(answer: dict[str, Any]) -> None:
     for warning in answer.get("warnings") or []:
         click.echo(f"warning: {warning}", err=True)
+
+
+def _project_body(fields: dict[str, Any]) -> dict[str, Any]:
+    """The API body of the project options: ``--promote-after ENV=GATE`` pairs become
+    ``promotion_gates`` (``ENV=none`` removes that environment's gate) and the timeout
+    a number of seconds."""
+    pairs = fields.pop("promote_after", ()) or ()
+    body = {k: v for k, v in fields.items() if v is not None}
+    gates: dict[str, str | None] = {}
+    for pair in pairs:
+        env, sep, gate = pair.partition("=")
+        if not sep or not env.strip() or not gate.strip():
+            fail(f"--promote-after {pair!r}: use ENV=GATE, e.g. production=github-deployment:Production")  # fmt: skip
+        try:
+            name = normalise_environment(env)
+        except ValueError as exc:
+            fail(f"--promote-after {pair!r}: {exc}")
+        gates[name] = None if gate.strip().lower() == "none" else gate.strip()
+    if gates:
+        body["promotion_gates"] = gates
+    if body.get("promotion_timeout") is not None:
+        try:
+            body["promotion_timeout"] = parse_duration(body["promotion_timeout"])
+        except InvalidInput as exc:
+            fail(f"--promotion-timeout: {exc.message} ({exc.hint or ''})")
+    return body
 
 
 @main.group()
@@ -86,7 +135,7 @@ def projects() -> None:
 @project_options(create=True)
 @click.pass_context
 def projects_create(ctx: click.Context, ref: str, **fields: Any) -> None:
-    body = {"ref": ref, **{k: v for k, v in fields.items() if v is not None}}
+    body = {"ref": ref, **_project_body(fields)}
     project = ctx.find_root().obj.post("/api/v1/projects", json=body)
     _warn(project)
     out(
@@ -130,7 +179,7 @@ def projects_show(ctx: click.Context, ref: str) -> None:
 @project_options(create=False)
 @click.pass_context
 def projects_update(ctx: click.Context, ref: str, **fields: Any) -> None:
-    body = {k: v for k, v in fields.items() if v is not None}
+    body = _project_body(fields)
     if not body:
         fail("nothing to update: pass at least one option (see --help)")
     project = ctx.find_root().obj.request("PATCH", f"/api/v1/projects/{ref}", json=body)

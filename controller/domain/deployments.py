@@ -16,6 +16,7 @@ from controller.domain.events import record_event
 from controller.domain.projects import project_not_deploying_reason
 from controller.errors import Conflict
 from controller.ids import new_id
+from controller.models import WAITING
 from controller.queue import Queue
 from controller.secretstore.crypto import Cipher
 from controller.store.deployments import attempted_deployment
@@ -89,6 +90,17 @@ def request_deployment(
             .values(
                 status="superseded",
                 error=f"superseded by {deployment.id}",
+                finished_at=utcnow(),
+            )
+        )
+    if supersede:
+        # A newer request also replaces the one waiting for its promotion gate.
+        session.execute(
+            update(Deployment)
+            .where(Deployment.environment_id == environment.id, Deployment.status == WAITING)
+            .values(
+                status="superseded",
+                error=f"superseded by {deployment.id} while waiting for its promotion gate",
                 finished_at=utcnow(),
             )
         )

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from controller.domain.events import record_event
 from controller.errors import InvalidInput, NotFound
+from controller.models import WAITING
 from controller.queue import Queue
 from controller.secretstore.crypto import Cipher, key_hash, new_secret_key
 from controller.store.environments import environment_by_key, preview_by_branch
@@ -78,6 +79,7 @@ def archive_branch(
 
 
 def cancel_queued(session: Session, environment_id: int, reason: str) -> list[str]:
+    """Cancel the environment's queued deployments, and any waiting for its gate."""
     ids = Queue.cancel(session, key=env_key(environment_id))
     if ids:
         session.execute(
@@ -85,4 +87,9 @@ def cancel_queued(session: Session, environment_id: int, reason: str) -> list[st
             .where(Deployment.id.in_(ids), Deployment.status == "queued")
             .values(status="canceled", error=reason, finished_at=utcnow())
         )
+    session.execute(
+        update(Deployment)
+        .where(Deployment.environment_id == environment_id, Deployment.status == WAITING)
+        .values(status="canceled", error=reason, finished_at=utcnow())
+    )
     return ids

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from controller.domain.environments import cancel_queued, ensure_environment
 from controller.domain.events import record_event
 from controller.errors import Conflict, InvalidInput, NotFound
+from controller.gates.spec import merge_gates, parse_duration
 from controller.models import BRANCH_PATTERN, REF_PATTERN
 from controller.secretstore.crypto import Cipher
 from controller.store.environments import active_preview_branches, environment_ids_of_project
@@ -27,6 +28,8 @@ PROJECT_FIELDS = (
     "config_path",
     "install_command",
     "pre_build_command",
+    "promotion_gates",
+    "promotion_timeout",
 )
 
 
@@ -53,6 +56,15 @@ def _validate_project(values: dict[str, Any]) -> None:
         raise InvalidInput("config_path must be a relative path inside the repository")
 
 
+def _normalise_gates(current: dict[str, Any] | None, values: dict[str, Any]) -> None:
+    """Gate changes merge into the current gates (``ENV: none`` or null removes one); a
+    timeout may be given as a duration (``30m``)."""
+    if values.get("promotion_gates") is not None:
+        values["promotion_gates"] = merge_gates(current, values["promotion_gates"])
+    if values.get("promotion_timeout") is not None:
+        values["promotion_timeout"] = parse_duration(values["promotion_timeout"])
+
+
 def create_project(session: Session, cipher: Cipher, *, ref: str, **values: Any) -> Project:
     if not REF_PATTERN.match(ref):
         raise InvalidInput(
@@ -64,6 +76,7 @@ def create_project(session: Session, cipher: Cipher, *, ref: str, **values: Any)
     if not values.get("repo"):
         raise InvalidInput("a project needs --repo OWNER/NAME")
     _validate_project(values)
+    _normalise_gates(None, values)
     if project_by_ref(session, ref) is not None:
         raise Conflict(f"project {ref!r} already exists")
     fields = {k: v for k, v in values.items() if v is not None}
@@ -80,6 +93,7 @@ def update_project(session: Session, project: Project, **values: Any) -> Project
     if unknown:
         raise InvalidInput(f"unknown project fields: {', '.join(sorted(unknown))}")
     _validate_project(values)
+    _normalise_gates(project.promotion_gates, values)
     connected = values.pop("connected", None)
     for name, value in values.items():
         setattr(project, name, value)

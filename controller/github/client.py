@@ -78,6 +78,20 @@ class GitHubClient(Protocol):
 
     def installation_repositories(self, installation_id: int) -> list[dict[str, Any]]: ...
 
+    # -- promotion gates (controller.gates.poll) --
+
+    def list_deployments(
+        self, repo: str, *, installation_id: int, sha: str, environment: str | None
+    ) -> list[dict[str, Any]]: ...
+
+    def list_deployment_statuses(
+        self, repo: str, *, installation_id: int, deployment_id: int
+    ) -> list[dict[str, Any]]: ...
+
+    def list_check_runs(
+        self, repo: str, *, installation_id: int, ref: str, check_name: str
+    ) -> list[dict[str, Any]]: ...
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -197,6 +211,65 @@ class AppClient:
         finally:
             client.close()
         return found
+
+    # -- promotion gates: what the resync asks about a waiting deployment's commit --
+
+    def list_deployments(
+        self, repo: str, *, installation_id: int, sha: str, environment: str | None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"sha": sha, "per_page": PER_PAGE}
+        if environment is not None:
+            params["environment"] = environment
+        data = self._installation_get(
+            installation_id,
+            f"/repos/{repo}/deployments",
+            params,
+            doing=f"listing deployments of {sha[:12]} in {repo}",
+        )
+        return [dict(d) for d in data] if isinstance(data, list) else []
+
+    def list_deployment_statuses(
+        self, repo: str, *, installation_id: int, deployment_id: int
+    ) -> list[dict[str, Any]]:
+        data = self._installation_get(
+            installation_id,
+            f"/repos/{repo}/deployments/{int(deployment_id)}/statuses",
+            {"per_page": PER_PAGE},
+            doing=f"listing the statuses of deployment {deployment_id} in {repo}",
+        )
+        return [dict(d) for d in data] if isinstance(data, list) else []
+
+    def list_check_runs(
+        self, repo: str, *, installation_id: int, ref: str, check_name: str
+    ) -> list[dict[str, Any]]:
+        data = self._installation_get(
+            installation_id,
+            f"/repos/{repo}/commits/{ref}/check-runs",
+            {"check_name": check_name, "per_page": PER_PAGE},
+            doing=f"listing check runs {check_name!r} of {ref[:12]} in {repo}",
+        )
+        runs = data.get("check_runs", []) if isinstance(data, dict) else []
+        return [dict(r) for r in runs]
+
+    def _installation_get(
+        self, installation_id: int, path: str, params: dict[str, Any], *, doing: str
+    ) -> Any:
+        token = self.installation_token(installation_id)
+        client = github.Github(
+            auth=github.Auth.Token(token),
+            base_url=self.api_url,
+            timeout=REQUEST_TIMEOUT,
+            retry=None,
+            seconds_between_requests=None,
+            seconds_between_writes=None,
+        )
+        try:
+            _, data = client.requester.requestJsonAndCheck("GET", path, parameters=params)
+        except Exception as exc:
+            raise map_github_error(exc, doing=doing) from None
+        finally:
+            client.close()
+        return data
 
 
 def _json_or_none(text: str) -> Any:

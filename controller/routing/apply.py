@@ -22,6 +22,7 @@ from controller.domain.deployments import Applied, DeployRequest, apply_deploy, 
 from controller.domain.environments import archive_branch, find_environment
 from controller.domain.events import record_event
 from controller.domain.projects import project_views
+from controller.gates.waiting import decide_commit
 from controller.logs import bind_log_context
 from controller.models import BRANCH_PATTERN
 from controller.routing.access import apply_access, record_signal
@@ -121,6 +122,10 @@ class IntentBatch:
                 apply_access(session, intent.change)
             elif isinstance(intent, RecordSignal):
                 record_signal(session, intent.signal, delivery.delivery_id)
+                # A waiting deployment of that commit may be decided by it now.
+                applied.deployments += decide_commit(
+                    session, repo_lower=intent.signal.repo.lower(), sha=intent.signal.sha
+                )
         delivery.processed_at = utcnow()
         delivery.outcome = applied.outcome[:4000]
         self.results.append(applied)

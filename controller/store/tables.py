@@ -115,6 +115,9 @@ class Project(Base):
     install_command: Mapped[str | None] = mapped_column(Text)
     pre_build_command: Mapped[str | None] = mapped_column(Text)
     default_branch: Mapped[str | None] = mapped_column(String(255))
+    # Promotion gates by environment name (controller.gates.spec), and how long one waits.
+    promotion_gates: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    promotion_timeout: Mapped[int] = mapped_column(Integer, default=1800)
     disconnected_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -239,6 +242,10 @@ class Deployment(Base):
     artifact_digest: Mapped[str | None] = mapped_column(String(80))
     delivery_id: Mapped[str | None] = mapped_column(String(100))
     pr_number: Mapped[int | None] = mapped_column(Integer)
+    # Set when the deployment starts waiting for its promotion gate (controller.gates).
+    gate: Mapped[str | None] = mapped_column(String(300))
+    waiting_since: Mapped[datetime | None] = mapped_column()
+    gate_deadline: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()

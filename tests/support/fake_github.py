@@ -348,6 +348,60 @@ class FakeGitHub:
             login, 9000 + len(self.users), {r.lower() for r in push}, {r.lower() for r in read}
         )
 
+    # -- promotion gates: what an app's pipeline reports on GitHub --------------------
+    # (kept in the same state the reporting block serves, so one list answers both)
+
+    def add_deployment(
+        self,
+        repo: str,
+        *,
+        sha: str,
+        environment: str,
+        states: list[str] = (),  # type: ignore[assignment]
+    ) -> int:
+        """A GitHub deployment of ``sha`` in ``environment`` with statuses ``states``."""
+        deployment = _from_example("POST", "/repos/o/r/deployments", "201")
+        deployment.update(
+            id=_new_id(self), sha=sha, environment=environment, ref=sha, created_at=_now()
+        )
+        with self._lock:
+            self.deployments[deployment["id"]] = {**deployment, "repo": repo}
+            self.deployment_statuses[deployment["id"]] = []
+        for state in states:
+            self.add_deployment_status(repo, deployment["id"], state)
+        return int(deployment["id"])
+
+    def add_deployment_status(self, repo: str, deployment_id: int, state: str) -> int:
+        status = _from_example("POST", "/repos/o/r/deployments/1/statuses", "201")
+        with self._lock:
+            deployment = self.deployments[deployment_id]
+            status.update(
+                id=_new_id(self),
+                state=state,
+                environment=deployment["environment"],
+                log_url=f"https://ci.example.com/deploys/{deployment_id}/log",
+                created_at=_now(),
+            )
+            self.deployment_statuses[deployment_id].append(status)
+        return int(status["id"])
+
+    def add_check_run(
+        self,
+        repo: str,
+        *,
+        sha: str,
+        name: str,
+        status: str = "completed",
+        conclusion: str | None = "success",
+    ) -> int:
+        run = _from_example("POST", "/repos/o/r/check-runs", "201")
+        run.update(
+            id=_new_id(self), head_sha=sha, name=name, status=status, conclusion=conclusion
+        )
+        with self._lock:
+            self.check_runs[run["id"]] = {**run, "repo": repo}
+        return int(run["id"])
+
     def fail_next(self, operation_id: str, failure: Failure, *, times: int = 1) -> None:
         with self._lock:
             self._failures.setdefault(operation_id, []).extend([failure] * times)
@@ -399,7 +453,8 @@ class FakeGitHub:
                 if status in operation.op["responses"]:
                     return int(status), {}, example(operation, status)
             return 500, {}, {"message": f"no example answer for {operation.operation_id}"}
-        status, answer = handler(self, headers, params)
+        queried = {f"?{name}": values[-1] for name, values in query.items()}
+        status, answer = handler(self, headers, {**params, **queried})
         return status, {}, answer
 
     def _app(self, headers: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
@@ -683,7 +738,7 @@ def _list_deployments(fake: FakeGitHub, headers, params, query, body) -> Answer:
         found = [
             {k: v for k, v in d.items() if k != "repo"}
             for d in fake.deployments.values()
-            if d["repo"] == _repo(params)
+            if d["repo"].lower() == _repo(params).lower()
             and all(d.get(k) == query[k] for k in ("sha", "environment", "ref") if k in query)
         ]
     return 200, {}, found[::-1]
@@ -701,6 +756,18 @@ def _create_deployment_status(fake: FakeGitHub, headers, params, query, body) ->
     with fake._lock:
         fake.deployment_statuses[dep_id].append(status)
     return 201, {}, status
+
+
+def _list_deployment_statuses(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
+    denied = _unauthorised(fake, headers)
+    if denied:
+        return denied
+    dep_id = int(params["deployment_id"])
+    with fake._lock:
+        deployment = fake.deployments.get(dep_id)
+        if deployment is None or deployment["repo"].lower() != _repo(params).lower():
+            return 404, {}, {"message": "Not Found"}
+        return 200, {}, list(reversed(fake.deployment_statuses[dep_id]))
 
 
 def _create_check_run(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
@@ -736,7 +803,7 @@ def _list_check_runs_for_ref(fake: FakeGitHub, headers, params, query, body) -> 
         runs = [
             {k: v for k, v in r.items() if k != "repo"}
             for r in fake.check_runs.values()
-            if r["repo"] == _repo(params)
+            if r["repo"].lower() == _repo(params).lower()
             and r["head_sha"] == params["ref"]
             and ("check_name" not in query or r["name"] == query["check_name"])
         ]
@@ -833,6 +900,7 @@ _REPORTING = {
     "repos/create-deployment": _create_deployment,
     "repos/list-deployments": _list_deployments,
     "repos/create-deployment-status": _create_deployment_status,
+    "repos/list-deployment-statuses": _list_deployment_statuses,
     "checks/create": _create_check_run,
     "checks/update": _update_check_run,
     "checks/list-for-ref": _list_check_runs_for_ref,

@@ -1,0 +1,30 @@
+"""Promotion gates: a built, healthy version waits until the team's app rolled out.
+
+Waiting costs nothing. After its health check and release tasks a gated deployment
+writes status ``waiting`` with its gate and deadline, in the transaction that ends its
+journaled ``wait`` step, and its job ends: no thread, no build slot. Three things
+decide it, and each only ever *enqueues* a ``promote`` job (:func:`~controller.gates.waiting.request_decision`):
+
+* routing, right after it recorded a ``deployment_status`` or ``check_run`` delivery in
+  ``commit_signals`` for the commit of a waiting deployment;
+* the resync (:mod:`controller.gates.poll`), which asks GitHub — or the cluster — about
+  every waiting deployment, because deliveries get lost, and records what it finds as
+  the same signals;
+* the deadline: past ``--promotion-timeout`` the resync enqueues a ``timeout`` decision.
+
+The ``promote`` job runs the pipeline's journaled promote step (see
+:mod:`controller.pipeline.deploy`), which commits the new current version with its step:
+decisions may be enqueued twice (a delivery and a poll), the promotion happens once. A
+controller killed while waiting has nothing to resume but its status: the next delivery
+or resync decides.
+
+Trade-off: a push that supersedes a waiting deployment while its ``promote`` job is
+already running does not stop that promotion; the newer deployment then promotes over
+it, so the newest commit still ends current. Locking the environment for the length of
+a health check would cost more than that brief detour.
+
+Modules: :mod:`~controller.gates.spec` (the gate grammar, durations), :mod:`~controller.gates.decide`
+(pure: signals → decision), :mod:`~controller.gates.waiting` (database side),
+:mod:`~controller.gates.poll` (the resync), :mod:`~controller.gates.cluster` (the
+``kubernetes`` client, the one module that imports it).
+"""

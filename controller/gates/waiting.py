@@ -1,0 +1,133 @@
+"""The database side of waiting: which deployments wait, and asking for a decision.
+
+Everything here runs inside a caller's transaction. A decision is never applied here:
+it is a ``promote`` job on the environment's queue key (so it never runs beside a deploy
+of the same environment), which the pipeline runs once (see :mod:`controller.gates`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.domain.environments import env_key
+from controller.gates.decide import Decision, decide
+from controller.gates.spec import Gate, parse_gate
+from controller.models import WAITING
+from controller.queue import Queue
+from controller.store.tables import CommitSignal, Deployment, Job, Project
+
+PROMOTE_JOB = "promote"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    deployment_id: str
+    environment_id: int
+    repo: str
+    sha: str
+    gate: Gate
+    since: datetime | None
+    deadline: datetime | None
+
+
+def schedule_timeout(session: Session, *, deployment: Deployment, deadline: datetime) -> None:
+    """The deadline's own decision: a ``promote`` job that is due at ``deadline`` and
+    ends the deployment ``timed_out`` if it still waits then."""
+    Queue.add(
+        session,
+        kind=PROMOTE_JOB,
+        key=env_key(deployment.environment_id),
+        deployment_id=deployment.id,
+        payload={"outcome": "timeout"},
+        run_after=deadline,
+    )
+
+
+def request_decision(session: Session, *, deployment_id: str, environment_id: int, decision: Decision) -> bool:  # fmt: skip
+    """Queue ``decision`` for a waiting deployment, unless one is already queued."""
+    queued = session.execute(
+        select(Job.payload).where(
+            Job.deployment_id == deployment_id,
+            Job.kind == PROMOTE_JOB,
+            Job.status.in_(("queued", "running")),
+        )
+    ).scalars()
+    if any((payload or {}).get("outcome") in ("pass", "fail") for payload in queued):
+        return False
+    Queue.add(
+        session,
+        kind=PROMOTE_JOB,
+        key=env_key(environment_id),
+        deployment_id=deployment_id,
+        payload={"outcome": decision.outcome, "message": decision.message},
+    )
+    return True
+
+
+def waiting_deployments(session: Session, *, repo_lower: str | None = None, sha: str | None = None) -> list[Waiting]:  # fmt: skip
+    query = (
+        select(Deployment, Project.repo)
+        .join(Project, Project.id == Deployment.project_id)
+        .where(Deployment.status == WAITING, Deployment.gate.is_not(None))
+    )
+    if repo_lower is not None:
+        query = query.where(Project.repo_lower == repo_lower)
+    if sha is not None:
+        query = query.where(Deployment.sha == sha)
+    found = []
+    for dep, repo in session.execute(query.order_by(Deployment.created_at)).all():
+        assert dep.gate is not None
+        found.append(
+            Waiting(
+                deployment_id=dep.id,
+                environment_id=dep.environment_id,
+                repo=repo,
+                sha=dep.sha or "",
+                gate=parse_gate(dep.gate),
+                since=dep.waiting_since,
+                deadline=dep.gate_deadline,
+            )
+        )
+    return found
+
+
+def decide_commit(session: Session, *, repo_lower: str, sha: str) -> list[str]:
+    """Decide the deployments of ``sha`` that wait, from the signals recorded for it;
+    the ids of those a decision was queued for."""
+    decided = []
+    for waiting in waiting_deployments(session, repo_lower=repo_lower, sha=sha):
+        decision = decide_from_signals(session, waiting)
+        if decision is not None and request_decision(
+            session,
+            deployment_id=waiting.deployment_id,
+            environment_id=waiting.environment_id,
+            decision=decision,
+        ):
+            decided.append(waiting.deployment_id)
+    return decided
+
+
+def decide_from_signals(session: Session, waiting: Waiting) -> Decision | None:
+    signals = session.execute(
+        select(CommitSignal).where(
+            CommitSignal.repo_lower == waiting.repo.lower(), CommitSignal.sha == waiting.sha
+        )
+    ).scalars()
+    return decide(waiting.gate, list(signals))
+
+
+def known_signal(session: Session, *, kind: str, github_id: int, state: str) -> bool:
+    return (
+        session.execute(
+            select(CommitSignal.id).where(
+                CommitSignal.kind == kind,
+                CommitSignal.github_id == github_id,
+                CommitSignal.state == state,
+            )
+        ).first()
+        is not None
+    )
