@@ -373,10 +373,11 @@ class FakeGitHub:
 
     def add_deployment_status(self, repo: str, deployment_id: int, state: str) -> int:
         status = _from_example("POST", "/repos/o/r/deployments/1/statuses", "201")
+        status_id = _new_id(self)  # takes the lock itself
         with self._lock:
             deployment = self.deployments[deployment_id]
             status.update(
-                id=_new_id(self),
+                id=status_id,
                 state=state,
                 environment=deployment["environment"],
                 log_url=f"https://ci.example.com/deploys/{deployment_id}/log",
