@@ -42,7 +42,7 @@ def app_server(tmp_path: Path, fake_github: FakeGitHub) -> Iterator[Server]:
     payloads.require_node_modules()
     server = Server(tmp_path / "data", extra_env=app_env(fake_github, tmp_path), log_level="debug")
     try:
-        yield server.start(timeout=60)
+        yield server.start()
     finally:
         server.close()
 

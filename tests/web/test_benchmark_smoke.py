@@ -16,7 +16,7 @@ def test_the_pages_benchmark_runs(tmp_path: Path) -> None:
         [sys.executable, str(BENCHMARK), "--quick", "--output", str(out)],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())

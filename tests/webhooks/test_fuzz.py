@@ -365,6 +365,7 @@ def outcomes(server: Server, ids: set[str]) -> dict[str, str | None]:
     return {delivery: outcome for delivery, outcome in rows if delivery in ids}
 
 
+@pytest.mark.timeout(1200)  # thousands of requests: minutes on a loaded 2-core machine
 def test_fuzzed_deliveries_get_no_5xx_and_every_accepted_one_an_outcome(fuzzed: Server) -> None:
     begun = time.monotonic()
     rng = random.Random(SEED)
