@@ -4,8 +4,7 @@ A worker (``worker_main.py``, run by the version's own virtualenv Python) import
 version's tasks once, then serves runs over HTTP on 127.0.0.1, each run in a child
 process of its own. Workers start in their own session, so a controller killed with
 SIGKILL leaves them running; each worker is recorded in ``<data>/workers/<id>.json`` and
-a restarted controller adopts it after checking its pid and ``/health`` (which reports
-the version id, guarding against pid reuse).
+a restarted controller adopts it after checking its pid and ``/health`` (its version id).
 
 Exactly one process owns workers: the controller (see :mod:`controller.runtimes.control`
 for how the web process reaches them). Every start goes through the version's lock, and
@@ -22,10 +21,8 @@ overwritten): :meth:`LocalRuntime.stop_strays` stops them when a controller star
 
 Retiring stops a worker (drain, then SIGKILL to its session) in a reaper thread with a long
 deadline; :meth:`close` with a short one (the web process gave runs their grace period).
-
-How a worker process starts and stops is :mod:`controller.runtimes.workers`; the cap on
-live previews is :mod:`controller.runtimes.slots`; a run's request and its one retry are
-:mod:`controller.runtimes.runcall`.
+Elsewhere: starting and stopping a worker process (:mod:`.workers`), the cap on live
+previews (:mod:`.slots`), a run's request and its one retry (:mod:`.runcall`).
 """
 
 from __future__ import annotations
