@@ -88,6 +88,18 @@ def parse_duration(text: str | int) -> int:
     return seconds
 
 
+def describe_gate(gate: Gate, sha: str | None) -> str:
+    """What a deployment of ``sha`` waits for, in words (its log and its GitHub check run)."""
+    commit = (sha or "")[:12] or "this upload"
+    if gate.kind == "github-deployment":
+        return f"a successful GitHub deployment of {commit} in GitHub environment {gate.target}"
+    if gate.kind == "check-run":
+        return f"check run {gate.target} on {commit} to complete success"
+    if gate.kind == "kubernetes":
+        return f"Deployment {gate.deployment} in namespace {gate.namespace} to roll out {commit}"
+    return "`slipway promote` (manual gate)"
+
+
 def format_duration(seconds: int) -> str:
     for unit, size in (("h", 3600), ("m", 60)):
         if seconds % size == 0:

@@ -9,6 +9,12 @@ deploying (and any other active status, e.g. a gate's ``waiting``) → ``in_prog
 ``superseded`` → ``error`` (the description says which). An archived preview's
 deployments then become ``inactive``. Check runs conclude ``success``, ``failure``,
 ``timed_out`` or ``cancelled``.
+
+A deployment ``waiting`` for its promotion gate stays ``in_progress`` on GitHub (both the
+Deployment status and the check run), but what it shows changes: the gate, in words,
+since when and until when. So the reporter compares *phases* (:func:`deployment_phase`,
+:func:`check_phase`), where ``waiting`` differs from ``in_progress``, and sends GitHub's
+state names (:func:`deployment_state`, :func:`check_status`).
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from controller.models import ACTIVE_STATUSES
+from controller.errors import InvalidInput
+from controller.gates.spec import describe_gate, parse_gate
+from controller.models import ACTIVE_STATUSES, WAITING
 
 MARKER = "<!-- slipway:preview project={ref} -->"
 LOG_TAIL_LINES = 40
@@ -46,6 +55,9 @@ class DeploymentView:
     error: str | None = None
     steps: list[tuple[str, str, float | None]] = field(default_factory=list)
     log_tail: list[str] = field(default_factory=list)
+    gate: str | None = None
+    waiting_since: datetime | None = None
+    gate_deadline: datetime | None = None
 
     @property
     def github_environment(self) -> str:
@@ -82,6 +94,16 @@ _CONCLUSIONS = {
 }
 
 
+def deployment_phase(status: str) -> str:
+    """:func:`deployment_state`, but ``waiting`` (sent as ``in_progress``) is its own."""
+    return WAITING if status == WAITING else deployment_state(status)
+
+
+def check_phase(status: str) -> str:
+    """:func:`check_status`, but ``waiting`` (sent as ``in_progress``) is its own."""
+    return WAITING if status == WAITING else check_status(status)
+
+
 def check_status(status: str) -> str:
     if status == "queued":
         return "queued"
@@ -116,7 +138,36 @@ def describe(dep: DeploymentView) -> str:
     }.get(dep.status, dep.status)
     if dep.status == "failed" and dep.error:
         text = "failed: " + dep.error.splitlines()[0]
+    if dep.status == "timed_out" and dep.error:
+        first = dep.error.splitlines()[0]
+        text = first if first.startswith("timed out") else "timed out: " + first
+    if dep.status == WAITING:
+        text = f"waiting for promotion gate {dep.gate or '?'}"
+        if dep.gate_deadline is not None:
+            text += f" until {_utc(dep.gate_deadline)}"
     return text[:140]
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def gate_words(dep: DeploymentView) -> str:
+    """What the deployment waits for, as its log says it (the gate text if unparsable)."""
+    try:
+        return describe_gate(parse_gate(dep.gate or ""), dep.sha)
+    except InvalidInput:
+        return f"promotion gate {dep.gate}"
+
+
+def waiting_lines(dep: DeploymentView) -> list[str]:
+    lines = [f"Waiting for {gate_words(dep)} (gate `{dep.gate}`)."]
+    if dep.waiting_since is not None:
+        lines.append(f"Since: {_utc(dep.waiting_since)}")
+    if dep.gate_deadline is not None:
+        lines.append(f"Until: {_utc(dep.gate_deadline)} (then it times out)")
+    lines.append("The current version is unchanged until the gate passes.")
+    return lines
 
 
 def failing_file(error: str | None) -> tuple[str, int | None] | None:
@@ -135,12 +186,16 @@ def check_output(dep: DeploymentView) -> dict[str, Any]:
     title = {
         "deployed": f"Deployed {dep.version or ''}".strip(),
         "failed": "Deployment failed",
+        WAITING: f"Waiting for promotion gate {dep.gate}",
+        "timed_out": "Promotion gate timed out" if dep.gate else "Deployment timed out",
     }.get(dep.status, f"Deployment {dep.status}")
     lines = [f"**{dep.label}** at `{dep.sha[:12]}`: {dep.status}"]
     if dep.version:
         lines.append(f"Version: `{dep.version}`")
     if dep.tasks:
         lines.append("Tasks: " + ", ".join(f"`{t}`" for t in dep.tasks[:50]))
+    if dep.status == WAITING:
+        lines += ["", *waiting_lines(dep)]
     if dep.steps:
         lines += ["", "| step | status | time |", "|---|---|---|"]
         lines += [

@@ -58,13 +58,15 @@ from controller.github.render import (
     check_conclusion,
     check_name,
     check_output,
+    check_phase,
     check_status,
+    deployment_phase,
     deployment_state,
     describe,
     environment_url,
     log_url,
 )
-from controller.models import FINAL_STATUSES
+from controller.models import FINAL_STATUSES, WAITING
 from controller.store.db import Database
 from controller.store.tables import (
     Deployment,
@@ -194,8 +196,11 @@ class Reporter:
                     branch=env.branch,
                     env_archived=env.status == "archived",
                     error=dep.error,
+                    gate=dep.gate,
+                    waiting_since=dep.waiting_since,
+                    gate_deadline=dep.gate_deadline,
                 )
-                if dep.status in FINAL_STATUSES:
+                if dep.status in FINAL_STATUSES or dep.status == WAITING:
                     view = self._details(session, view, dep)
                 reported = (
                     Reported(
@@ -212,7 +217,7 @@ class Reporter:
 
     def _details(self, session: Any, view: DeploymentView, dep: Deployment) -> DeploymentView:
         """Version, tasks, step timings and the log tail: only for a final deployment
-        that has something left to send."""
+        (or waiting) that has something left to send."""
         version = session.execute(
             select(Version).where(Version.deployment_id == dep.id)
         ).scalar_one_or_none()
@@ -222,7 +227,7 @@ class Reporter:
             .order_by(DeploymentStep.id)
         ).all()
         tail: list[str] = []
-        if dep.status != "deployed":
+        if dep.status in ("failed", "timed_out"):
             tail = list(
                 session.execute(
                     select(DeploymentLog.message)
@@ -259,15 +264,18 @@ class Reporter:
             self.record(dep.id, done=True)
             return
         gh_id = was.github_deployment_id or self.ensure_deployment(client, dep)
-        wanted = "inactive" if dep.env_archived and state in FINAL_STATES else state
+        phase = deployment_phase(dep.status)
+        wanted = "inactive" if dep.env_archived and state in FINAL_STATES else phase
         sent = was.deployment_state
         if sent not in (wanted, "inactive"):
             if wanted == "inactive" and sent not in FINAL_STATES:
                 self.post_status(client, dep, gh_id, state)  # its outcome first
-            self.post_status(client, dep, gh_id, wanted)
+            self.post_status(
+                client, dep, gh_id, deployment_state(dep.status) if wanted == WAITING else wanted
+            )
             sent = wanted
             self.record(dep.id, deployment_state=wanted)
-        check = check_status(dep.status)
+        check = check_phase(dep.status)
         check_sent = was.check_state
         if check_sent != check and check_sent != "completed":
             self.send_check(client, dep, was.check_run_id, check)
@@ -328,8 +336,9 @@ class Reporter:
         )
 
     def send_check(
-        self, client: GitHubClient, dep: DeploymentView, run_id: int | None, status: str
+        self, client: GitHubClient, dep: DeploymentView, run_id: int | None, phase: str
     ) -> None:
+        status = check_status(dep.status)
         body: dict[str, Any] = {
             "status": status,
             "details_url": log_url(self.public_url, dep),
@@ -347,13 +356,13 @@ class Reporter:
                 f"/repos/{dep.repo}/check-runs",
                 body={"name": check_name(dep), "head_sha": dep.sha, "external_id": dep.id, **body},
             )
-            self.record(dep.id, check_run_id=int(created.data["id"]), check_state=status)
+            self.record(dep.id, check_run_id=int(created.data["id"]), check_state=phase)
             return
         self.record(dep.id, check_run_id=run_id)
         client.request(
             dep.installation_id, "PATCH", f"/repos/{dep.repo}/check-runs/{run_id}", body=body
         )
-        self.record(dep.id, check_state=status)
+        self.record(dep.id, check_state=phase)
 
     def find_check(self, client: GitHubClient, dep: DeploymentView) -> int | None:
         found = client.request(
@@ -381,11 +390,11 @@ def _needs_work(status: str, archived: bool, environment: str, report: GitHubRep
     """Whether :meth:`Reporter.reconcile` would send or record anything for this row
     (the steady state of a pass is one query and this check per row)."""
     state = deployment_state(status)
-    wanted = "inactive" if archived and state in FINAL_STATES else state
+    wanted = "inactive" if archived and state in FINAL_STATES else deployment_phase(status)
     sent = report.deployment_state
     if sent not in (wanted, "inactive"):
         return True
-    if report.check_state not in (check_status(status), "completed"):
+    if report.check_state not in (check_phase(status), "completed"):
         return True
     final = status in FINAL_STATUSES and report.check_state == "completed"
     return final and (sent == "inactive" or (environment != "preview" and sent == wanted))

@@ -15,23 +15,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from controller.gates.spec import Gate, format_duration, gate_for
+from controller.gates.spec import Gate, describe_gate, format_duration, gate_for
 from controller.gates.waiting import schedule_timeout
 from controller.models import FINAL_STATUSES, WAITING
 from controller.pipeline.build import Attempt, Snapshot
 from controller.store.db import Database
 from controller.store.tables import Deployment, Project, Version, utcnow
-
-
-def describe(gate: Gate, sha: str | None) -> str:
-    commit = (sha or "")[:12] or "this upload"
-    if gate.kind == "github-deployment":
-        return f"a successful GitHub deployment of {commit} in GitHub environment {gate.target}"
-    if gate.kind == "check-run":
-        return f"check run {gate.target} on {commit} to complete success"
-    if gate.kind == "kubernetes":
-        return f"Deployment {gate.deployment} in namespace {gate.namespace} to roll out {commit}"
-    return "`slipway promote` (manual gate)"
 
 
 class GatePhase:
@@ -66,7 +55,7 @@ class GatePhase:
                     session,
                     result,
                     lines=[
-                        f"Version {run.version} is waiting for {describe(gate, dep.sha)} "
+                        f"Version {run.version} is waiting for {describe_gate(gate, dep.sha)} "
                         f"(gate {gate}), since {since:%Y-%m-%d %H:%M:%S} UTC, until "
                         f"{deadline:%Y-%m-%d %H:%M:%S} UTC; the current version is unchanged"
                     ],

@@ -9,6 +9,7 @@ after a crash between a create and its record. A GitHub outage only delays.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -328,3 +329,49 @@ def test_a_rate_limit_waits_for_github_s_retry_after(
     clock.now += 50
     reporter.run()
     assert len(fake_github.deployments) == 1
+
+
+def test_a_waiting_deployment_names_its_gate_then_completes_as_its_outcome(
+    database: Database, fake_github: FakeGitHub, reporter: Reporter, deploy: Callable[..., str]
+) -> None:
+    since = datetime(2026, 12, 1, 15, 0, 0)
+    deadline = since + timedelta(seconds=40)
+    gated = {"gate": "github-deployment:Production", "waiting_since": since}
+    ended: dict[str, str] = {}
+    for outcome in ("deployed", "timed_out", "superseded"):
+        dep_id = deploy(sha=outcome[0] * 40)
+        set_status(database, dep_id, "deploying")
+        reporter.run()
+        set_status(database, dep_id, "waiting", gate_deadline=deadline, **gated)
+        reporter.run()
+        reporter.run()  # nothing changed: nothing sent
+        (gh,) = [d for d in fake_github.deployments.values() if d["sha"] == outcome[0] * 40]
+        assert states(fake_github, gh["id"]) == ["in_progress", "in_progress"]
+        description = fake_github.deployment_statuses[gh["id"]][-1]["description"]
+        assert description == (
+            "waiting for promotion gate github-deployment:Production until 2026-12-01 15:00:40 UTC"
+        )
+        (run,) = [r for r in fake_github.check_runs.values() if r["external_id"] == dep_id]
+        assert run["status"] == "in_progress" and not run.get("conclusion")
+        assert run["output"]["title"] == "Waiting for promotion gate github-deployment:Production"
+        summary = run["output"]["summary"]
+        assert f"GitHub deployment of {outcome[0] * 12} in GitHub environment Production" in summary
+        assert "Since: 2026-12-01 15:00:00 UTC" in summary
+        assert "Until: 2026-12-01 15:00:40 UTC" in summary
+
+        error = "timed out: promotion gate github-deployment:Production did not pass within 40s"
+        extra = {"error": error} if outcome == "timed_out" else {}
+        set_status(database, dep_id, outcome, finished_at=utcnow(), **extra)
+        reporter.run()
+        reporter.run()
+        assert run["status"] == "completed", outcome
+        ended[outcome] = run["conclusion"]
+        last = fake_github.deployment_statuses[gh["id"]][-1]
+        if outcome == "timed_out":
+            assert last["state"] == "error" and last["description"] == error
+            assert run["output"]["title"] == "Promotion gate timed out"
+            assert error in run["output"]["text"]
+        with database.read() as session:
+            row = session.get(GitHubReport, dep_id)
+            assert row is not None and row.done
+    assert ended == {"deployed": "success", "timed_out": "timed_out", "superseded": "cancelled"}
