@@ -152,11 +152,22 @@ class AppClient:
             raise map_github_error(exc, doing=f"getting GitHub App {self.app_id}") from None
 
     def installations(self) -> list[dict[str, Any]]:
+        """Page by page (not PyGithub's lazy list) so that each request is counted."""
+        requester = self._integration.requester
+        found: list[dict[str, Any]] = []
         try:
-            with metered("GET", installation="app", requester=self._integration.requester):
-                return [dict(i.raw_data) for i in self._integration.get_installations()]
+            for page in range(1, MAX_PAGES + 1):
+                with metered("GET", installation="app", requester=requester):
+                    _, data = requester.requestJsonAndCheck(
+                        "GET", "/app/installations", parameters={"per_page": PER_PAGE, "page": page}
+                    )
+                batch = data if isinstance(data, list) else []
+                found.extend(dict(i) for i in batch)
+                if len(batch) < PER_PAGE:
+                    break
         except Exception as exc:
             raise map_github_error(exc, doing="listing the App's installations") from None
+        return found
 
     def _as_installation(self, installation_id: int) -> github.Github:
         return github.Github(

@@ -21,6 +21,8 @@ from support.git_http import GitHttpServer
 from support.repos import TaskRepo
 from support.server import Server
 
+from controller.github.client import AppClient
+from controller.github.errors import GitHubRejected
 from controller.github.metering import METER, Meter, metered, status_class
 
 INSTALLATION_ID = 5151
@@ -156,3 +158,24 @@ def test_a_pygithub_failure_is_counted_by_status_class() -> None:
         "error",
         "error",
     ]
+
+
+def test_every_request_of_the_app_client_is_counted(fake_github: FakeGitHub) -> None:
+    client = AppClient(
+        app_id=fake_github.app_id, private_key=fake_github.private_key, api_url=fake_github.url
+    )
+    before, _ = METER.totals()
+    client.app_info()
+    client.installations()
+    client.installation_repositories(INSTALLATION_ID)
+    client.list_deployments(REPO, installation_id=INSTALLATION_ID, sha="a" * 40, environment=None)
+    with pytest.raises(GitHubRejected):
+        client.request(INSTALLATION_ID, "GET", f"/repos/{REPO}/branches/main")  # unknown
+    after, limits = METER.totals()
+
+    grown = {k: after.get(k, 0) - before.get(k, 0) for k in after if after[k] != before.get(k)}
+    assert sum(grown.values()) == len(fake_github.requests)
+    assert grown[("POST", "2xx")] == 1  # the installation token, created once
+    assert grown[("GET", "4xx")] == 1
+    assert limits[str(INSTALLATION_ID)] == fake_github.rate_limit - len(fake_github.requests)
+    assert "app" in limits
