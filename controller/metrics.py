@@ -8,8 +8,10 @@ scrape time** by :class:`StoreCollector`: a handful of aggregate queries, truthf
 restarts, processes and replicas (every replica reports the same totals; aggregate them
 with ``max``, not ``sum``). Only what happens in the web process itself and leaves no
 row is **counted in process**: webhook deliveries as they are answered (including the
-refused ones, which are never stored), manual promotions and rollbacks, and GitHub API
-calls (defined now; they get values when the GitHub App lands).
+refused ones, which are never stored), manual promotions and rollbacks. GitHub API calls
+and rate limits happen mostly in the controller child: each process writes its counts to
+a file of its own and :class:`GitHubCollector` sums them at scrape time
+(:mod:`controller.github.metering` explains why not prometheus_client's multiprocess mode).
 
 Trade-off: the store-derived histograms scan the steps and runs tables on each scrape.
 That is cheap for the tables a single controller accumulates (100k rows take a few ms on
@@ -36,7 +38,6 @@ from typing import Any, ParamSpec, TypeVar
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Gauge,
     ProcessCollector,
     generate_latest,
 )
@@ -51,6 +52,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from controller.github.metering import METER
 from controller.models import ACTIVE_STATUSES, FINAL_STATUSES, WAITING
 from controller.store.db import Database
 from controller.store.stats import (
@@ -108,18 +110,34 @@ PROMOTIONS = Counter(
     ["action", "status"],
     registry=PROCESS_REGISTRY,
 )
-GITHUB_CALLS = Counter(
-    "slipway_github_api_calls",
-    "GitHub API requests, by method and response status class",
-    ["method", "status"],
-    registry=PROCESS_REGISTRY,
-)
-GITHUB_RATE_LIMIT = Gauge(
-    "slipway_github_rate_limit_remaining",
-    "Requests left in GitHub's current rate-limit window, per installation",
-    ["installation"],
-    registry=PROCESS_REGISTRY,
-)
+
+
+class GitHubCollector(Collector):
+    """GitHub API calls and rate limits of every process of this server (see
+    :mod:`controller.github.metering`)."""
+
+    def collect(self) -> Iterator[Metric]:
+        calls, limits = METER.totals()
+        counted = CounterMetricFamily(
+            "slipway_github_api_calls",
+            "GitHub API requests, by method and response status class",
+            labels=["method", "status"],
+        )
+        for (method, status), count in sorted(calls.items()):
+            counted.add_metric([method, status], count)
+        yield counted
+        left = GaugeMetricFamily(
+            "slipway_github_rate_limit_remaining",
+            "Requests left in GitHub's current rate-limit window, per installation "
+            "(app: calls as the App itself)",
+            labels=["installation"],
+        )
+        for installation, remaining in sorted(limits.items()):
+            left.add_metric([installation], remaining)
+        yield left
+
+
+PROCESS_REGISTRY.register(GitHubCollector())
 
 _DELIVERY_STATUS = {
     202: "accepted",

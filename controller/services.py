@@ -28,6 +28,7 @@ from controller.datadir import private_dir
 from controller.errors import PermanentError
 from controller.gates.wiring import gate_poller
 from controller.github.auth import github_clone_auth
+from controller.github.metering import METER
 from controller.github.provider import AppClients
 from controller.github.reporting import Reporter
 from controller.leadership import make_elector
@@ -217,6 +218,7 @@ class Services:
 
     def start(self) -> None:
         self.db.migrate()
+        METER.start(self.settings.data_dir / "metrics" / "github", clean=self.role != "controller")
         if self.role != "controller":
             self.db.start_checkpointer(also=[self.inbox.checkpoint] if self.inbox else [])
             self.writer.start()

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from controller.errors import PermanentError
 from controller.github.app import StoredApp
 from controller.github.errors import map_github_error
+from controller.github.metering import METER, metered
 from controller.settings import Settings
 
 # PyGithub's debug line of a request can carry the answer's body (it does for text
@@ -132,7 +133,8 @@ class AppClient:
                 return cached[0]
         doing = f"creating a token for installation {installation_id}"
         try:
-            granted = self._integration.get_access_token(installation_id)
+            with metered("POST", installation="app", requester=self._integration.requester):
+                granted = self._integration.get_access_token(installation_id)
             token, expires_at = granted.token, granted.expires_at
         except Exception as exc:
             raise map_github_error(exc, doing=doing) from None
@@ -144,15 +146,28 @@ class AppClient:
 
     def app_info(self) -> dict[str, Any]:
         try:
-            return dict(self._integration.get_app().raw_data)
+            with metered("GET", installation="app", requester=self._integration.requester):
+                return dict(self._integration.get_app().raw_data)
         except Exception as exc:
             raise map_github_error(exc, doing=f"getting GitHub App {self.app_id}") from None
 
     def installations(self) -> list[dict[str, Any]]:
+        """Page by page (not PyGithub's lazy list) so that each request is counted."""
+        requester = self._integration.requester
+        found: list[dict[str, Any]] = []
         try:
-            return [dict(i.raw_data) for i in self._integration.get_installations()]
+            for page in range(1, MAX_PAGES + 1):
+                with metered("GET", installation="app", requester=requester):
+                    _, data = requester.requestJsonAndCheck(
+                        "GET", "/app/installations", parameters={"per_page": PER_PAGE, "page": page}
+                    )
+                batch = data if isinstance(data, list) else []
+                found.extend(dict(i) for i in batch)
+                if len(batch) < PER_PAGE:
+                    break
         except Exception as exc:
             raise map_github_error(exc, doing="listing the App's installations") from None
+        return found
 
     def _as_installation(self, installation_id: int) -> github.Github:
         return github.Github(
@@ -178,9 +193,14 @@ class AppClient:
         client = self._as_installation(installation_id)
         headers = {"If-None-Match": etag} if etag else {}
         try:
-            status, answer_headers, text = client.requester.requestJson(
-                method, path, parameters=params, headers=headers, input=body
-            )
+            try:
+                status, answer_headers, text = client.requester.requestJson(
+                    method, path, parameters=params, headers=headers, input=body
+                )
+            except Exception:
+                METER.record(method, None)
+                raise
+            METER.record(method, status, installation=str(installation_id), headers=answer_headers)
             lowered = {k.lower(): v for k, v in answer_headers.items()}
             data = _json_or_none(text)
             if status >= 400:
@@ -197,11 +217,12 @@ class AppClient:
         found: list[dict[str, Any]] = []
         try:
             for page in range(1, MAX_PAGES + 1):
-                _, data = client.requester.requestJsonAndCheck(
-                    "GET",
-                    "/installation/repositories",
-                    parameters={"per_page": PER_PAGE, "page": page},
-                )
+                with metered("GET", installation=str(installation_id), requester=client.requester):
+                    _, data = client.requester.requestJsonAndCheck(
+                        "GET",
+                        "/installation/repositories",
+                        parameters={"per_page": PER_PAGE, "page": page},
+                    )
                 batch = data.get("repositories", []) if isinstance(data, dict) else []
                 found.extend(dict(repo) for repo in batch)
                 if len(batch) < PER_PAGE:
@@ -264,7 +285,8 @@ class AppClient:
             seconds_between_writes=None,
         )
         try:
-            _, data = client.requester.requestJsonAndCheck("GET", path, parameters=params)
+            with metered("GET", installation=str(installation_id), requester=client.requester):
+                _, data = client.requester.requestJsonAndCheck("GET", path, parameters=params)
         except Exception as exc:
             raise map_github_error(exc, doing=doing) from None
         finally:

@@ -41,6 +41,7 @@ import httpx
 from controller.errors import PermanentError, TemporaryError
 from controller.github.client import REQUEST_TIMEOUT
 from controller.github.errors import GitHubRejected, map_github_error
+from controller.github.metering import METER, metered
 
 ACCESS_TTL = 60.0
 MAX_CACHED = 10_000
@@ -107,9 +108,11 @@ def exchange_user_code(
                 headers={"Accept": "application/json"},
             )
     except httpx.HTTPError as exc:
+        METER.record("POST", None)
         raise TemporaryError(
             f"could not reach GitHub to finish the sign-in ({type(exc).__name__})"
         ) from exc
+    METER.record("POST", response.status_code)
     if response.status_code >= 500:
         raise TemporaryError(f"GitHub answered {response.status_code} to the sign-in")
     try:
@@ -143,7 +146,8 @@ def _as_user(api_url: str, token: str) -> github.Github:
 def _get(api_url: str, token: str, path: str, *, doing: str) -> Any:
     client = _as_user(api_url, token)
     try:
-        _, data = client.requester.requestJsonAndCheck("GET", path)
+        with metered("GET"):
+            _, data = client.requester.requestJsonAndCheck("GET", path)
     except Exception as exc:
         error = map_github_error(exc, doing=doing)
         if isinstance(error, GitHubRejected) and error.status == 401:

@@ -285,6 +285,7 @@ class FakeGitHub:
         # -- reporting and resync state (see the "reporting and resync" block) --
         self.latency = 0.0  # seconds each answer waits (the benchmark's 50 ms)
         self.outage: int | None = None  # when set, every request is answered this status
+        self.rate_limit = 5000  # X-RateLimit-Limit; Remaining falls by one per API request
         self.deployments: dict[int, dict[str, Any]] = {}  # id -> deployment (+ "repo")
         self.deployment_statuses: dict[int, list[dict[str, Any]]] = {}
         self.check_runs: dict[int, dict[str, Any]] = {}
@@ -457,6 +458,18 @@ class FakeGitHub:
         queried = {f"?{name}": values[-1] for name, values in query.items()}
         status, answer = handler(self, headers, {**params, **queried})
         return status, {}, answer
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        """What GitHub sends with every REST answer (one shared window, as for an App)."""
+        with self._lock:
+            remaining = max(0, self.rate_limit - len(self.requests))
+        reset = int(time.time()) + 3600
+        return {
+            "X-RateLimit-Limit": str(self.rate_limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Used": str(self.rate_limit - remaining),
+            "X-RateLimit-Reset": str(reset),
+        }
 
     def _app(self, headers: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
         """``None`` if the JWT is the App's, else the error answer GitHub gives."""
@@ -922,6 +935,10 @@ def _handler(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, extra, answer = fake.answer(self.command, self.path, headers, body)
+            if not self.path.startswith("/login/oauth/") and not any(
+                k.lower().startswith("x-ratelimit-") for k in extra
+            ):
+                extra = {**extra, **fake.rate_limit_headers()}
             data = b"" if answer is None or status == 304 else json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
