@@ -19,7 +19,7 @@ from controller.ids import new_id
 from controller.models import WAITING
 from controller.queue import Queue
 from controller.secretstore.crypto import Cipher
-from controller.store.deployments import attempted_deployment
+from controller.store.deployments import attempted_deployment, same_commit_in_progress
 from controller.store.environments import lock_environment, preview_by_branch
 from controller.store.tables import Delivery, Deployment, Environment, Project, utcnow
 from webhooks.routing import Deploy
@@ -186,9 +186,25 @@ def apply_deploy(
     env = ensure_environment(
         session, cipher, project=project, name=intent.environment, branch=intent.branch, **attrs
     )
-    if env.status == "archived" and intent.source == "pull_request":
+    revived = env.status == "archived" and intent.source == "pull_request"
+    if revived:
         # A reopened pull request (or a new one from the same branch) revives its preview.
         env.status, env.status_reason, env.archived_at = "active", None, None
+    elif intent.source == "pull_request" and env.id is not None:
+        # The resync reads open pull requests too: a delivery that arrives after the resync
+        # requested its commit (or a repeated event) must not supersede that deployment
+        # with an identical one. A commit whose deployment failed may be asked for again.
+        lock_environment(session, env.id)
+        live = same_commit_in_progress(session, env.id, intent.sha)
+        if live is not None:
+            record_event(
+                session,
+                project.id,
+                "skipped",
+                f"{intent.sha[:7]} is already {live.status} in {env.name} ({live.id})",
+                delivery_id,
+            )
+            return
     if intent.source in TRACKED_SOURCES:
         # The resync and routing (or two replicas) check-then-insert under the
         # environment's row lock.

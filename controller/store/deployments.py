@@ -8,7 +8,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
-from controller.models import ACTIVE_STATUSES
+from controller.models import ACTIVE_STATUSES, WAITING
 from controller.store.tables import Deployment, DeploymentLog, DeploymentStep, Environment, Job
 
 
@@ -29,6 +29,21 @@ def attempted_deployment(session: Session, environment_id: int, sha: str) -> Dep
         .order_by(Deployment.created_at)
         .limit(1)
     ).scalar_one_or_none()
+
+
+def same_commit_in_progress(session: Session, environment_id: int, sha: str) -> Deployment | None:
+    """The environment's newest deployment if it is of ``sha`` and still under way, waiting
+    for its gate, or deployed: a new request for that commit would only repeat it. (An
+    older deployment of the commit does not count: going back to a commit deploys it.)"""
+    newest = session.execute(
+        select(Deployment)
+        .where(Deployment.environment_id == environment_id)
+        .order_by(Deployment.created_at.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if newest is None or newest.sha != sha:
+        return None
+    return newest if newest.status in {*ACTIVE_STATUSES, WAITING, "deployed"} else None
 
 
 def orphaned_queued_deployments(session: Session) -> list[Deployment]:

@@ -131,3 +131,38 @@ def test_a_suspended_installation_stops_deploying_until_unsuspended(
         assert project_not_deploying_reason(session, project(session)) is None
     push = payloads.push(repo=REPO, before="1" * 40, after="2" * 40)
     assert "deploy 2222222 to production" in deliver(database, cipher, "push", push)
+
+
+def preview_deployments(database: Database) -> list[tuple[str, str]]:
+    with database.read() as session:
+        rows = session.execute(
+            select(Deployment.sha, Deployment.status)
+            .join(Environment, Environment.id == Deployment.environment_id)
+            .where(Environment.name == "preview")
+            .order_by(Deployment.created_at, Deployment.id)
+        ).all()
+    return [(sha, status) for sha, status in rows]
+
+
+def test_a_pull_request_event_for_a_commit_already_under_way_is_not_deployed_again(
+    database: Database, cipher: Cipher
+) -> None:
+    """The resync lists open pull requests too: the late delivery of a commit it already
+    requested (or a repeated event) must not supersede that deployment with a copy."""
+    other = "1" * 40
+    deliver(database, cipher, "pull_request", payloads.pull_request(action="opened", head_sha=SHA))
+    deliver(
+        database, cipher, "pull_request", payloads.pull_request(action="synchronize", head_sha=SHA)
+    )
+    assert preview_deployments(database) == [(SHA, "queued")]
+    with database.read() as session:
+        skipped = session.execute(select(Event.message).where(Event.kind == "skipped")).scalars()
+        assert any("is already queued" in m for m in skipped)
+    # Another commit supersedes it; going back to the first commit deploys it again.
+    deliver(
+        database, cipher, "pull_request", payloads.pull_request(action="synchronize", head_sha=other)
+    )
+    deliver(
+        database, cipher, "pull_request", payloads.pull_request(action="synchronize", head_sha=SHA)
+    )
+    assert [sha for sha, _ in preview_deployments(database)] == [SHA, other, SHA]
