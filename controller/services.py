@@ -44,6 +44,7 @@ from controller.runtimes.control import (
     ControlServer,
     Handler,
     RemoteRuntime,
+    lease_handlers,
     spec_from_json,
 )
 from controller.runtimes.local import LocalRuntime
@@ -133,7 +134,10 @@ class Services:
         self.remote: RemoteRuntime | None = None
         if settings.runtime.runtime == "kubernetes":
             self.runtime = make_kubernetes_runtime(
-                settings, db=self.db, cipher=self.cipher, may_start=functools.partial(start_refusal, self.db)
+                settings,
+                db=self.db,
+                cipher=self.cipher,
+                may_start=functools.partial(start_refusal, self.db),
             )
         elif self.control_client is not None:
             self.remote = RemoteRuntime(
@@ -316,7 +320,5 @@ class Services:
             **wakeups,
             "ensure": lambda r: runtime.ensure(spec_from_json(r["spec"])),
             "retire": lambda r: runtime.retire(int(r["version_id"])),
-            "acquire": lambda r: runtime.acquire(spec_from_json(r["spec"])),
-            "release": lambda r: runtime.release(int(r["version_id"]), int(r["port"])),
-            "refused": lambda r: runtime.refused(int(r["version_id"]), int(r["port"])),
+            **lease_handlers(runtime),
         }

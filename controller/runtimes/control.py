@@ -18,11 +18,21 @@ the controller over a Unix socket, ``<data>/control.sock``:
   to the worker's port directly (runs do not pass through the niced controller) and
   sends ``release`` without waiting for its answer;
   ``refused`` reports a worker that answered 503 (it was retiring), so it is replaced;
+* a run whose version has a worker record (``<data>/workers/<id>.json``, written by the
+  controller once the worker is healthy) skips ``acquire``: the web process reads the
+  record, sends ``begin`` (no answer awaited; see :mod:`.ledger`) and posts the run to
+  that port. The worker itself keeps the count a retire waits on (it drains: admitted
+  runs finish, new ones get 503), and checks the run's version id, so a stale record
+  whose port another worker took is refused too. A refused connection or a 503 means the
+  run has not started: it goes the ``acquire`` way (which starts the worker if it may,
+  and retries once). The web process never starts a worker, so an archived preview's
+  worker stays stopped;
 * the socket lives in the data dir (mode 0700) and is made 0600: only this user's
   processes can ask. Paths too long for ``sockaddr_un`` go through ``/proc/self/fd``.
 
 Errors keep their class across the channel (:class:`PermanentError` stays permanent).
 Nothing secret travels in an error: workers' errors never contain environment values.
+Over 400 lines: both ends of the channel and the run paths that use it are one protocol.
 """
 
 from __future__ import annotations
@@ -45,7 +55,8 @@ import httpx
 from controller import errors
 from controller.errors import RuntimeUnavailable, SlipwayError
 from controller.runtimes.base import ArtifactRef, VersionSpec
-from controller.runtimes.runcall import run_leased
+from controller.runtimes.runcall import answer_of, post_run, run_leased
+from controller.runtimes.workers import Registry
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +114,9 @@ def _raise(error: dict[str, Any]) -> None:
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = False
     block_on_close = True
+    # Unanswered sends (begin, release) arrive in bursts; a full backlog refuses them
+    # with EAGAIN, and a lost release makes a worker look busy until a restart.
+    request_queue_size = 256
     handlers: dict[str, Handler]
 
 
@@ -250,6 +264,7 @@ class RemoteRuntime:
         self.client = client
         self.grace = grace
         self._http = httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False)
+        self.records = Registry(client.path.parent / "workers")
         self._stopping = threading.Event()
         self._in_flight = 0
         self._changed = threading.Condition()
@@ -302,6 +317,11 @@ class RemoteRuntime:
         with self._changed:
             self._in_flight += 1
         try:
+            direct = self._run_direct(
+                spec, run_id=run_id, task_id=task_id, payload=payload, timeout=timeout, env=env
+            )
+            if direct is not None:
+                return direct
             return run_leased(
                 _ChannelLeases(self.client),
                 self._http,
@@ -312,14 +332,80 @@ class RemoteRuntime:
                 timeout=timeout,
                 env=env,
                 stopping=self._stopping,
-                stopped_message="the run was stopped: slipway serve shut down and the run "
-                f"outlived the {self.grace:g}s shutdown grace period "
-                "(SLIPWAY_SHUTDOWN_GRACE_PERIOD)",
+                stopped_message=self._stopped_message(),
             )
         finally:
             with self._changed:
                 self._in_flight -= 1
                 self._changed.notify_all()
+
+    def _run_direct(
+        self,
+        spec: VersionSpec,
+        *,
+        run_id: str,
+        task_id: str,
+        payload: Any,
+        timeout: float | None,
+        env: dict[str, str] | None,
+    ) -> dict[str, Any] | None:
+        """The run sent to the recorded worker without a lease; None when there is no
+        record or the worker did not take the run (then it has not started)."""
+        worker = self.records.read(spec.version_id)
+        if worker is None:
+            return None
+        mark = {"version_id": spec.version_id, "port": worker.port, "run_id": run_id}
+        self.client.send("begin", **mark)
+        try:
+            response = post_run(
+                self._http,
+                worker.url,
+                run_id=run_id,
+                task_id=task_id,
+                payload=payload,
+                timeout=timeout,
+                env=env,
+                version_id=spec.version_id,
+            )
+        except httpx.ConnectError:
+            response = None
+        except httpx.HTTPError as exc:
+            self.client.send("release", **mark)
+            if self._stopping.is_set():
+                raise RuntimeUnavailable(self._stopped_message()) from exc
+            raise RuntimeUnavailable(
+                f"the worker of version {spec.version} is unreachable: {exc}"
+            ) from exc
+        self.client.send("release", **mark)
+        if response is None or response.status_code == 503:
+            return None
+        return answer_of(response, spec=spec, task_id=task_id)
+
+    def _stopped_message(self) -> str:
+        return (
+            "the run was stopped: slipway serve shut down and the run "
+            f"outlived the {self.grace:g}s shutdown grace period "
+            "(SLIPWAY_SHUTDOWN_GRACE_PERIOD)"
+        )
+
+
+def lease_handlers(runtime: Any) -> dict[str, Handler]:
+    """The control ops a run uses, served by the controller's ``LocalRuntime``."""
+
+    def release(request: dict[str, Any]) -> None:
+        run_id = request.get("run_id")
+        runtime.release(
+            int(request["version_id"]),
+            int(request["port"]),
+            run_id=str(run_id) if run_id is not None else None,
+        )
+
+    return {
+        "acquire": lambda r: runtime.acquire(spec_from_json(r["spec"])),
+        "begin": lambda r: runtime.begin(int(r["version_id"]), int(r["port"]), str(r["run_id"])),
+        "release": release,
+        "refused": lambda r: runtime.refused(int(r["version_id"]), int(r["port"])),
+    }
 
 
 class _ChannelLeases:

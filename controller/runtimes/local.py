@@ -22,7 +22,10 @@ overwritten): :meth:`LocalRuntime.stop_strays` stops them when a controller star
 Retiring stops a worker (drain, then SIGKILL to its session) in a reaper thread with a long
 deadline; :meth:`close` with a short one (the web process gave runs their grace period).
 Elsewhere: starting and stopping a worker process (:mod:`.workers`), the cap on live
-previews (:mod:`.slots`), a run's request and its one retry (:mod:`.runcall`).
+previews (:mod:`.slots`), a run's request and its one retry (:mod:`.runcall`), runs sent
+without a lease (:mod:`.ledger`). Over 400 lines: the lifecycle, the cap's eviction and the
+run leases share the version locks and worker records, and splitting them would spread
+one lock discipline over several files.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import httpx
 from controller.datadir import private_dir
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes.base import VersionSpec
+from controller.runtimes.ledger import RunLedger
 from controller.runtimes.procs import kill_session, workers_marked
 from controller.runtimes.runcall import run_leased
 from controller.runtimes.slots import PreviewSlots
@@ -90,6 +94,7 @@ class LocalRuntime:
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False)
         self._reapers: list[threading.Thread] = []
+        self.ledger = RunLedger()
         self._close_by = float("inf")
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -360,9 +365,21 @@ class LocalRuntime:
             worker.in_flight += 1
         return {"url": worker.url, "port": worker.port}
 
-    def release(self, version_id: int, port: int) -> None:
+    def begin(self, version_id: int, port: int, run_id: str) -> None:
+        """A run the web process sends to the worker on ``port`` without a lease (it
+        found the worker in the registry): counted until its :meth:`release`."""
         with self._version_lock(version_id), self._lock:
             candidates = [self._workers.get(version_id), *self._retiring.values()]
+            match = next((w for w in candidates if w is not None and w.port == port), None)
+            self.ledger.begin(run_id, match)
+
+    def release(self, version_id: int, port: int, run_id: str | None = None) -> None:
+        """The end of a leased run, or (``run_id``) of one counted by :meth:`begin`."""
+        with self._version_lock(version_id), self._lock:
+            candidates = [self._workers.get(version_id), *self._retiring.values()]
+            if run_id is not None:
+                self.ledger.release(run_id)
+                candidates = []
             for worker in candidates:
                 if worker is not None and worker.port == port and worker.in_flight > 0:
                     worker.in_flight -= 1

@@ -44,8 +44,13 @@ def post_run(
     payload: Any,
     timeout: float | None,
     env: dict[str, str] | None = None,
+    version_id: int | None = None,
 ) -> httpx.Response:
+    """``version_id``: the worker answers 503 (the run not started) if it serves another
+    version, e.g. a stale registry record whose port a newer worker took."""
     request = {"run_id": run_id, "task_id": task_id, "payload": payload, "timeout": timeout}
+    if version_id is not None:
+        request["version_id"] = version_id
     if env:
         request["env"] = env
     return client.post(
@@ -101,6 +106,7 @@ def run_leased(
                 payload=payload,
                 timeout=timeout,
                 env=env,
+                version_id=spec.version_id,
             )
         except httpx.HTTPError as exc:
             _quietly(leases.release, spec.version_id, port)

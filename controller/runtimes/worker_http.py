@@ -114,6 +114,10 @@ class Handler(BaseHTTPRequestHandler):
         ):
             self._send(400, {"error": "env must be an object of strings"})
             return
+        expected = request.get("version_id")
+        if expected is not None and expected != worker.context.get("version_id"):
+            self._send(503, {"error": f"this worker does not serve version id {expected}"})
+            return
         task = worker.tasks.get(task_id)
         if task is None:
             self._send(404, {"error": f"unknown task {task_id!r} in this version"})

@@ -23,9 +23,16 @@ import pytest
 
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes.base import ArtifactRef, VersionSpec
-from controller.runtimes.control import ControlClient, ControlServer, RemoteRuntime, spec_from_json
+from controller.runtimes.control import (
+    ControlClient,
+    ControlServer,
+    RemoteRuntime,
+    lease_handlers,
+    spec_from_json,
+)
 from controller.runtimes.local import WORKER_MAIN, LocalRuntime
 from controller.runtimes.procs import session_of, workers_marked
+from controller.runtimes.workers import Worker
 
 TASKS = {
     "tasks/hello.py": "def run(payload, ctx):\n    return {'pid': __import__('os').getpid()}\n",
@@ -34,6 +41,15 @@ TASKS = {
         "def run(payload, ctx):\n"
         "    open(payload['marker'], 'w').write(str(__import__('os').getpid()))\n"
         "    time.sleep(120)\n"
+    ),
+    "tasks/hold.py": (
+        "import os, time\n"
+        "def run(payload, ctx):\n"
+        "    open(payload['marker'], 'w').write('started')\n"
+        "    deadline = time.monotonic() + 60\n"
+        "    while not os.path.exists(payload['go']) and time.monotonic() < deadline:\n"
+        "        time.sleep(0.01)\n"
+        "    return {'pid': os.getpid()}\n"
     ),
 }
 
@@ -56,9 +72,7 @@ def handlers(runtime: LocalRuntime) -> dict[str, Any]:
         "ping": lambda r: True,
         "ensure": lambda r: runtime.ensure(spec_from_json(r["spec"])),
         "retire": lambda r: runtime.retire(int(r["version_id"])),
-        "acquire": lambda r: runtime.acquire(spec_from_json(r["spec"])),
-        "release": lambda r: runtime.release(int(r["version_id"]), int(r["port"])),
-        "refused": lambda r: runtime.refused(int(r["version_id"]), int(r["port"])),
+        **lease_handlers(runtime),
     }
 
 
@@ -251,3 +265,152 @@ def test_a_run_does_not_wait_for_the_controller_to_answer_its_release(
         runtime.close(timeout=2)
     assert released.is_set()  # the release did arrive (stop() joined its handler)
     assert not workers_marked(WORKER_MAIN, owner=runtime.registry)
+
+
+def counting(ops: dict[str, Any], name: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    handler = ops[name]
+
+    def counted(request: dict[str, Any]) -> Any:
+        calls.append(request)
+        return handler(request)
+
+    return {**ops, name: counted}
+
+
+def wait_until(check: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_run_on_a_recorded_worker_skips_acquire_and_is_still_counted(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The second run goes straight to the recorded worker (no ``acquire``); the
+    controller still counts it in flight (the idle timeout and the LRU see it) and
+    uncounts it after."""
+    runtime = LocalRuntime(data_dir=data_dir)
+    acquires: list[dict[str, Any]] = []
+    server = ControlServer(data_dir, counting(handlers(runtime), "acquire", acquires))
+    server.start()
+    web = RemoteRuntime(ControlClient(data_dir), grace=1)
+    spec = make_spec(tmp_path / "src")
+    marker, go = tmp_path / "marker", tmp_path / "go"
+    try:
+        first = web.run(spec, run_id="r1", task_id="hello", payload=None, timeout=30)
+        assert first["status"] == "completed"
+        assert len(acquires) == 1  # no record yet: the controller started the worker
+        worker = runtime._workers[1]
+        wait_until(lambda: worker.in_flight == 0, "the first release")
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(
+                web.run,
+                spec,
+                run_id="r2",
+                task_id="hold",
+                payload={"marker": str(marker), "go": str(go)},
+                timeout=60,
+            )
+            wait_until(marker.exists, "the held run to start")
+            wait_until(lambda: worker.in_flight == 1, "the begin to be counted")
+            assert runtime.idle_for(1) == 0.0
+            go.write_text("")
+            assert held.result(60)["status"] == "completed"
+        wait_until(lambda: worker.in_flight == 0, "the release to be counted")
+        assert len(acquires) == 1
+    finally:
+        web.close(timeout=1)
+        server.stop()
+        runtime.close(timeout=2)
+    assert not workers_marked(WORKER_MAIN, owner=runtime.registry)
+
+
+def test_a_release_handled_before_its_begin_leaves_nothing_counted(data_dir: Path) -> None:
+    runtime = LocalRuntime(data_dir=data_dir)
+    worker = Worker(version_id=7, pid=os.getpid(), port=1234)
+    runtime._workers[7] = worker
+    try:
+        runtime.release(7, 1234, run_id="r1")
+        runtime.begin(7, 1234, "r1")
+        assert worker.in_flight == 0
+        runtime.begin(7, 1234, "r2")
+        assert worker.in_flight == 1
+        runtime.release(7, 1234, run_id="r2")
+        assert worker.in_flight == 0
+    finally:
+        runtime._workers.clear()
+        runtime.close(timeout=2)
+
+
+def test_a_run_on_a_recorded_worker_that_is_gone_falls_back_to_acquire(
+    owner: tuple[LocalRuntime, ControlServer], data_dir: Path, tmp_path: Path
+) -> None:
+    """The worker was SIGKILLed behind the controller's back: its record is still there,
+    the direct request is refused, and the run goes the acquire way (a new worker)."""
+    runtime, _server = owner
+    spec = make_spec(tmp_path / "src")
+    web = RemoteRuntime(ControlClient(data_dir), grace=1)
+    try:
+        first = web.run(spec, run_id="r1", task_id="hello", payload=None, timeout=30)
+        old = runtime._workers[1]
+        os.killpg(old.pid, signal.SIGKILL)
+        wait_until(old.gone, "the killed worker to be gone")
+        assert runtime.records.read(1) is not None
+        second = web.run(spec, run_id="r2", task_id="hello", payload=None, timeout=30)
+    finally:
+        web.close(timeout=1)
+    assert second["status"] == "completed"
+    assert runtime._workers[1].pid != old.pid
+    assert second["output"]["pid"] != first["output"]["pid"]
+
+
+def test_a_recorded_port_that_another_version_took_is_not_used(
+    owner: tuple[LocalRuntime, ControlServer], data_dir: Path, tmp_path: Path
+) -> None:
+    """A stale record of version 2 names version 1's port: the worker refuses the run
+    (it checks the version id) and version 2 gets a worker of its own."""
+    runtime, _server = owner
+    web = RemoteRuntime(ControlClient(data_dir), grace=1)
+    one, two = make_spec(tmp_path / "one", 1), make_spec(tmp_path / "two", 2)
+    try:
+        web.run(one, run_id="r1", task_id="hello", payload=None, timeout=30)
+        port = runtime._workers[1].port
+        runtime.records.write(
+            Worker(version_id=2, pid=runtime._workers[1].pid, port=port), version="x"
+        )
+        answer = web.run(two, run_id="r2", task_id="hello", payload=None, timeout=30)
+    finally:
+        web.close(timeout=1)
+    assert answer["status"] == "completed"
+    assert runtime._workers[2].port != port
+
+
+def test_a_worker_retired_with_a_direct_run_in_flight_finishes_it(
+    owner: tuple[LocalRuntime, ControlServer], data_dir: Path, tmp_path: Path
+) -> None:
+    runtime, _server = owner
+    spec = make_spec(tmp_path / "src")
+    marker, go = tmp_path / "marker", tmp_path / "go"
+    web = RemoteRuntime(ControlClient(data_dir), grace=1)
+    try:
+        web.run(spec, run_id="r1", task_id="hello", payload=None, timeout=30)
+        worker = runtime._workers[1]
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(
+                web.run,
+                spec,
+                run_id="r2",
+                task_id="hold",
+                payload={"marker": str(marker), "go": str(go)},
+                timeout=60,
+            )
+            wait_until(marker.exists, "the held run to start")
+            runtime.retire(1)
+            assert runtime.records.read(1) is None
+            go.write_text("")
+            answer = held.result(60)
+        wait_until(worker.gone, "the retired worker to exit")
+    finally:
+        web.close(timeout=1)
+    assert answer["status"] == "completed"
