@@ -1,9 +1,9 @@
-"""A run's own process: forked by the spawner, it runs one task and leaves.
+"""A run's own process: forked by the spawner ahead of its run, it runs one task and leaves.
 
 Part of the worker (see ``worker_main.py``, which loads this file by path; standard
 library only). :func:`become_run` puts the child in a process group of its own, points
 fds 0-2 at /dev/null and the log pipe (so ``print`` and subprocesses alike are captured),
-reads its request, runs the task and writes one JSON result, then leaves with
+reads its request, sets the run's variables in its own environment, runs the task and writes one JSON result, then leaves with
 ``os._exit``. Every run gets a process of its own, so a task that crashes, calls
 ``os._exit``, segfaults or hangs costs that run only, and each run starts from module
 state fresh from import. ``asyncio`` is imported only by a run whose task is async.
@@ -110,8 +110,11 @@ def _error_of(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def become_run(fds: Sequence[int], tasks: dict[str, LoadedTask]) -> NoReturn:
-    """The run child, right after the spawner forked it. Never returns."""
+def become_run(
+    fds: Sequence[int], tasks: dict[str, LoadedTask], *, context: dict[str, Any] | None = None
+) -> NoReturn:
+    """The run child, once it has its run's fds. Never returns. ``context``: the worker's
+    run context (version, environment…), inherited, not sent with every request."""
     code = 70
     try:
         request_fd, result_fd, log_fd = fds
@@ -131,6 +134,8 @@ def become_run(fds: Sequence[int], tasks: dict[str, LoadedTask]) -> NoReturn:
         )
         with open(request_fd, "rb") as stream:
             request = json.loads(stream.read())
+        os.environ.update(request.get("env") or {})
+        request["context"] = context or {}
         result = _execute(tasks[request["task_id"]], request)
         sys.stdout.flush()
         sys.stderr.flush()

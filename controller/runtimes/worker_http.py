@@ -70,6 +70,7 @@ class Server6(Server):
 class Handler(BaseHTTPRequestHandler):
     server: Server
     protocol_version = "HTTP/1.1"
+    _body = b""  # the last request's body as received: a run's child parses it itself
     server_version = "slipway-worker"
 
     def do_GET(self) -> None:
@@ -125,9 +126,15 @@ class Handler(BaseHTTPRequestHandler):
         if not worker.admit():
             self._send(503, {"error": "the worker is draining and accepts no new runs"})
             return
+        as_sent = self._body if request.get("run_id") == run_id else None
         try:
             result = worker.run(
-                task=task, run_id=run_id, payload=request.get("payload"), timeout=timeout, env=env
+                task=task,
+                run_id=run_id,
+                payload=request.get("payload"),
+                timeout=timeout,
+                env=env,
+                body=as_sent,
             )
             self._send(200, result)
         finally:
@@ -142,8 +149,9 @@ class Handler(BaseHTTPRequestHandler):
         if length > MAX_REQUEST_BYTES:
             self._send(413, {"error": f"body over {MAX_REQUEST_BYTES} bytes"}, close=True)
             return None
+        self._body = self.rfile.read(length)
         try:
-            body = json.loads(self.rfile.read(length))
+            body = json.loads(self._body)
         except ValueError:
             self._send(400, {"error": "the body is not JSON"})
             return None

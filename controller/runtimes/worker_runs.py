@@ -5,7 +5,7 @@ under the version's own virtualenv, where ``controller`` is not importable, so t
 is standard library only).
 
 :func:`run_task` makes four pipes (request, result, logs, control) and hands the child's
-ends to the spawner, which forks the child (``worker_child.py``); then it feeds the
+ends to the spawner, whose spare child takes them (``worker_child.py``); then it feeds the
 request, multiplexes result, logs and control with a selector and keeps the last 256 KiB
 of logs.
 
@@ -219,18 +219,20 @@ def run_task(
     payload: Any,
     timeout: float | None,
     env: dict[str, str] | None = None,
+    body: bytes | None = None,
 ) -> dict[str, Any]:
-    """One run on a child the spawner forks; the answer ``POST /runs`` returns."""
+    """One run on a child the spawner forks; the answer ``POST /runs`` returns.
+
+    ``body``: the ``POST /runs`` body as received (it holds task id, run id, payload and
+    env), passed to the child as is, so a large payload or many variables are not
+    encoded again; the child adds the context it inherited."""
     limits = [x for x in (task.info["max_duration"], timeout) if x is not None]
     limit = min(limits) if limits else None
-    request = json.dumps(
-        {
-            "task_id": task.id,
-            "run_id": run_id,
-            "payload": payload,
-            "context": context,
-        }
-    ).encode()
+    if body is None:
+        body = json.dumps(
+            {"task_id": task.id, "run_id": run_id, "payload": payload, "env": env or {}}
+        ).encode()
+    request = body
     request_r, request_w = os.pipe()
     result_r, result_w = os.pipe()
     log_r, log_w = os.pipe()
@@ -238,7 +240,7 @@ def run_task(
     logs = _Tail(LOG_LIMIT)
     started = time.monotonic()
     try:
-        spawner.start([request_r, result_w, log_w, control_w], env=env or {})
+        spawner.start([request_r, result_w, log_w, control_w])
     except OSError as exc:
         for fd in (
             request_r,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -95,6 +96,7 @@ class Worker:
         payload: Any,
         timeout: float | None,
         env: dict[str, str] | None = None,
+        body: bytes | None = None,
     ) -> dict[str, Any]:
         return runs.run_task(
             self.spawner,
@@ -104,6 +106,7 @@ class Worker:
             payload=payload,
             timeout=timeout,
             env=env,
+            body=body,
         )
 
 
@@ -156,7 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sys.stdout.flush()
     sys.stderr.flush()
-    spawner = spawning.Spawner(tasks, close_in_child=[protocol], run_child=child.become_run)
+    spawner = spawning.Spawner(
+        tasks,
+        close_in_child=[protocol],
+        run_child=functools.partial(child.become_run, context=args.context_json),
+    )
     try:
         server_class = http.Server6 if ":" in args.host else http.Server
         server = server_class((args.host, args.port), http.Handler)

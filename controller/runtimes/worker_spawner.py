@@ -4,23 +4,26 @@ Part of the worker (see ``worker_main.py``, which loads this file by path; stand
 library only). fork() in a multi-threaded process copies locks other threads hold and can
 deadlock the child, so the worker forks this process once, while it still has a single
 thread, and every run is forked from it. The HTTP thread passes a run's four pipe ends
-over a Unix socket (SCM_RIGHTS, one byte ``R`` per run); the spawner forks, writes
-``pid N`` on the control pipe and, once it has reaped the child, ``exit CODE``.
+over a Unix socket (SCM_RIGHTS, one byte ``R`` per run); the spawner hands the child's
+three to its spare, writes ``pid N`` on the control pipe and, once it has reaped the
+child, ``exit CODE``.
 
-Env vars travel as an ``E`` message (an 8-byte length, then JSON) only when they differ
-from the last ones sent; the spawner sets them in its own environment, so every run forked
-after that inherits them. Runs of one version nearly always see the same variables, so
-a run with 500 of them costs no JSON pass and no ``putenv`` in the child.
+Fork off the critical path: the spawner keeps one child forked ahead (:class:`_Spare`),
+blocked on a socket until a run's fds arrive; the next spare is forked right after the
+hand-over, while the run executes. The first run forks for itself, so a worker that never
+runs (most previews) costs no third process. A fork of a worker with its tasks imported cost ~1-3
+ms of a ~7 ms run. Isolation is unchanged: every run is still a process of its own,
+forked from the spawner, which never runs a task and never changes its own environment
+(a run's variables travel in its request and are set by the run's process).
 
 If the worker dies, the spawner sees its socket close, kills every run's process group and
-exits, so no run is orphaned. It ignores SIGINT and SIGTERM: only the worker decides when
-runs end.
+exits (the spare reads EOF and exits), so no run is orphaned. It ignores SIGINT and
+SIGTERM: only the worker decides when runs end.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import selectors
 import signal
@@ -39,7 +42,8 @@ RunChild = Callable[[Sequence[int], "dict[str, LoadedTask]"], Any]
 def _serve_spawner(
     sock: socket.socket, tasks: dict[str, LoadedTask], *, run_child: RunChild
 ) -> None:
-    """The spawner's loop: fork a run per request, report pid and exit code, reap."""
+    """The spawner's loop: hand each request to the spare child, fork the next spare,
+    report pid and exit code, reap."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()
@@ -48,10 +52,24 @@ def _serve_spawner(
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     runs: dict[int, int] = {}
-    base_env = dict(os.environ)
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
+
+    def become_child(inherited: Sequence[Any]) -> None:
+        """In a fresh fork: drop what belongs to the spawner."""
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        selector.close()
+        sock.close()
+        for item in inherited:
+            item.close()
+        for fd in (wake_r, wake_w, *runs.values()):
+            os.close(fd)
+
+    spare: _Spare | None = None  # the first run forks: a worker never run has no spare
     try:
         while True:
             for key, _ in selector.select():
@@ -61,9 +79,6 @@ def _serve_spawner(
                     continue
                 try:
                     message, fds, _, _ = socket.recv_fds(sock, 1, 4)
-                    if message == b"E":
-                        _apply_env(_receive_env(sock), base=base_env)
-                        continue
                 except OSError:
                     message, fds = b"", []
                 if not message:
@@ -73,60 +88,82 @@ def _serve_spawner(
                         os.close(fd)
                     continue
                 *child_fds, control = fds
-                pid = os.fork()
-                if pid == 0:
-                    signal.set_wakeup_fd(-1)
-                    for signum in (signal.SIGCHLD, signal.SIGTERM):
-                        signal.signal(signum, signal.SIG_DFL)
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
-                    selector.close()
-                    sock.close()
-                    for fd in (wake_r, wake_w, control, *runs.values()):
-                        os.close(fd)
-                    run_child(child_fds, tasks)
+                pid = spare.hand(child_fds) if spare is not None else None
+                if pid is None:  # the first run, or the spare died: fork now
+                    pid = os.fork()
+                    if pid == 0:
+                        become_child([])
+                        os.close(control)
+                        run_child(child_fds, tasks)
                 with contextlib.suppress(OSError):
                     os.setpgid(pid, pid)
                 for fd in child_fds:
                     os.close(fd)
                 report(control, f"pid {pid}\n")
                 runs[pid] = control
+                spare = _Spare.fork(tasks, run_child=run_child, become_child=become_child)
             _reap(runs, block=False)
     finally:
+        if spare is not None:
+            spare.discard()
         for pid in runs:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
         _reap(runs, block=True)
 
 
-def _receive_env(sock: socket.socket) -> dict[str, str]:
-    """The rest of an ``E`` message: an 8-byte length, then that much JSON. Reads exactly
-    that many bytes, so the next message's byte (and the fds riding on it) stay queued."""
+class _Spare:
+    """A child forked ahead of its run, blocked until the spawner hands it the run's
+    (request, result, log) fds, so a run pays no fork. Each spare serves one run and is
+    a fresh fork of the spawner, whose environment and module state runs never touch:
+    a run's variables are set by its own process, from its request."""
 
-    def exactly(count: int) -> bytes:
-        data = b""
-        while len(data) < count:
-            chunk = sock.recv(count - len(data))
-            if not chunk:
-                raise OSError("the worker closed the spawner's socket mid-message")
-            data += chunk
-        return data
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
 
-    env = json.loads(exactly(int.from_bytes(exactly(8), "big")))
-    assert isinstance(env, dict)
-    return env
+    @classmethod
+    def fork(
+        cls,
+        tasks: dict[str, LoadedTask],
+        *,
+        run_child: RunChild,
+        become_child: Callable[[Sequence[Any]], None],
+    ) -> _Spare | None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            become_child([ours])
+            try:
+                message, fds, _, _ = socket.recv_fds(theirs, 1, 3)
+            except OSError:
+                message, fds = b"", []
+            theirs.close()
+            if message != b"R" or len(fds) != 3:
+                os._exit(0)  # the spawner is gone, or discarded this spare
+            run_child(fds, tasks)
+        theirs.close()
+        return cls(pid, ours)
 
+    def hand(self, fds: Sequence[int]) -> int | None:
+        """The spare's pid once it has the run's fds; None if it cannot take them."""
+        try:
+            socket.send_fds(self.sock, [b"R"], list(fds))
+        except OSError:
+            self.discard()
+            return None
+        self.sock.close()
+        return self.pid
 
-def _apply_env(env: dict[str, str], *, base: dict[str, str]) -> None:
-    """Make the spawner's environment ``base`` plus ``env``; runs forked later inherit it,
-    so a run pays nothing for its variables while they stay the same."""
-    for name in [n for n in os.environ if n not in env and os.environ[n] != base.get(n)]:
-        if name in base:
-            os.environ[name] = base[name]
-        else:
-            del os.environ[name]
-    for name, value in env.items():
-        if os.environ.get(name) != value:
-            os.environ[name] = value
+    def discard(self) -> None:
+        self.sock.close()  # the spare reads EOF and exits
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
 
 
 def _reap(runs: dict[int, int], *, block: bool) -> None:
@@ -177,7 +214,6 @@ class Spawner:
         self.pid = pid
         self.exit_code: int | None = None
         self._sock = ours
-        self._env: dict[str, str] = {}
         self._lock = threading.Lock()
         self._closing = False
         self._exited = threading.Event()
@@ -196,15 +232,9 @@ class Spawner:
         thread.start()
         return thread
 
-    def start(self, fds: Sequence[int], *, env: dict[str, str]) -> None:
-        """Ask for a run child with these (request, result, log, control) fds and ``env``
-        in its environment. The spawner keeps the last ``env`` it was sent, so the
-        variables cross (and are set) once per change, not once per run."""
+    def start(self, fds: Sequence[int]) -> None:
+        """Ask for a run child with these (request, result, log, control) fds."""
         with self._lock:
-            if env != self._env:
-                data = json.dumps(env).encode()
-                self._sock.sendall(b"E" + len(data).to_bytes(8, "big") + data)
-                self._env = dict(env)
             socket.send_fds(self._sock, [b"R"], list(fds))
 
     def close(self, timeout: float = 10.0) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from test_worker_main import running_worker, write_repo
+from test_worker_main import processes_for, running_worker, write_repo
 
 ENV_TASK = """
 import os
@@ -42,8 +43,7 @@ def run(payload, ctx):
 
 
 def test_a_variable_over_the_workers_own_is_undone_for_the_next_run(tmp_path: Path) -> None:
-    """The spawner keeps the last variables it was sent (runs inherit them); a change
-    restores what the worker itself had."""
+    """A run's variables live in its own process: the next run sees the worker's own."""
     source = write_repo(tmp_path / "repo", {"tasks/home.py": HOME_TASK})
     many = {f"VAR_{i:03d}": "v" * 100 for i in range(500)}
     with running_worker(source) as worker:
@@ -55,3 +55,40 @@ def test_a_variable_over_the_workers_own_is_undone_for_the_next_run(tmp_path: Pa
         assert again == first
         after = worker.run("home", {}).json()["output"]
         assert after == own
+
+
+SPARE_TASK = """
+import os
+
+seen = []
+
+
+def run(payload, ctx):
+    seen.append(payload)
+    left = os.environ.get("SET_BY_A_RUN")
+    os.environ["SET_BY_A_RUN"] = "yes"
+    return {"pid": os.getpid(), "seen": seen, "token": os.environ.get("TOKEN"), "set": left}
+"""
+
+
+def test_a_run_takes_a_child_forked_before_it_and_inherits_nothing_of_the_last(
+    tmp_path: Path,
+) -> None:
+    """The spawner keeps a spare child forked ahead: the next run's pid is a process that
+    existed before its request was sent, yet it sees neither the last run's variables
+    nor its module state."""
+    source = write_repo(tmp_path / "repo", {"tasks/spare.py": SPARE_TASK})
+    with running_worker(source) as worker:
+        first = worker.run("spare", 1, env={"TOKEN": "secret-of-run-1"}).json()
+        assert first["output"]["token"] == "secret-of-run-1"
+        deadline = time.monotonic() + 60
+        while first["output"]["pid"] in processes_for(source) or len(processes_for(source)) < 3:
+            assert time.monotonic() < deadline, "no spare child was forked after run 1"
+            time.sleep(0.02)
+        before = set(processes_for(source))  # worker, spawner, spare
+        second = worker.run("spare", 2).json()
+        assert second["status"] == "completed", second
+        assert second["output"]["pid"] in before, "run 2 paid a fork of its own"
+        assert second["output"]["token"] is None
+        assert second["output"]["seen"] == [2]
+        assert second["output"]["set"] is None

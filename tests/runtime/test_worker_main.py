@@ -551,7 +551,8 @@ def test_a_killed_worker_leaves_no_runs_behind(tmp_path: Path) -> None:
             thread = threading.Thread(target=_post_ignoring_errors, args=(client, body))
             thread.start()
             poll_until(lambda: client.get("/health").json()["in_flight"] == 1)
-            poll_until(lambda: len(processes_for(source)) == 3)
+            # the worker, its spawner, the run and the spare child forked for the next
+            poll_until(lambda: len(processes_for(source)) == 4)
             proc.kill()
             proc.wait(timeout=scaled(60))
             thread.join(timeout=scaled(60))
