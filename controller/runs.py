@@ -88,25 +88,38 @@ def _where(env: Environment) -> str:
     return f"{env.name}/{env.branch}" if env.branch else env.name
 
 
+def _with_project_and_version(session: Session, *where: Any) -> Environment | None:
+    """The environment matching ``where``, with its project and current version loaded
+    in the same query: the trigger's later ``session.get`` calls find them in the
+    session and make no round trip of their own."""
+    row = session.execute(
+        select(Environment, Project, Version)
+        .join(Project, Project.id == Environment.project_id)
+        .outerjoin(Version, Version.id == Environment.current_version_id)
+        .where(*where)
+    ).one_or_none()
+    if row is None:
+        return None
+    session.info.setdefault("loaded", []).append(row)  # the session holds them weakly
+    return row[0]
+
+
 def environment_for_key(session: Session, key: str | None, branch: str | None) -> Environment:
     """The environment a secret key (plus ``x-slipway-branch``) designates."""
     if not key or not key.startswith("sk_"):
         raise Unauthorized("a run needs an environment's secret key: Authorization: Bearer sk_…")
-    env = session.execute(
-        select(Environment).where(Environment.secret_key_hash == key_hash(key))
-    ).scalar_one_or_none()
+    env = _with_project_and_version(session, Environment.secret_key_hash == key_hash(key))
     if env is None or not hmac.compare_digest(env.secret_key_hash, key_hash(key)):
         raise Unauthorized("unknown secret key")
     if env.name == "preview" and env.branch is None:
         if not branch:
             raise InvalidInput("the preview key needs the x-slipway-branch header to pick a branch")
-        target = session.execute(
-            select(Environment).where(
-                Environment.project_id == env.project_id,
-                Environment.name == "preview",
-                Environment.branch_key == branch,
-            )
-        ).scalar_one_or_none()
+        target = _with_project_and_version(
+            session,
+            Environment.project_id == env.project_id,
+            Environment.name == "preview",
+            Environment.branch_key == branch,
+        )
         if target is None:
             raise NotFound(f"preview branch {branch!r} does not exist")
         return target
@@ -187,17 +200,16 @@ def trigger(
             task_id=task_id,
         )
         where = _where(env)
-    with db.transaction() as session:
-        session.add(
-            Run(
-                id=run_id,
-                environment_id=env.id,
-                version_id=version_id,
-                task_id=task_id,
-                status="running",
-                payload=payload,
-            )
-        )
+    started = Run(
+        id=run_id,
+        environment_id=env.id,
+        version_id=version_id,
+        task_id=task_id,
+        status="running",
+        payload=payload,
+    )
+    with db.transaction(durable=False) as session:
+        session.add(started)
     result = _execute(
         runtime,
         spec,
@@ -211,8 +223,7 @@ def trigger(
     result = mask_run_result(result, secrets)
     result = _bounded(result, limits, run_id=run_id, task_id=task_id, where=where)
     with db.transaction() as session:
-        run = session.get(Run, run_id)
-        assert run is not None
+        run = session.merge(started, load=False)  # as inserted: no query to read it back
         run.status = result["status"]
         run.output = result["output"]
         run.error = result["error"]

@@ -6,7 +6,10 @@ differences are handled here and nowhere else:
 * SQLite runs in WAL mode with ``synchronous=FULL`` (a commit survives power loss) and
   every write transaction starts with ``BEGIN IMMEDIATE``, so read-then-write transactions
   (claiming a job, numbering a version) serialise instead of failing on lock upgrade.
-  Reads use a plain deferred ``BEGIN`` and never block on writers.
+  Reads use a plain deferred ``BEGIN`` and never block on writers. A write that may be
+  lost with the machine (not with the process), such as a run's "running" row whose
+  answer nobody has seen yet, asks ``transaction(durable=False)``: ``synchronous=NORMAL``
+  for that commit, which then skips the fsync (the next durable commit syncs the WAL).
 * SQLite has one writer at a time. Waiting on its busy handler means sleeping in steps of
   up to 100 ms, so within the process write transactions queue on :class:`WriteLock`
   instead, which hands the lock over at once and lets the webhook writer go first.
@@ -119,6 +122,9 @@ class Database:
         self._reader = sessionmaker(
             self.engine.execution_options(sqlite_deferred=True), expire_on_commit=False
         )
+        self._relaxed = sessionmaker(
+            self.engine.execution_options(sqlite_synchronous="NORMAL"), expire_on_commit=False
+        )
         self._migrated = threading.Lock()
         self._write_lock = WriteLock(_sqlite_lock_path(url) if self.is_sqlite else None)
         self._checkpointer: threading.Thread | None = None
@@ -138,9 +144,12 @@ class Database:
             yield
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """A write transaction: committed on success, rolled back on any exception."""
-        with self.writing(), self._writer() as session, session.begin():
+    def transaction(self, *, durable: bool = True) -> Iterator[Session]:
+        """A write transaction: committed on success, rolled back on any exception.
+        ``durable=False``: on SQLite, the commit survives a crash of the process but
+        not of the machine (no fsync)."""
+        sessions = self._writer if durable else self._relaxed
+        with self.writing(), sessions() as session, session.begin():
             yield session
 
     @contextmanager
@@ -247,5 +256,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        deferred = connection.get_execution_options().get("sqlite_deferred", False)
+        options = connection.get_execution_options()
+        synchronous = options.get("sqlite_synchronous", "FULL")
+        info = connection.connection.info
+        if info.get("synchronous", "FULL") != synchronous:  # may not change in a transaction
+            connection.exec_driver_sql(f"PRAGMA synchronous={synchronous}")
+            info["synchronous"] = synchronous
+        deferred = options.get("sqlite_deferred", False)
         connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
