@@ -10,15 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.domain.environments import env_key
 from controller.gates.decide import Decision, decide
 from controller.gates.spec import Gate, parse_gate
-from controller.models import WAITING
 from controller.queue import Queue
-from controller.store.tables import CommitSignal, Deployment, Job, Project
+from controller.store.gates import (
+    open_decision_payloads,
+    signals_of_commit,
+    waiting_deployments_with_repo,
+)
+from controller.store.tables import Deployment
 
 PROMOTE_JOB = "promote"
 
@@ -49,14 +52,8 @@ def schedule_timeout(session: Session, *, deployment: Deployment, deadline: date
 
 def request_decision(session: Session, *, deployment_id: str, environment_id: int, decision: Decision) -> bool:  # fmt: skip
     """Queue ``decision`` for a waiting deployment, unless one is already queued."""
-    queued = session.execute(
-        select(Job.payload).where(
-            Job.deployment_id == deployment_id,
-            Job.kind == PROMOTE_JOB,
-            Job.status.in_(("queued", "running")),
-        )
-    ).scalars()
-    if any((payload or {}).get("outcome") in ("pass", "fail") for payload in queued):
+    queued = open_decision_payloads(session, deployment_id, kind=PROMOTE_JOB)
+    if any(payload.get("outcome") in ("pass", "fail") for payload in queued):
         return False
     Queue.add(
         session,
@@ -69,17 +66,8 @@ def request_decision(session: Session, *, deployment_id: str, environment_id: in
 
 
 def waiting_deployments(session: Session, *, repo_lower: str | None = None, sha: str | None = None) -> list[Waiting]:  # fmt: skip
-    query = (
-        select(Deployment, Project.repo)
-        .join(Project, Project.id == Deployment.project_id)
-        .where(Deployment.status == WAITING, Deployment.gate.is_not(None))
-    )
-    if repo_lower is not None:
-        query = query.where(Project.repo_lower == repo_lower)
-    if sha is not None:
-        query = query.where(Deployment.sha == sha)
     found = []
-    for dep, repo in session.execute(query.order_by(Deployment.created_at)).all():
+    for dep, repo in waiting_deployments_with_repo(session, repo_lower=repo_lower, sha=sha):
         assert dep.gate is not None
         found.append(
             Waiting(
@@ -112,22 +100,5 @@ def decide_commit(session: Session, *, repo_lower: str, sha: str) -> list[str]:
 
 
 def decide_from_signals(session: Session, waiting: Waiting) -> Decision | None:
-    signals = session.execute(
-        select(CommitSignal).where(
-            CommitSignal.repo_lower == waiting.repo.lower(), CommitSignal.sha == waiting.sha
-        )
-    ).scalars()
-    return decide(waiting.gate, list(signals))
-
-
-def known_signal(session: Session, *, kind: str, github_id: int, state: str) -> bool:
-    return (
-        session.execute(
-            select(CommitSignal.id).where(
-                CommitSignal.kind == kind,
-                CommitSignal.github_id == github_id,
-                CommitSignal.state == state,
-            )
-        ).first()
-        is not None
-    )
+    signals = signals_of_commit(session, repo_lower=waiting.repo.lower(), sha=waiting.sha)
+    return decide(waiting.gate, signals)
