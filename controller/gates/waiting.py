@@ -13,10 +13,15 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from controller.domain.environments import env_key
+from controller.errors import Conflict
 from controller.gates.decide import Decision, decide
 from controller.gates.spec import Gate, parse_gate
+from controller.models import WAITING
 from controller.queue import Queue
 from controller.store.gates import (
+    hold_environment_for_promotion,
+    lock_deployment,
+    newer_request,
     open_decision_payloads,
     signals_of_commit,
     waiting_deployments_with_repo,
@@ -24,6 +29,15 @@ from controller.store.gates import (
 from controller.store.tables import Deployment
 
 PROMOTE_JOB = "promote"
+
+
+class NoLongerWaiting(Conflict):
+    """A passed gate's promotion found its deployment no longer the one to promote:
+    ``status`` is what it is (or, for a newer request, becomes: ``superseded``)."""
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -102,3 +116,30 @@ def decide_commit(session: Session, *, repo_lower: str, sha: str) -> list[str]:
 def decide_from_signals(session: Session, waiting: Waiting) -> Decision | None:
     signals = signals_of_commit(session, repo_lower=waiting.repo.lower(), sha=waiting.sha)
     return decide(waiting.gate, signals)
+
+
+def check_still_promotable(session: Session, *, deployment_id: str) -> None:
+    """Inside the transaction that makes a passed gate's version current: raise
+    :class:`NoLongerWaiting` unless the deployment still waits and no newer request for
+    its environment exists. The locks (see :mod:`controller.store.gates`) order this
+    against a request that supersedes it: whichever commits first wins, so an older
+    version never becomes current after a newer request for its environment."""
+    found = session.get(Deployment, deployment_id)
+    assert found is not None
+    hold_environment_for_promotion(session, found.environment_id)  # first: see the locks
+    row = lock_deployment(session, deployment_id)
+    assert row is not None
+    if row.status != WAITING:
+        raise NoLongerWaiting(row.error or f"it is {row.status}", status=row.status)
+    newer = newer_request(
+        session,
+        environment_id=row.environment_id,
+        deployment_id=row.id,
+        created_at=row.created_at,
+    )
+    if newer is not None:
+        raise NoLongerWaiting(
+            f"superseded by {newer.id} before its promotion committed; the current "
+            "version is unchanged",
+            status="superseded",
+        )
