@@ -4,7 +4,9 @@ version never becomes current (issue 11, the trade-off ``controller.gates`` used
 The ordering is driven by hand, on SQLite and PostgreSQL: the pipeline runs the passed
 gate's ``promote`` job, and the runtime's health check of the waiting version — after
 the job saw the deployment waiting, before the promoting transaction — is where the
-newer request lands.
+newer request lands. On PostgreSQL a last test holds that request's transaction open
+until the promoting transaction waits for its lock, then commits it: the promotion sees
+what committed first.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, cast
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import select, text
+from support.waiting import poll_until, scaled
 
 from controller.builders.base import Builder
 from controller.domain.deployments import DeployRequest, request_deployment
@@ -200,3 +203,61 @@ def test_a_waiting_deployment_older_than_a_request_is_never_promoted(
     assert current is None and status == "superseded"
     assert error is not None and "superseded by dep_newer" in error
     assert runtime.activated == [] and runtime.retired == [version_id]
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("project")
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_push_committing_while_the_promotion_waits_for_its_lock_wins(
+    database: Database, pipeline: Pipeline, runtime: Runtime, tmp_path: Path
+) -> None:
+    dep_id, version_id = waiting_with_version(database, tmp_path, "a" * 40)
+    superseding = threading.Event()
+    failures: list[BaseException] = []
+
+    def push() -> None:
+        try:
+            with database.transaction() as session:
+                project = get_project(session, "demo")
+                env = find_environment(session, project, "production", None)
+                request_deployment(
+                    session,
+                    project=project,
+                    environment=env,
+                    request=DeployRequest(sha="b" * 40, ref="refs/heads/main", source="push"),
+                )
+                session.flush()
+                superseding.set()
+                poll_until(lambda: lock_waiters(database) > 0, timeout=scaled(60), what="the promotion waiting for the lock")  # fmt: skip
+        except BaseException as exc:  # reported by the test's thread
+            failures.append(exc)
+            superseding.set()
+
+    pusher = threading.Thread(target=push)
+
+    def start_push() -> None:
+        pusher.start()
+        assert superseding.wait(scaled(60))
+
+    runtime.on_ensure = start_push
+    try:
+        pipeline.handle(gate_passed(dep_id))
+    finally:
+        pusher.join(scaled(60))
+    assert not failures, failures
+    current, status, error, _logs = state(database, dep_id)
+    assert current is None, "the superseded version became current"
+    assert status == "superseded" and error is not None and "superseded by" in error
+    assert runtime.activated == [] and runtime.retired == [version_id]
+
+
+def lock_waiters(database: Database) -> int:
+    with database.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )
