@@ -25,7 +25,9 @@ for its environment exists (:func:`~controller.gates.waiting.check_still_promota
 and otherwise ends it ``superseded`` without touching the current version. Whichever
 of the two transactions commits first wins, so an older version never becomes current
 after a newer request; the cost is two row locks in a transaction that takes one
-already.
+already. (A request made while a deployment still builds does not supersede it, as
+only waiting ones are: its ``wait`` step sees the newer request and ends it
+``superseded`` instead of waiting, see :mod:`controller.pipeline.gate`.)
 
 Modules: :mod:`~controller.gates.spec` (the gate grammar, durations), :mod:`~controller.gates.decide`
 (pure: signals → decision), :mod:`~controller.gates.waiting` (database side),

@@ -230,8 +230,10 @@ class Pipeline:
         if gate is None:
             self.release.promote(journal, run.version_id)
             return True
-        self.gates.wait(run, gate)
+        waited = self.gates.wait(run, gate)
         self.runtime.retire(run.version_id)  # waiting holds no worker either
+        if waited.get("superseded"):
+            self._finish(snap, journal, "superseded", str(waited.get("error") or "superseded"))
         return False
 
     def _decide(self, snap: Snapshot, journal: Journal, payload: dict[str, Any]) -> None:

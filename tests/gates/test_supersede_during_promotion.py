@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -25,15 +26,19 @@ from controller.builders.base import Builder
 from controller.domain.deployments import DeployRequest, request_deployment
 from controller.domain.environments import find_environment
 from controller.domain.projects import create_project, get_project
+from controller.gates.spec import parse_gate
 from controller.gates.waiting import PROMOTE_JOB
 from controller.models import WAITING
+from controller.pipeline.build import Attempt, Snapshot
 from controller.pipeline.deploy import Pipeline
+from controller.pipeline.gate import GatePhase
+from controller.pipeline.journal import Journal
 from controller.queue import Claimed
 from controller.runtimes.base import VersionSpec
 from controller.secretstore.crypto import Cipher
 from controller.sources.git import GitSource
 from controller.store.db import Database
-from controller.store.tables import Deployment, DeploymentLog, Environment
+from controller.store.tables import Deployment, DeploymentLog, Environment, Job, Project
 from controller.versions import allocate_version
 
 CIPHER = Cipher([Fernet.generate_key().decode()])
@@ -203,6 +208,33 @@ def test_a_waiting_deployment_older_than_a_request_is_never_promoted(
     assert current is None and status == "superseded"
     assert error is not None and "superseded by dep_newer" in error
     assert runtime.activated == [] and runtime.retired == [version_id]
+
+
+@pytest.mark.usefixtures("project")
+def test_a_deployment_overtaken_while_it_was_built_ends_superseded_instead_of_waiting(
+    database: Database,
+) -> None:
+    older = request(database, "a" * 40)
+    with database.transaction() as session:  # its job runs: the next request queues
+        session.get(Deployment, older).status = "building"  # type: ignore[union-attr]
+    newer = request(database, "b" * 40)
+    with database.read() as session:
+        dep = session.get(Deployment, older)
+        assert dep is not None
+        env = session.get(Environment, dep.environment_id)
+        project = session.get(Project, dep.project_id)
+        assert env is not None and project is not None
+        snap = Snapshot(dep, project, env)
+    run = SimpleNamespace(snap=snap, journal=Journal(database, older), version="20261201.1")
+
+    waited = GatePhase(db=database).wait(cast(Attempt, run), parse_gate("manual"))
+
+    _current, status, error, logs = state(database, older)
+    assert status == "superseded" and error is not None and newer in error and newer in logs
+    assert waited["superseded"] == newer
+    with database.read() as session:
+        timeouts = session.execute(select(Job.id).where(Job.deployment_id == older, Job.kind == PROMOTE_JOB)).all()  # fmt: skip
+    assert timeouts == [], "a superseded deployment has no deadline to wait for"
 
 
 @pytest.mark.postgres
