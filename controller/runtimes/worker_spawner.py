@@ -11,8 +11,8 @@ child, ``exit CODE``.
 Fork off the critical path: the spawner keeps one child forked ahead (:class:`_Spare`),
 blocked on a socket until a run's fds arrive; the next spare is forked right after the
 hand-over, while the run executes. The first run forks for itself, so a worker that never
-runs (most previews) costs no third process. A fork of a worker with its tasks imported cost ~1-3
-ms of a ~7 ms run. Isolation is unchanged: every run is still a process of its own,
+runs (most previews) costs no third process. A fork of a worker with its tasks imported
+cost ~1-3 ms of a ~7 ms run. Isolation is unchanged: every run is still a process of its own,
 forked from the spawner, which never runs a task and never changes its own environment
 (a run's variables travel in its request and are set by the run's process).
 
