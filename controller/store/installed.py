@@ -7,7 +7,7 @@ join, written once, for any select that names :class:`Project`.
 
 from __future__ import annotations
 
-from typing import TypeVarTuple, Unpack
+from typing import TypeVarTuple
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
@@ -17,7 +17,7 @@ from controller.store.tables import Project, Repository
 Columns = TypeVarTuple("Columns")
 
 
-def with_installed_repository(stmt: Select[Unpack[Columns]]) -> Select[Unpack[Columns]]:
+def with_installed_repository(stmt: Select[*Columns]) -> Select[*Columns]:
     """``stmt`` joined to the :class:`Repository` of its :class:`Project`, kept only where
     an installation reaches that repository."""
     return stmt.join(Repository, Repository.full_name_lower == Project.repo_lower).where(
