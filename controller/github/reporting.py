@@ -43,13 +43,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from functools import partial
 from typing import Any
 
 from controller.errors import PermanentError, TemporaryError
 from controller.github.client import GitHubClient
-from controller.github.comments import Comments, deployment_view
+from controller.github.comments import LOOKBACK, Comments, deployment_view
 from controller.github.render import (
     FINAL_STATES,
     DeploymentView,
@@ -76,7 +75,6 @@ from controller.store.tables import Deployment, GitHubReport, utcnow
 
 log = logging.getLogger(__name__)
 
-LOOKBACK = timedelta(days=1)
 BATCH = 200
 MIN_BACKOFF = 2.0
 MAX_BACKOFF = 600.0

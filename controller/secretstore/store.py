@@ -109,9 +109,7 @@ def decrypt_value(cipher: Cipher, row: EnvVar) -> str:
 def _record(session: Session, scope: Scope, name: str, *, action: str, actor: str) -> None:
     session.add(
         EnvVarChange(
-            project_id=scope.project_id,
-            environment=scope.environment,
-            branch_key=scope.branch_key,
+            **scope.where(),
             name=name,
             action=action,
             actor=actor,
@@ -145,9 +143,7 @@ def set_variables(
         if row is None:
             session.add(
                 EnvVar(
-                    project_id=scope.project_id,
-                    environment=scope.environment,
-                    branch_key=scope.branch_key,
+                    **scope.where(),
                     name=name,
                     value_encrypted=encrypted,
                     secret=secret,

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from controller.store.tables import Deployment, Environment, Event, Run, Version
+from controller.store.tables import Deployment, Environment, Run, Version
 
 
 def fixed_environments(session: Session, project_id: int) -> list[Environment]:
@@ -31,17 +31,6 @@ def newest_deployments(session: Session, project_id: int, *, limit: int) -> list
             select(Deployment)
             .where(Deployment.project_id == project_id)
             .order_by(Deployment.created_at.desc(), Deployment.id.desc())
-            .limit(limit)
-        ).scalars()
-    )
-
-
-def newest_events(session: Session, project_id: int, *, limit: int) -> list[Event]:
-    return list(
-        session.execute(
-            select(Event)
-            .where(Event.project_id == project_id)
-            .order_by(Event.id.desc())
             .limit(limit)
         ).scalars()
     )

@@ -23,11 +23,11 @@ from typing import Any
 from starlette.requests import Request
 
 from controller.domain.projects import get_project, project_not_deploying_reason
+from controller.store.events import recent_events
 from controller.store.overview import (
     fixed_environments,
     last_deployments,
     newest_deployments,
-    newest_events,
     rollback_targets,
 )
 from controller.store.previews import preview_counts_by_status, previews_page
@@ -67,7 +67,7 @@ def project_overview(request: Request, ref: str, *, preview_page: int = 1) -> di
         shown = fixed + previews
         versions = version_strings(session, {e.current_version_id for e in shown})
         deployments = newest_deployments(session, project.id, limit=SHOWN_DEPLOYMENTS)
-        events = newest_events(session, project.id, limit=SHOWN_EVENTS)
+        events = recent_events(session, project.id, limit=SHOWN_EVENTS)
         return {
             "project": project_view(
                 project, not_deploying=project_not_deploying_reason(session, project)

@@ -629,11 +629,18 @@ def _listed(
     fake: FakeGitHub,
     store: dict[int, dict[str, Any]],
     *,
+    call: Call,
     keep: Callable[[dict[str, Any]], bool],
     hidden: tuple[str, ...] = ("repo",),
 ) -> list[dict[str, Any]]:
+    """The records of the call's repository (as GitHub: any case) that ``keep`` keeps."""
+    repo = _repo(call.params).lower()
     with fake._lock:
-        return [_shown(record, hidden) for record in store.values() if keep(record)]
+        return [
+            _shown(record, hidden)
+            for record in store.values()
+            if record["repo"].lower() == repo and keep(record)
+        ]
 
 
 def _updated(
@@ -748,13 +755,13 @@ def _create_deployment(fake: FakeGitHub, call: Call) -> Answer:
 
 
 def _list_deployments(fake: FakeGitHub, call: Call) -> Answer:
-    repo, query = _repo(call.params).lower(), call.query
+    query = call.query
     found = _listed(
         fake,
         fake.deployments,
-        keep=lambda d: (
-            d["repo"].lower() == repo
-            and all(d.get(k) == query[k] for k in ("sha", "environment", "ref") if k in query)
+        call=call,
+        keep=lambda d: all(
+            d.get(k) == query[k] for k in ("sha", "environment", "ref") if k in query
         ),
     )
     return 200, {}, found[::-1]
@@ -796,13 +803,13 @@ def _update_check_run(fake: FakeGitHub, call: Call) -> Answer:
 
 
 def _list_check_runs_for_ref(fake: FakeGitHub, call: Call) -> Answer:
-    repo, query = _repo(call.params).lower(), call.query
+    query = call.query
     runs = _listed(
         fake,
         fake.check_runs,
+        call=call,
         keep=lambda r: (
-            r["repo"].lower() == repo
-            and r["head_sha"] == call.params["ref"]
+            r["head_sha"] == call.params["ref"]
             and ("check_name" not in query or r["name"] == query["check_name"])
         ),
     )
@@ -845,6 +852,7 @@ def _list_comments(fake: FakeGitHub, call: Call) -> Answer:
     found = _listed(
         fake,
         fake.comments,
+        call=call,
         keep=lambda c: c["repo"] == repo and c["number"] == number,
         hidden=_COMMENT_BOOKKEEPING,
     )
