@@ -630,16 +630,19 @@ def _listed(
     store: dict[int, dict[str, Any]],
     *,
     call: Call,
-    keep: Callable[[dict[str, Any]], bool],
+    where: dict[str, Any],
     hidden: tuple[str, ...] = ("repo",),
 ) -> list[dict[str, Any]]:
-    """The records of the call's repository (as GitHub: any case) that ``keep`` keeps."""
+    """The records of the call's repository (as GitHub: any case) whose fields equal each
+    value of ``where`` that is not ``None`` (a filter the request did not ask for)."""
     repo = _repo(call.params).lower()
+    wanted = {name: value for name, value in where.items() if value is not None}
     with fake._lock:
         return [
             _shown(record, hidden)
             for record in store.values()
-            if record["repo"].lower() == repo and keep(record)
+            if record["repo"].lower() == repo
+            and all(record.get(name) == value for name, value in wanted.items())
         ]
 
 
@@ -755,16 +758,8 @@ def _create_deployment(fake: FakeGitHub, call: Call) -> Answer:
 
 
 def _list_deployments(fake: FakeGitHub, call: Call) -> Answer:
-    query = call.query
-    found = _listed(
-        fake,
-        fake.deployments,
-        call=call,
-        keep=lambda d: all(
-            d.get(k) == query[k] for k in ("sha", "environment", "ref") if k in query
-        ),
-    )
-    return 200, {}, found[::-1]
+    where = {name: call.query.get(name) for name in ("sha", "environment", "ref")}
+    return 200, {}, _listed(fake, fake.deployments, call=call, where=where)[::-1]
 
 
 def _create_deployment_status(fake: FakeGitHub, call: Call) -> Answer:
@@ -803,16 +798,8 @@ def _update_check_run(fake: FakeGitHub, call: Call) -> Answer:
 
 
 def _list_check_runs_for_ref(fake: FakeGitHub, call: Call) -> Answer:
-    query = call.query
-    runs = _listed(
-        fake,
-        fake.check_runs,
-        call=call,
-        keep=lambda r: (
-            r["head_sha"] == call.params["ref"]
-            and ("check_name" not in query or r["name"] == query["check_name"])
-        ),
-    )
+    where = {"head_sha": call.params["ref"], "name": call.query.get("check_name")}
+    runs = _listed(fake, fake.check_runs, call=call, where=where)
     return 200, {}, {"total_count": len(runs), "check_runs": runs}
 
 
@@ -848,14 +835,8 @@ def _update_comment(fake: FakeGitHub, call: Call) -> Answer:
 
 def _list_comments(fake: FakeGitHub, call: Call) -> Answer:
     page, per_page = int(call.query.get("page", 1)), int(call.query.get("per_page", 30))
-    repo, number = _repo(call.params), int(call.params["issue_number"])
-    found = _listed(
-        fake,
-        fake.comments,
-        call=call,
-        keep=lambda c: c["repo"] == repo and c["number"] == number,
-        hidden=_COMMENT_BOOKKEEPING,
-    )
+    where = {"repo": _repo(call.params), "number": int(call.params["issue_number"])}
+    found = _listed(fake, fake.comments, call=call, where=where, hidden=_COMMENT_BOOKKEEPING)
     return 200, {}, found[(page - 1) * per_page : page * per_page]
 
 
