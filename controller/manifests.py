@@ -13,12 +13,10 @@ API answer (keys stay, so the output shows what the Secret holds).
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
-from sqlalchemy import select
-
-from controller.bundles import bundle_token, known_digest, make_bundle
+from controller.bundles import bundle_token, make_bundle
 from controller.domain.environments import find_environment
 from controller.domain.projects import get_project
 from controller.errors import NotFound, PermanentError
@@ -31,6 +29,7 @@ from controller.secretstore.crypto import Cipher
 from controller.secretstore.store import resolve_for_environment
 from controller.secretstore.variables import run_variables
 from controller.settings import Settings
+from controller.store.bundles import prune_bundles, publish_bundle, version_bundle
 from controller.store.db import Database
 from controller.store.tables import Environment, Project, Version
 from controller.versions import find_version, spec_for
@@ -49,13 +48,23 @@ class StoreInputs:
         self.cipher = cipher
 
     def bundle(self, spec: VersionSpec) -> Bundle:
-        source, venv = host_paths(spec.artifact)
-        made = make_bundle(
-            self.settings.data_dir, version_id=spec.version_id, source=source, venv=venv
-        )
-        return Bundle(
-            digest=made.digest, url=f"{artifact_base(self.settings)}/api/v1/bundles/{made.digest}"
-        )
+        """The version's published bundle; made and published first if it has none (then
+        the environment's bundles beyond retention go)."""
+        digest = version_bundle(self.db, spec.version_id)
+        if digest is None:
+            source, venv = host_paths(spec.artifact)
+            made = make_bundle(
+                self.settings.data_dir, version_id=spec.version_id, source=source, venv=venv
+            )
+            publish_bundle(self.db, digest=made.digest, path=made.path, version_id=spec.version_id)
+            prune_bundles(
+                self.db,
+                environment_id=int(spec.context["environment_id"]),
+                keep=self.settings.kubernetes.keep_versions,
+                also=spec.version_id,
+            )
+            digest = made.digest
+        return Bundle(digest=digest, url=f"{artifact_base(self.settings)}/api/v1/bundles/{digest}")
 
     def token(self, spec: VersionSpec) -> str:
         return bundle_token(self.settings.encryption_keys, int(spec.context["environment_id"]))
@@ -132,12 +141,3 @@ def environment_manifests(
         version=worker,
         current_version=current_name,
     )
-
-
-def bundle_allowed(db: Database, data_dir: Path, *, environment_id: int, digest: str) -> bool:
-    """True when ``digest`` is the bundle of a version of that environment."""
-    with db.read() as session:
-        ids = session.execute(
-            select(Version.id).where(Version.environment_id == environment_id)
-        ).scalars()
-        return any(known_digest(data_dir, version_id) == digest for version_id in ids)
