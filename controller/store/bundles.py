@@ -99,7 +99,9 @@ def bundle_allowed(db: Database, *, environment_id: int, digest: str) -> bool:
     """True when ``digest`` is the stored bundle of a version of that environment."""
     with db.read() as session:
         query = select(
-            exists().where(Version.environment_id == environment_id, Version.bundle_digest == digest)
+            exists().where(
+                Version.environment_id == environment_id, Version.bundle_digest == digest
+            )
         )
         return bool(session.execute(query).scalar())
 
@@ -121,9 +123,7 @@ def stored_bundle(db: Database, digest: str) -> StoredBundle | None:
         return session.get(StoredBundle, digest)
 
 
-def prune_bundles(
-    db: Database, *, environment_id: int, keep: int, also: int | None = None
-) -> int:
+def prune_bundles(db: Database, *, environment_id: int, keep: int, also: int | None = None) -> int:
     """Apply bundle retention to one environment (see the module docstring), keeping
     version ``also`` too (the one just published); return how many bundles went."""
     with db.transaction() as session:

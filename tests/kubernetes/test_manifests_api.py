@@ -36,7 +36,7 @@ from support.server import free_port
 from support.waiting import poll_until
 
 from controller.api.app import create_app
-from controller.bundles import bundle_token
+from controller.bundles import bundle_token, make_bundle
 from controller.domain.deployments import DeployRequest, request_deployment
 from controller.domain.environments import ensure_environment
 from controller.domain.projects import create_project
@@ -250,11 +250,14 @@ def test_the_bundle_is_served_only_with_its_environments_token(site: Site) -> No
     assert httpx.get(url, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
 
 
-def test_the_bundle_is_reproducible(site: Site) -> None:
+def test_the_bundle_is_reproducible(site: Site, tmp_path: Path) -> None:
     first = _bundle_url(site, "--env", "production")
     for path in (site.settings.data_dir / "bundles").iterdir():
         path.unlink()
-    assert _bundle_url(site, "--env", "production") == first
+    assert _bundle_url(site, "--env", "production") == first  # the stored bundle
+    source, venv = tmp_path / "v1" / "app", tmp_path / "v1" / "venv"
+    again = make_bundle(site.settings.data_dir, version_id=1, source=source, venv=venv)
+    assert again.digest == first[1]  # made anew from the same tree: the same bytes
 
 
 def _fetch(
