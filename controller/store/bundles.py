@@ -25,8 +25,11 @@ Deployment only after it is published, so no pod asks for a bundle that is not t
 **Retention** follows the Kubernetes runtime's: it keeps the Deployments of the newest
 ``keep_versions`` versions of a namespace plus the one the Service selects, so
 :func:`prune_bundles` keeps, per environment, the bundles of the current version and of
-the newest ``keep`` versions that have one, and none of an archived environment. Other
-versions lose their link; a bundle no version links to is deleted, chunks first. A
+the newest ``keep`` versions that have one, and none of an archived environment. It
+runs whenever a bundle is published: for that environment, and for every archived one
+(an archived preview publishes nothing again, so its bundles go with the next publish
+anywhere). Other versions lose their link; a bundle no version links to is deleted,
+chunks first, one bundle per transaction. A
 rollback to a pruned version re-publishes its bundle from the built tree if it is still
 on disk (as its Deployment must be re-created anyway).
 """
@@ -145,6 +148,12 @@ def prune_bundles(db: Database, *, environment_id: int, keep: int, also: int | N
             session.execute(
                 update(Version).where(Version.id.in_(dropped)).values(bundle_digest=None)
             )
+        archived = select(Environment.id).where(Environment.status == "archived")
+        session.execute(
+            update(Version)
+            .where(Version.environment_id.in_(archived), Version.bundle_digest.is_not(None))
+            .values(bundle_digest=None)
+        )
     return delete_orphans(db)
 
 

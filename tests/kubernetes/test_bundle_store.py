@@ -25,7 +25,7 @@ from controller.store.bundles import (
     version_bundle,
 )
 from controller.store.db import Database
-from controller.store.tables import BundleChunk, Environment, StoredBundle, Version
+from controller.store.tables import BundleChunk, Environment, Project, StoredBundle, Version
 
 
 def _versions(db: Database, count: int) -> tuple[int, int, list[int]]:
@@ -65,6 +65,34 @@ def _versions(db: Database, count: int) -> tuple[int, int, list[int]]:
             session.flush()
             ids.append(version.id)
         return prod.id, envs["staging"].id, ids
+
+
+def _version_in(db: Database, environment_id: int) -> int:
+    with db.transaction() as session:
+        env = session.get(Environment, environment_id)
+        assert env is not None
+        project = env.project_id
+        dep = request_deployment(
+            session,
+            project=session.get(Project, project),
+            environment=env,
+            request=DeployRequest(sha="f" * 40, ref="refs/heads/staging", source="git"),
+        )
+        version = Version(
+            project_id=project,
+            environment_id=env.id,
+            deployment_id=dep.id,
+            version="20261201.1",
+            day="20261201",
+            seq=1,
+            sha="f" * 40,
+            tasks=[],
+            source_path="/nowhere",
+            venv_path="/nowhere",
+        )
+        session.add(version)
+        session.flush()
+        return version.id
 
 
 def _file(tmp_path: Path, name: str, size: int) -> tuple[Path, str]:
@@ -123,7 +151,7 @@ def test_publishing_one_digest_twice_stores_it_once(database: Database, tmp_path
 def test_retention_keeps_the_newest_and_the_current_versions_bundles(
     database: Database, tmp_path: Path
 ) -> None:
-    prod, _staging, ids = _versions(database, 5)
+    prod, staging, ids = _versions(database, 5)
     digests = {}
     for vid in ids:
         path, digest = _file(tmp_path, f"{vid}.tar", 1500)
@@ -145,7 +173,10 @@ def test_retention_keeps_the_newest_and_the_current_versions_bundles(
     with database.transaction() as session:
         env = session.get(Environment, prod)
         assert env is not None
-        env.status = "archived"
-    assert prune_bundles(database, environment_id=prod, keep=2) == 3
+        env.status = "archived"  # as an archived preview: its bundles go at the next publish
+    path, digest = _file(tmp_path, "staging.tar", 1500)
+    staging_version = _version_in(database, staging)
+    publish_bundle(database, digest=digest, path=path, version_id=staging_version)
+    assert prune_bundles(database, environment_id=staging, keep=2) == 3
     with database.read() as session:
-        assert session.execute(select(func.count()).select_from(StoredBundle)).scalar() == 0
+        assert set(session.execute(select(StoredBundle.digest)).scalars()) == {digest}
