@@ -12,6 +12,7 @@ API answer (keys stay, so the output shows what the Secret holds).
 
 from __future__ import annotations
 
+import tarfile
 import tomllib
 from pathlib import PurePosixPath
 from typing import Any
@@ -29,7 +30,7 @@ from controller.secretstore.crypto import Cipher
 from controller.secretstore.store import resolve_for_environment
 from controller.secretstore.variables import run_variables
 from controller.settings import Settings
-from controller.store.bundles import prune_bundles, publish_bundle, version_bundle
+from controller.store.bundles import prune_bundles, publish_bundle, read_member, version_bundle
 from controller.store.db import Database
 from controller.store.tables import Environment, Project, Version
 from controller.versions import find_version, spec_for
@@ -84,14 +85,29 @@ class StoreInputs:
             project = session.get(Project, env.project_id) if env else None
             config_path = (project.config_path if project else None) or "slipway.toml"
         name = PurePosixPath(config_path).name if config_path.endswith(".toml") else "slipway.toml"
-        source, _venv = host_paths(spec.artifact)
-        try:
-            data = tomllib.loads((source / name).read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        text = self._config_text(spec, name)
+        if text is None:
             return {}
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise PermanentError(f"{name} cannot be read: {exc}") from exc
         return resource_overrides(data.get("kubernetes"), where=name)
+
+    def _config_text(self, spec: VersionSpec, name: str) -> str | None:
+        """``slipway.toml`` from the built tree, or on a replica that did not build the
+        version (a new leader, a follower rendering manifests) from its stored bundle."""
+        source, _venv = host_paths(spec.artifact)
+        try:
+            if source.is_dir():
+                return (source / name).read_text(encoding="utf-8")
+            digest = version_bundle(self.db, spec.version_id)
+            data = read_member(self.db, digest=digest, name=f"source/{name}") if digest else None
+            return None if data is None else data.decode("utf-8")
+        except FileNotFoundError:
+            return None
+        except (UnicodeDecodeError, OSError, tarfile.TarError) as exc:
+            raise PermanentError(f"{name} cannot be read: {exc}") from exc
 
     def archived(self, version_id: int) -> bool:
         with self.db.read() as session:

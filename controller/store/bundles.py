@@ -37,8 +37,11 @@ on disk (as its Deployment must be re-created anyway).
 from __future__ import annotations
 
 import hashlib
+import io
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
@@ -119,6 +122,43 @@ def iter_chunks(db: Database, *, digest: str, chunks: int) -> Iterator[bytes]:
         if data is None:
             raise PermanentError(f"bundle {digest} lost its chunk {seq} while being read")
         yield bytes(data)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file over :func:`iter_chunks`, for tarfile's streaming mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._buffer:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buffer = chunk
+        size = min(len(buffer), len(self._buffer))
+        buffer[:size], self._buffer = self._buffer[:size], self._buffer[size:]
+        return size
+
+
+def read_member(db: Database, *, digest: str, name: str, limit: int = 1024 * 1024) -> bytes | None:
+    """One regular file of a stored bundle (at most ``limit`` bytes), or None. The tar is
+    read as a stream, so only the chunks up to that member are fetched (``source/`` comes
+    before ``site-packages/``)."""
+    stored = stored_bundle(db, digest)
+    if stored is None:
+        return None
+    raw = _ChunkReader(iter_chunks(db, digest=digest, chunks=stored.chunks))
+    with tarfile.open(fileobj=io.BufferedReader(raw), mode="r|") as tar:
+        for member in tar:
+            if member.name == name:
+                fh = tar.extractfile(member) if member.isfile() else None
+                return None if fh is None or member.size > limit else fh.read()
+    return None
 
 
 def stored_bundle(db: Database, digest: str) -> StoredBundle | None:

@@ -47,7 +47,9 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Server, Server
         for file, value in shared.items():
             (data / file).write_text(value + "\n")
             (data / file).chmod(0o600)
-        servers.append(Server(data, database_url=postgres_url))
+        # as the chart sets it: the Service that balances over the replicas
+        service = {"SLIPWAY_KUBERNETES_ARTIFACT_URL": "http://slipway.slipway.svc"}
+        servers.append(Server(data, database_url=postgres_url, extra_env=service))
     try:
         for server in servers:
             server.start()
@@ -114,7 +116,9 @@ def test_a_bundle_built_by_the_leader_is_served_by_every_replica_and_after_failo
         assert served.headers["etag"] == f'"{digest}"'
         assert "immutable" in served.headers["cache-control"]
         assert not (follower.data_dir / "bundles").exists()  # served from the database
-        assert _bundle_env(follower)["BUNDLE_DIGEST"] == digest
+        manifests = "/api/v1/projects/demo/environments/production/manifests"
+        assert follower.ok("GET", manifests) == leader.ok("GET", manifests)
+        assert bundle["BUNDLE_URL"] == f"http://slipway.slipway.svc/api/v1/bundles/{digest}"
         with engine.connect() as conn:
             chunks = conn.execute(
                 select(StoredBundle.chunks).where(StoredBundle.digest == digest)

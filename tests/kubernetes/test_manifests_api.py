@@ -260,6 +260,18 @@ def test_the_bundle_is_reproducible(site: Site, tmp_path: Path) -> None:
     assert again.digest == first[1]  # made anew from the same tree: the same bytes
 
 
+def test_a_replica_without_the_build_renders_the_same_manifests(
+    site: Site, tmp_path: Path
+) -> None:
+    """Once published, the bundle is what a replica that never built the version (a new
+    leader, a follower) renders from: its digest, and slipway.toml's resources from it."""
+    first = cli(site, "--env", "production")
+    (tmp_path / "v1").rename(tmp_path / "elsewhere")  # as on another replica's disk
+    assert cli(site, "--env", "production") == first
+    worker = list(yaml.safe_load_all(first))[3]["spec"]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["requests"]["memory"] == "300Mi"
+
+
 def _fetch(
     site: Site, tmp_path: Path, *, digest: str, url: str
 ) -> subprocess.CompletedProcess[str]:
