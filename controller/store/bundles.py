@@ -20,7 +20,9 @@ a digest that does not match aborts it (nothing half-written is ever visible), a
 digest already stored is only linked (idempotent). A conflict (two writers of one digest,
 or a prune deleting it meanwhile: the foreign key from ``versions`` makes one of them
 fail) is retried. A version names only a complete bundle, and the runtime renders a
-Deployment only after it is published, so no pod asks for a bundle that is not there.
+Deployment only after it is published, so no pod asks for a bundle that is not there. On
+SQLite (one machine) that transaction holds the single writer's turn for as long as it
+takes to copy the file in, about a second for tens of MB, once per version.
 
 **Retention** follows the Kubernetes runtime's: it keeps the Deployments of the newest
 ``keep_versions`` versions of a namespace plus the one the Service selects, so

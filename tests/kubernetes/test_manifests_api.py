@@ -238,6 +238,16 @@ def test_the_bundle_is_served_only_with_its_environments_token(site: Site) -> No
     )
     assert own.status_code == 200
     assert "sha256:" + hashlib.sha256(own.content).hexdigest() == digest
+    assert own.headers["content-length"] == str(len(own.content))
+    assert own.headers["etag"] == f'"{digest}"'
+    cached = httpx.get(
+        url,
+        headers={
+            "Authorization": f"Bearer {bundle_token(keys, site.env_ids['production'])}",
+            "If-None-Match": own.headers["etag"],
+        },
+    )
+    assert cached.status_code == 304 and not cached.content
     with tarfile.open(fileobj=io.BytesIO(own.content)) as tar:
         names = tar.getnames()
     assert "source/tasks/hello.py" in names and "site-packages/dep/__init__.py" in names
@@ -260,9 +270,7 @@ def test_the_bundle_is_reproducible(site: Site, tmp_path: Path) -> None:
     assert again.digest == first[1]  # made anew from the same tree: the same bytes
 
 
-def test_a_replica_without_the_build_renders_the_same_manifests(
-    site: Site, tmp_path: Path
-) -> None:
+def test_a_replica_without_the_build_renders_the_same_manifests(site: Site, tmp_path: Path) -> None:
     """Once published, the bundle is what a replica that never built the version (a new
     leader, a follower) renders from: its digest, and slipway.toml's resources from it."""
     first = cli(site, "--env", "production")
