@@ -163,10 +163,12 @@ def promote(
     *,
     version_id: int,
     record: Callable[[Session, str, str | None], None] | None = None,
+    check: Callable[[Session], None] | None = None,
 ) -> tuple[str, str | None]:
     """Make ``version_id`` current in its environment, atomically, once it is healthy.
     Returns ``(new, old)`` version strings; ``record(session, new, old)`` runs in the
-    promoting transaction."""
+    promoting transaction, and ``check(session)`` first in it (raising leaves the
+    current version as it was)."""
     with db.read() as session:
         version = session.get(Version, version_id)
         if version is None:
@@ -174,6 +176,8 @@ def promote(
         spec = spec_for(session, version)
     runtime.ensure(spec)
     with db.transaction() as session:
+        if check is not None:
+            check(session)
         env = session.get(Environment, version.environment_id)
         assert env is not None
         if env.status == "archived":

@@ -18,10 +18,16 @@ decisions may be enqueued twice (a delivery and a poll), the promotion happens o
 controller killed while waiting has nothing to resume but its status: the next delivery
 or resync decides.
 
-Trade-off: a push that supersedes a waiting deployment while its ``promote`` job is
-already running does not stop that promotion; the newer deployment then promotes over
-it, so the newest commit still ends current. Locking the environment for the length of
-a health check would cost more than that brief detour.
+A push that supersedes a waiting deployment while its ``promote`` job already runs
+does not race it: the promoting transaction re-checks, under the environment's and
+the deployment's row locks, that the deployment still waits and that no newer request
+for its environment exists (:func:`~controller.gates.waiting.check_still_promotable`),
+and otherwise ends it ``superseded`` without touching the current version. Whichever
+of the two transactions commits first wins, so an older version never becomes current
+after a newer request; the cost is two row locks in a transaction that takes one
+already. (A request made while a deployment still builds does not supersede it, as
+only waiting ones are: its ``wait`` step sees the newer request and ends it
+``superseded`` instead of waiting, see :mod:`controller.pipeline.gate`.)
 
 Modules: :mod:`~controller.gates.spec` (the gate grammar, durations), :mod:`~controller.gates.decide`
 (pure: signals → decision), :mod:`~controller.gates.waiting` (database side),

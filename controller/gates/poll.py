@@ -22,20 +22,17 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from controller.gates.cluster import ClusterReader, rolled_out
 from controller.gates.decide import Decision
 from controller.gates.waiting import (
     Waiting,
     decide_commit,
-    known_signal,
     request_decision,
     waiting_deployments,
 )
 from controller.store.db import Database
-from controller.store.tables import CommitSignal, Repository
+from controller.store.gates import installation_of_repo, signal_known
+from controller.store.tables import CommitSignal
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +143,7 @@ class GatePoller:
                 )
         with self.db.transaction() as session:
             for signal in found:
-                if not known_signal(session, kind=signal.kind, github_id=signal.github_id, state=signal.state):  # fmt: skip
+                if not signal_known(session, kind=signal.kind, github_id=signal.github_id, state=signal.state):  # fmt: skip
                     signal.repo_lower, signal.sha = item.repo.lower(), item.sha
                     session.add(signal)
             session.flush()
@@ -176,10 +173,4 @@ class GatePoller:
 
     def _installation(self, repo: str) -> int | None:
         with self.db.read() as session:
-            return _installation_of(session, repo)
-
-
-def _installation_of(session: Session, repo: str) -> int | None:
-    return session.execute(
-        select(Repository.installation_id).where(Repository.full_name_lower == repo.lower())
-    ).scalar_one_or_none()
+            return installation_of_repo(session, repo)

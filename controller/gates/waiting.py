@@ -10,17 +10,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.domain.environments import env_key
+from controller.errors import Conflict
 from controller.gates.decide import Decision, decide
 from controller.gates.spec import Gate, parse_gate
 from controller.models import WAITING
 from controller.queue import Queue
-from controller.store.tables import CommitSignal, Deployment, Job, Project
+from controller.store.gates import (
+    hold_environment_for_promotion,
+    lock_deployment,
+    newer_request,
+    open_decision_payloads,
+    signals_of_commit,
+    waiting_deployments_with_repo,
+)
+from controller.store.tables import Deployment
 
 PROMOTE_JOB = "promote"
+
+
+class NoLongerWaiting(Conflict):
+    """A passed gate's promotion found its deployment no longer the one to promote:
+    ``status`` is what it is (or, for a newer request, becomes: ``superseded``)."""
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -49,14 +66,8 @@ def schedule_timeout(session: Session, *, deployment: Deployment, deadline: date
 
 def request_decision(session: Session, *, deployment_id: str, environment_id: int, decision: Decision) -> bool:  # fmt: skip
     """Queue ``decision`` for a waiting deployment, unless one is already queued."""
-    queued = session.execute(
-        select(Job.payload).where(
-            Job.deployment_id == deployment_id,
-            Job.kind == PROMOTE_JOB,
-            Job.status.in_(("queued", "running")),
-        )
-    ).scalars()
-    if any((payload or {}).get("outcome") in ("pass", "fail") for payload in queued):
+    queued = open_decision_payloads(session, deployment_id, kind=PROMOTE_JOB)
+    if any(payload.get("outcome") in ("pass", "fail") for payload in queued):
         return False
     Queue.add(
         session,
@@ -69,17 +80,8 @@ def request_decision(session: Session, *, deployment_id: str, environment_id: in
 
 
 def waiting_deployments(session: Session, *, repo_lower: str | None = None, sha: str | None = None) -> list[Waiting]:  # fmt: skip
-    query = (
-        select(Deployment, Project.repo)
-        .join(Project, Project.id == Deployment.project_id)
-        .where(Deployment.status == WAITING, Deployment.gate.is_not(None))
-    )
-    if repo_lower is not None:
-        query = query.where(Project.repo_lower == repo_lower)
-    if sha is not None:
-        query = query.where(Deployment.sha == sha)
     found = []
-    for dep, repo in session.execute(query.order_by(Deployment.created_at)).all():
+    for dep, repo in waiting_deployments_with_repo(session, repo_lower=repo_lower, sha=sha):
         assert dep.gate is not None
         found.append(
             Waiting(
@@ -112,22 +114,32 @@ def decide_commit(session: Session, *, repo_lower: str, sha: str) -> list[str]:
 
 
 def decide_from_signals(session: Session, waiting: Waiting) -> Decision | None:
-    signals = session.execute(
-        select(CommitSignal).where(
-            CommitSignal.repo_lower == waiting.repo.lower(), CommitSignal.sha == waiting.sha
-        )
-    ).scalars()
-    return decide(waiting.gate, list(signals))
+    signals = signals_of_commit(session, repo_lower=waiting.repo.lower(), sha=waiting.sha)
+    return decide(waiting.gate, signals)
 
 
-def known_signal(session: Session, *, kind: str, github_id: int, state: str) -> bool:
-    return (
-        session.execute(
-            select(CommitSignal.id).where(
-                CommitSignal.kind == kind,
-                CommitSignal.github_id == github_id,
-                CommitSignal.state == state,
-            )
-        ).first()
-        is not None
+def check_still_promotable(session: Session, *, deployment_id: str) -> None:
+    """Inside the transaction that makes a passed gate's version current: raise
+    :class:`NoLongerWaiting` unless the deployment still waits and no newer request for
+    its environment exists. The locks (see :mod:`controller.store.gates`) order this
+    against a request that supersedes it: whichever commits first wins, so an older
+    version never becomes current after a newer request for its environment."""
+    found = session.get(Deployment, deployment_id)
+    assert found is not None
+    hold_environment_for_promotion(session, found.environment_id)  # first: see the locks
+    row = lock_deployment(session, deployment_id)
+    assert row is not None
+    if row.status != WAITING:
+        raise NoLongerWaiting(row.error or f"it is {row.status}", status=row.status)
+    newer = newer_request(
+        session,
+        environment_id=row.environment_id,
+        deployment_id=row.id,
+        created_at=row.created_at,
     )
+    if newer is not None:
+        raise NoLongerWaiting(
+            f"superseded by {newer.id} before its promotion committed; the current "
+            "version is unchanged",
+            status="superseded",
+        )

@@ -43,6 +43,7 @@ the variables runs see, their secrets masked in the deployment log.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shlex
 import shutil
@@ -58,7 +59,7 @@ from controller.builders.base import Builder
 from controller.datadir import private_dir
 from controller.domain.projects import project_not_deploying_reason
 from controller.errors import PermanentError, TemporaryError
-from controller.gates.waiting import PROMOTE_JOB
+from controller.gates.waiting import PROMOTE_JOB, NoLongerWaiting, check_still_promotable
 from controller.logs import bind_log_context
 from controller.manager import Interrupted
 from controller.models import FINAL_STATUSES, WAITING
@@ -229,8 +230,10 @@ class Pipeline:
         if gate is None:
             self.release.promote(journal, run.version_id)
             return True
-        self.gates.wait(run, gate)
+        waited = self.gates.wait(run, gate)
         self.runtime.retire(run.version_id)  # waiting holds no worker either
+        if waited.get("superseded"):
+            self._finish(snap, journal, "superseded", str(waited.get("error") or "superseded"))
         return False
 
     def _decide(self, snap: Snapshot, journal: Journal, payload: dict[str, Any]) -> None:
@@ -241,7 +244,11 @@ class Pipeline:
         outcome, message = payload.get("outcome"), str(payload.get("message") or "")
         if outcome == "pass":
             journal.log(f"Promotion gate {dep.gate} passed: {message}")
-            self.release.promote(journal, dep.version_id)
+            try:
+                self.release.promote(journal, dep.version_id, check=functools.partial(check_still_promotable, deployment_id=dep.id))  # fmt: skip
+            except NoLongerWaiting as gone:
+                self._withdrawn(snap, journal, gone)
+                return
             self._deployed(snap, journal, version=self._version_name(dep.version_id), tasks=self._task_count(dep.version_id))  # fmt: skip
             return
         if outcome == "fail":
@@ -252,6 +259,17 @@ class Pipeline:
         journal.log(message, level="error" if status == "failed" else "warn")
         self._finish(snap, journal, status, message)
         self.runtime.retire(dep.version_id)
+
+    def _withdrawn(self, snap: Snapshot, journal: Journal, gone: NoLongerWaiting) -> None:
+        """The gate passed, but a newer request superseded the deployment (or it ended
+        otherwise) before its promotion committed: nothing was promoted."""
+        journal.log(f"Not promoted: {gone.message}", level="warn")
+        if gone.status != "superseded":
+            journal.flush()
+            return
+        self._finish(snap, journal, "superseded", gone.message)
+        assert snap.deployment.version_id is not None
+        self.runtime.retire(snap.deployment.version_id)
 
     def _version_name(self, version_id: int) -> str | None:
         with self.db.read() as session:

@@ -5,6 +5,8 @@ its gate, since when and until when, the deadline's own ``promote`` job (due the
 the step's end commit together (:meth:`Journal.record`). Then the job ends, holding no
 thread and no build slot (see :mod:`controller.gates`). A controller killed before that
 commit runs the step again; after it, the deployment waits and its rerun does nothing.
+A deployment that a newer request for its environment overtook while it was built ends
+``superseded`` in that transaction instead of waiting.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from controller.gates.spec import Gate, describe_gate, format_duration, gate_for
 from controller.gates.waiting import schedule_timeout
 from controller.models import FINAL_STATUSES, WAITING
 from controller.pipeline.build import Attempt, Snapshot
+from controller.pipeline.journal import Journal
 from controller.store.db import Database
+from controller.store.gates import newer_request
 from controller.store.tables import Deployment, Project, Version, utcnow
 
 
@@ -34,7 +38,7 @@ class GatePhase:
             assert project is not None
             return gate_for(project.promotion_gates, snap.environment.name)
 
-    def wait(self, run: Attempt, gate: Gate) -> None:
+    def wait(self, run: Attempt, gate: Gate) -> dict[str, Any]:
         dep, project, journal = run.snap.deployment, run.snap.project, run.journal
         journal.flush()  # staged status writes go first: nothing may follow "waiting"
 
@@ -45,6 +49,9 @@ class GatePhase:
                 assert row is not None and fresh is not None
                 if row.status in FINAL_STATUSES:
                     return {"gate": str(gate), "skipped": row.status}
+                newer = newer_request(session, environment_id=row.environment_id, deployment_id=row.id, created_at=row.created_at)  # fmt: skip
+                if newer is not None:
+                    return self._superseded(session, row, gate, newer=newer.id, journal=journal)
                 since = utcnow()
                 deadline = since + timedelta(seconds=fresh.promotion_timeout)
                 row.status, row.gate = WAITING, str(gate)
@@ -62,7 +69,18 @@ class GatePhase:
                 )
             return result
 
-        journal.step("wait", wait)
+        return journal.step("wait", wait)
+
+    @staticmethod
+    def _superseded(session: Session, row: Deployment, gate: Gate, *, newer: str, journal: Journal) -> dict[str, Any]:  # fmt: skip
+        """A request for the environment came while this one was built (only a waiting
+        deployment is superseded at request time): it ends instead of waiting."""
+        message = f"superseded by {newer}, requested while this one was being built; the current version is unchanged"  # fmt: skip
+        row.status, row.gate = "superseded", str(gate)
+        row.error, row.finished_at = message, utcnow()
+        result = {"gate": str(gate), "superseded": newer, "error": message}
+        journal.record(session, result, lines=[message])
+        return result
 
     def timeout_message(self, snap: Snapshot) -> str:
         with self.db.read() as session:

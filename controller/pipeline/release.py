@@ -9,6 +9,7 @@ masked in the deployment log.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -133,9 +134,12 @@ class ReleasePhases:
             )
         return {"status": "completed"}
 
-    def promote(self, journal: Journal, version_id: int) -> None:
+    def promote(
+        self, journal: Journal, version_id: int, *, check: Callable[[Session], None] | None = None
+    ) -> None:
         """The journaled promotion: the environment's current version and the step's
-        end commit together, so it happens once per deployment."""
+        end commit together, so it happens once per deployment. ``check`` runs first in
+        that transaction (see :func:`controller.versions.promote`)."""
 
         def promoted(session: Session, new: str, old: str | None) -> None:
             journal.record(
@@ -145,7 +149,9 @@ class ReleasePhases:
             )
 
         def do_promote(_attempt: int) -> dict[str, Any]:
-            new, old = promote(self.db, self.runtime, version_id=version_id, record=promoted)
+            new, old = promote(
+                self.db, self.runtime, version_id=version_id, record=promoted, check=check
+            )
             return {"version": new, "previous": old}
 
         journal.step("promote", do_promote, retry=Backoff(limit=3, min_timeout=1, max_timeout=10))
