@@ -11,7 +11,12 @@ Why a bundle rather than an image per version: building images needs a builder i
 cluster (Kaniko, BuildKit) with registry credentials and push rights, and a registry
 round trip per deploy; a bundle needs only the worker image (one per Slipway release)
 and the controller, reuses the virtualenv the build already made, and a rollback only
-needs the bundle file that is still in the data dir. The trade-off: the worker image's
+needs the bundle that is still stored.
+
+Where a bundle lives: the file made here in the data dir is a local cache (a version is
+bundled once); the bundle itself is published to the database (:mod:`controller.store.bundles`),
+content-addressed and in chunks, so every replica serves it and a new leader after a
+failover still has the bundles of versions built before. The trade-off: the worker image's
 Python must be the controller's (same minor version and platform), because the bundle
 carries compiled packages: both come from the same Slipway image.
 
@@ -140,24 +145,13 @@ def make_bundle(data_dir: Path, *, version_id: int, source: Path, venv: Path) ->
     return BundleFile(digest=digest, path=final, size=final.stat().st_size)
 
 
-def known_digest(data_dir: Path, version_id: int) -> str | None:
-    try:
-        digest = json.loads((bundles_dir(data_dir) / f"v{version_id}.json").read_text())["digest"]
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return None
-    return str(digest)
-
-
-def bundle_path(data_dir: Path, digest: str) -> Path | None:
+def valid_digest(digest: str) -> bool:
     hexpart = digest.removeprefix(DIGEST_PREFIX)
-    if (
-        not digest.startswith(DIGEST_PREFIX)
-        or len(hexpart) != 64
-        or not all(c in "0123456789abcdef" for c in hexpart)
-    ):
-        return None
-    path = bundles_dir(data_dir) / f"sha256-{hexpart}.tar"
-    return path if path.is_file() else None
+    return (
+        digest.startswith(DIGEST_PREFIX)
+        and len(hexpart) == 64
+        and all(c in "0123456789abcdef" for c in hexpart)
+    )
 
 
 def _mac(key: str, environment_id: int) -> str:

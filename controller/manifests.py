@@ -12,13 +12,12 @@ API answer (keys stay, so the output shows what the Secret holds).
 
 from __future__ import annotations
 
+import tarfile
 import tomllib
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
-from sqlalchemy import select
-
-from controller.bundles import bundle_token, known_digest, make_bundle
+from controller.bundles import bundle_token, make_bundle
 from controller.domain.environments import find_environment
 from controller.domain.projects import get_project
 from controller.errors import NotFound, PermanentError
@@ -31,6 +30,7 @@ from controller.secretstore.crypto import Cipher
 from controller.secretstore.store import resolve_for_environment
 from controller.secretstore.variables import run_variables
 from controller.settings import Settings
+from controller.store.bundles import prune_bundles, publish_bundle, read_member, version_bundle
 from controller.store.db import Database
 from controller.store.tables import Environment, Project, Version
 from controller.versions import find_version, spec_for
@@ -49,13 +49,23 @@ class StoreInputs:
         self.cipher = cipher
 
     def bundle(self, spec: VersionSpec) -> Bundle:
-        source, venv = host_paths(spec.artifact)
-        made = make_bundle(
-            self.settings.data_dir, version_id=spec.version_id, source=source, venv=venv
-        )
-        return Bundle(
-            digest=made.digest, url=f"{artifact_base(self.settings)}/api/v1/bundles/{made.digest}"
-        )
+        """The version's published bundle; made and published first if it has none (then
+        the environment's bundles beyond retention go)."""
+        digest = version_bundle(self.db, spec.version_id)
+        if digest is None:
+            source, venv = host_paths(spec.artifact)
+            made = make_bundle(
+                self.settings.data_dir, version_id=spec.version_id, source=source, venv=venv
+            )
+            publish_bundle(self.db, digest=made.digest, path=made.path, version_id=spec.version_id)
+            prune_bundles(
+                self.db,
+                environment_id=int(spec.context["environment_id"]),
+                keep=self.settings.kubernetes.keep_versions,
+                also=spec.version_id,
+            )
+            digest = made.digest
+        return Bundle(digest=digest, url=f"{artifact_base(self.settings)}/api/v1/bundles/{digest}")
 
     def token(self, spec: VersionSpec) -> str:
         return bundle_token(self.settings.encryption_keys, int(spec.context["environment_id"]))
@@ -75,14 +85,29 @@ class StoreInputs:
             project = session.get(Project, env.project_id) if env else None
             config_path = (project.config_path if project else None) or "slipway.toml"
         name = PurePosixPath(config_path).name if config_path.endswith(".toml") else "slipway.toml"
-        source, _venv = host_paths(spec.artifact)
-        try:
-            data = tomllib.loads((source / name).read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        text = self._config_text(spec, name)
+        if text is None:
             return {}
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise PermanentError(f"{name} cannot be read: {exc}") from exc
         return resource_overrides(data.get("kubernetes"), where=name)
+
+    def _config_text(self, spec: VersionSpec, name: str) -> str | None:
+        """``slipway.toml`` from the built tree, or on a replica that did not build the
+        version (a new leader, a follower rendering manifests) from its stored bundle."""
+        source, _venv = host_paths(spec.artifact)
+        try:
+            if source.is_dir():
+                return (source / name).read_text(encoding="utf-8")
+            digest = version_bundle(self.db, spec.version_id)
+            data = read_member(self.db, digest=digest, name=f"source/{name}") if digest else None
+            return None if data is None else data.decode("utf-8")
+        except FileNotFoundError:
+            return None
+        except (UnicodeDecodeError, OSError, tarfile.TarError) as exc:
+            raise PermanentError(f"{name} cannot be read: {exc}") from exc
 
     def archived(self, version_id: int) -> bool:
         with self.db.read() as session:
@@ -132,12 +157,3 @@ def environment_manifests(
         version=worker,
         current_version=current_name,
     )
-
-
-def bundle_allowed(db: Database, data_dir: Path, *, environment_id: int, digest: str) -> bool:
-    """True when ``digest`` is the bundle of a version of that environment."""
-    with db.read() as session:
-        ids = session.execute(
-            select(Version.id).where(Version.environment_id == environment_id)
-        ).scalars()
-        return any(known_digest(data_dir, version_id) == digest for version_id in ids)

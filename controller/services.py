@@ -157,7 +157,7 @@ class Services:
         # mid-build has them stopped by the next one (see controller.builders.commands).
         self.commands = CommandRegistry(data / "commands")
         self.builder = VirtualenvBuilder(
-            cache_dir=data / "envs", home_dir=data / "home", commands=self.commands
+            cache_dir=data / "envs", home_dir=data / "home", commands=self.commands, keep_warm=True
         )
         self.uploads = private_dir(data / "uploads")
         # The configured App, else the one `slipway github setup` stored (read when needed).
@@ -259,6 +259,7 @@ class Services:
             self.local.close(timeout=WORKER_STOP_SECONDS)
         if self.child is None:
             self.manager.stop()
+            self.builder.close()
             stop_leftover_sessions(self.settings.data_dir, keep_workers=False)
         if self.remote is not None:
             self.remote.close()

@@ -6,6 +6,9 @@ no cluster and works whatever ``SLIPWAY_RUNTIME`` is. ``GET /api/v1/bundles/{dig
 is what the pods' init container fetches: it takes only an environment's bundle token
 (``Authorization: Bearer sbt_…``, see :mod:`controller.bundles`) and serves only that
 environment's bundles; anything else is 404 or 401, never a hint of other bundles.
+Any replica answers it from the database (:mod:`controller.store.bundles`), streamed a
+chunk at a time; a bundle never changes under its digest, so its answer carries the
+digest as ``ETag`` and ``Cache-Control: immutable`` (``private``: it needs a token).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import Response, StreamingResponse
 
 from controller.api.auth import bearer, require_admin
 from controller.api.branches import branch_header
 from controller.api.errors import EnvName, ProjectRef, error_responses
-from controller.bundles import bundle_path, token_environment
-from controller.manifests import bundle_allowed, environment_manifests
+from controller.bundles import token_environment, valid_digest
+from controller.manifests import environment_manifests
+from controller.store.bundles import bundle_allowed, iter_chunks, stored_bundle
 
 router = APIRouter(
     prefix="/api/v1",
@@ -53,16 +57,17 @@ def manifests(
 
 @bundles.get(
     "/bundles/{digest}",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={
         200: {
             "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
             "description": "the bundle (an uncompressed tar whose sha256 is the digest)",
         },
+        304: {"description": "the bundle named in If-None-Match"},
         **error_responses(401, 404),
     },
 )
-def bundle(request: Request, digest: str) -> FileResponse:
+def bundle(request: Request, digest: str) -> Response:
     services = request.app.state.services
     token = bearer(request)
     environment_id = token_environment(services.settings.encryption_keys, token or "")
@@ -72,10 +77,15 @@ def bundle(request: Request, digest: str) -> FileResponse:
             detail="missing or invalid bundle token",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    data_dir = services.settings.data_dir
-    path = bundle_path(data_dir, digest)
-    if path is None or not bundle_allowed(
-        services.db, data_dir, environment_id=environment_id, digest=digest
-    ):
+    db = services.db
+    stored = stored_bundle(db, digest) if valid_digest(digest) else None
+    if stored is None or not bundle_allowed(db, environment_id=environment_id, digest=digest):
         raise HTTPException(status_code=404, detail="no such bundle")
-    return FileResponse(path, media_type="application/x-tar")
+    headers = {"ETag": f'"{digest}"', "Cache-Control": "private, max-age=31536000, immutable"}
+    if f'"{digest}"' in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return StreamingResponse(
+        iter_chunks(db, digest=digest, chunks=stored.chunks),
+        media_type="application/x-tar",
+        headers={**headers, "Content-Length": str(stored.size)},
+    )

@@ -18,6 +18,13 @@ script itself could not run). Every task file is tried, so one run reports every
 file. What task modules print while being imported, from Python or from subprocesses,
 is sent to stderr at the descriptor level so it cannot corrupt the document.
 
+**Standby** (``discover_main.py --standby``): the interpreter starts and imports what
+discovery needs, then blocks on one line of stdin, ``{"argv": [...]}``, the arguments
+it would otherwise have had, and goes on as above; at end of file (the controller closed
+the pipe or died) it exits 0 without output. The controller keeps one such process per
+environment ready (:mod:`controller.builders.standby`), so a build pays for importing the
+tasks, not for starting Python.
+
 The process ends with ``os._exit`` after flushing: a task module that starts a
 non-daemon thread or registers a hanging ``atexit`` hook must not stall the build.
 """
@@ -102,8 +109,22 @@ def parse_args(argv: Sequence[str]) -> dict[str, str]:
     return {"source": options["--source"], "tasks_dir": options["--tasks-dir"]}
 
 
+def wait_for_request() -> list[str] | None:
+    """The arguments sent on stdin by the controller; ``None`` at end of file."""
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    return [str(item) for item in json.loads(line)["argv"]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--standby"]:
+        request = wait_for_request()
+        if request is None:
+            return 0
+        argv = request
+    args = parse_args(argv)
     protocol = taskfiles.divert_stdout()
     document = discover(Path(args["source"]).resolve(), args["tasks_dir"])
     protocol.write(json.dumps(document) + "\n")

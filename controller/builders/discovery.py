@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.builders.base import Log
+from controller.builders.standby import DiscoveryStandby
 from controller.errors import BuildFailed
 
 DISCOVER = Path(__file__).with_name("discover_main.py")
@@ -56,10 +57,13 @@ def discover_tasks(
     timeout: float,
     tree: str | None = None,
     log: Log | None = None,
+    standby: DiscoveryStandby | None = None,
 ) -> list[dict[str, Any]]:
     """The tasks under ``root / tasks_dir``, reused from ``cache_dir`` for a known tree."""
     if tree is None:
-        return run_discovery(root, venv=venv, env=env, tasks_dir=tasks_dir, timeout=timeout)
+        return run_discovery(
+            root, venv=venv, env=env, tasks_dir=tasks_dir, timeout=timeout, standby=standby
+        )
     key = discovery_key(tree=tree, venv=venv, tasks_dir=tasks_dir)
     stored = cache_dir / DISCOVERY_CACHE / f"{key}.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -67,7 +71,9 @@ def discover_tasks(
         if log is not None:
             log(f"Tree and environment unchanged: reusing task discovery {key[:12]}")
         return tasks
-    tasks = run_discovery(root, venv=venv, env=env, tasks_dir=tasks_dir, timeout=timeout)
+    tasks = run_discovery(
+        root, venv=venv, env=env, tasks_dir=tasks_dir, timeout=timeout, standby=standby
+    )
     stored.parent.mkdir(exist_ok=True)
     partial = stored.with_name(f"{key}.{uuid.uuid4().hex}.tmp")
     partial.write_text(json.dumps({"tasks": tasks}))
@@ -76,45 +82,69 @@ def discover_tasks(
 
 
 def run_discovery(
-    root: Path, *, venv: Path, env: dict[str, str], tasks_dir: str, timeout: float
+    root: Path,
+    *,
+    venv: Path,
+    env: dict[str, str],
+    tasks_dir: str,
+    timeout: float,
+    standby: DiscoveryStandby | None = None,
 ) -> list[dict[str, Any]]:
     python = venv / "bin" / "python"
-    try:
-        proc = subprocess.run(
-            [
-                str(python),
-                "-I",
-                "-B",
-                str(DISCOVER),
-                "--source",
-                str(root),
-                "--tasks-dir",
-                tasks_dir,
-            ],
+    argv = ["--source", str(root), "--tasks-dir", tasks_dir]
+    proc = standby.take(python, env) if standby is not None else None
+    request: bytes | None = None
+    if proc is not None:
+        request = json.dumps({"argv": argv}).encode() + b"\n"
+    else:
+        proc = subprocess.Popen(
+            [str(python), "-I", "-B", str(DISCOVER), *argv],
             cwd=root,
             env=env,
-            capture_output=True,
-            timeout=timeout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
+    try:
+        stdout, stderr = _communicate(proc, request, timeout=timeout)
+    finally:
+        if standby is not None:
+            standby.refill(python, env)
+    return _tasks_of(stdout, stderr, code=proc.returncode, tasks_dir=tasks_dir)
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes], request: bytes | None, *, timeout: float
+) -> tuple[bytes, bytes]:
+    try:
+        return proc.communicate(request, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
         raise BuildFailed(
             f"importing the task files took longer than {timeout:.0f}s",
             hint="task modules should not do slow work at import time",
         ) from exc
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
+def _tasks_of(stdout: bytes, stderr: bytes, *, code: int, tasks_dir: str) -> list[dict[str, Any]]:
     try:
-        report = json.loads(proc.stdout[-(8 << 20) :] or b"{}")
+        report = json.loads(stdout[-(8 << 20) :] or b"{}")
     except ValueError as exc:
-        stderr = proc.stderr.decode("utf-8", "replace")[-2000:]
-        raise BuildFailed(f"task discovery crashed (exit {proc.returncode}): {stderr}") from exc
+        tail = stderr.decode("utf-8", "replace")[-2000:]
+        raise BuildFailed(f"task discovery crashed (exit {code}): {tail}") from exc
     errors = report.get("errors") or []
     if errors:
         raise BuildFailed(
             _discovery_summary(errors, tasks_dir),
             hint="fix the task files; the current version keeps serving",
         )
-    if proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace")[-2000:]
-        raise BuildFailed(f"task discovery failed (exit {proc.returncode}): {stderr}")
+    if code != 0:
+        tail = stderr.decode("utf-8", "replace")[-2000:]
+        raise BuildFailed(f"task discovery failed (exit {code}): {tail}")
     return list(report.get("tasks") or [])
 
 

@@ -29,8 +29,8 @@ into a key or a path. ``PIP_CONF`` (base64) is decoded into a pip configuration 
 a private temporary directory outside the data dir and the checkout, named by
 ``PIP_CONFIG_FILE``, and removed when the command ends, whatever the outcome.
 
-**Task discovery** (and its reuse for an unchanged tree) is in
-:mod:`controller.builders.discovery`; the commands run through
+**Task discovery** (its reuse for an unchanged tree, its interpreters started ahead of
+need) is in :mod:`controller.builders.discovery` and :mod:`controller.builders.standby`; the commands run through
 :mod:`controller.builders.commands`.
 """
 
@@ -61,7 +61,8 @@ from controller.builders.commands import (
     minimal_env,
     run_command,
 )
-from controller.builders.discovery import discover_tasks
+from controller.builders.discovery import DISCOVER, discover_tasks
+from controller.builders.standby import DiscoveryStandby
 from controller.datadir import open_private, private_dir
 from controller.errors import BuildFailed
 
@@ -175,6 +176,7 @@ class VirtualenvBuilder:
         home_dir: Path,
         python: str = sys.executable,
         commands: CommandRegistry | None = None,
+        keep_warm: bool = False,
     ) -> None:
         self.cache_dir = cache_dir
         self.home_dir = home_dir
@@ -183,6 +185,11 @@ class VirtualenvBuilder:
         self._python_version = python_version(python)
         private_dir(self.cache_dir)
         private_dir(self.home_dir)
+        self.standby = DiscoveryStandby(script=DISCOVER, cwd=self.home_dir) if keep_warm else None
+
+    def close(self) -> None:
+        if self.standby is not None:
+            self.standby.close()
 
     def cache_key(
         self, root: Path, command: str | None, build_env: dict[str, str] | None = None
@@ -382,12 +389,6 @@ class VirtualenvBuilder:
         log: Log | None = None,
     ) -> list[dict[str, Any]]:
         return discover_tasks(
-            root,
-            venv=venv,
-            env=self._env(venv),
-            cache_dir=self.cache_dir,
-            tasks_dir=tasks_dir,
-            timeout=timeout,
-            tree=tree,
-            log=log,
-        )
+            root, venv=venv, env=self._env(venv), cache_dir=self.cache_dir, tasks_dir=tasks_dir,
+            timeout=timeout, tree=tree, log=log, standby=self.standby,
+        )  # fmt: skip

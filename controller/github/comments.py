@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
-
 from controller.errors import PermanentError
 from controller.github.client import GitHubClient
 from controller.github.render import (
@@ -27,14 +25,20 @@ from controller.github.render import (
     comment_body,
 )
 from controller.store.db import Database
+from controller.store.reports import (
+    comment_of_pull_request,
+    comments_by_pull_request,
+    fork_refusals,
+    newest_deployment_with_commit,
+    previews_to_comment,
+    version_of_deployment,
+)
 from controller.store.tables import (
     Deployment,
     Environment,
-    Event,
     GitHubComment,
     Project,
     Repository,
-    Version,
     utcnow,
 )
 
@@ -54,6 +58,40 @@ class CommentTarget:
     comment_id: int | None
 
 
+def deployment_view(
+    dep: Deployment, env: Environment, project: Project, repo: Repository, **details: Any
+) -> DeploymentView:
+    """What the reporter and the comments render of a deployment (with a commit) to an
+    installed repository; ``details`` are the further :class:`DeploymentView` fields."""
+    assert dep.sha is not None and repo.installation_id is not None
+    return DeploymentView(
+        id=dep.id,
+        project_ref=project.ref,
+        repo=repo.full_name,
+        installation_id=repo.installation_id,
+        sha=dep.sha,
+        status=dep.status,
+        environment=env.name,
+        branch=env.branch,
+        env_archived=env.status == "archived",
+        **details,
+    )
+
+
+def _target(
+    repo: Repository, project: Project, preview: PreviewView, comment: GitHubComment | None
+) -> CommentTarget:
+    assert repo.installation_id is not None
+    return CommentTarget(
+        repo.full_name,
+        repo.installation_id,
+        project.id,
+        preview,
+        comment.body_hash if comment else None,
+        comment.comment_id if comment else None,
+    )
+
+
 class Comments:
     def __init__(self, *, db: Database, public_url: str) -> None:
         self.db = db
@@ -65,59 +103,21 @@ class Comments:
         since = utcnow() - LOOKBACK
         out = []
         with self.db.read() as session:
-            rows = session.execute(
-                select(Environment, Project, Repository)
-                .join(Project, Project.id == Environment.project_id)
-                .join(Repository, Repository.full_name_lower == Project.repo_lower)
-                .where(
-                    Environment.name == "preview",
-                    Environment.pr_number.is_not(None),
-                    Repository.installation_id.is_not(None),
-                    or_(Environment.status == "active", Environment.updated_at > since),
-                )
-            ).all()
-            comments = {
-                (c.project_id, c.pr_number): c
-                for c in session.execute(select(GitHubComment)).scalars()
-            }
-            for env, project, repo in rows:
-                assert env.pr_number is not None and repo.installation_id is not None
-                dep = session.execute(
-                    select(Deployment)
-                    .where(Deployment.environment_id == env.id, Deployment.sha.is_not(None))
-                    .order_by(Deployment.created_at.desc())
-                    .limit(1)
-                ).scalar_one_or_none()
+            comments = comments_by_pull_request(session)
+            for env, project, repo in previews_to_comment(session, since=since):
+                assert env.pr_number is not None
+                dep = newest_deployment_with_commit(session, env.id)
                 view = None
-                if dep is not None and dep.sha is not None:
-                    version = session.execute(
-                        select(Version.version).where(Version.deployment_id == dep.id)
-                    ).scalar_one_or_none()
-                    view = DeploymentView(
-                        id=dep.id,
-                        project_ref=project.ref,
-                        repo=repo.full_name,
-                        installation_id=repo.installation_id,
-                        sha=dep.sha,
-                        status=dep.status,
-                        environment="preview",
-                        branch=env.branch,
-                        env_archived=env.status == "archived",
-                        version=version,
+                if dep is not None:
+                    version = version_of_deployment(session, dep.id)
+                    view = deployment_view(
+                        dep, env, project, repo, version=version.version if version else None
                     )
                 preview = PreviewView(
                     project.ref, env.pr_number, env.branch, env.status == "archived", view
                 )
-                comment = comments.get((project.id, env.pr_number))
                 out.append(
-                    CommentTarget(
-                        repo.full_name,
-                        repo.installation_id,
-                        project.id,
-                        preview,
-                        comment.body_hash if comment else None,
-                        comment.comment_id if comment else None,
-                    )
+                    _target(repo, project, preview, comments.get((project.id, env.pr_number)))
                 )
             seen = {(t.project_id, t.preview.pr_number) for t in out}
             out += self._fork_refusals(session, since, comments, seen=seen)
@@ -126,33 +126,16 @@ class Comments:
     def _fork_refusals(
         self, session: Any, since: Any, comments: dict[Any, GitHubComment], *, seen: set[Any]
     ) -> list[CommentTarget]:
-        rows = session.execute(
-            select(Event, Project, Repository)
-            .join(Project, Project.id == Event.project_id)
-            .join(Repository, Repository.full_name_lower == Project.repo_lower)
-            .where(
-                Event.kind == "skipped",
-                Event.created_at > since,
-                Event.message.like("no preview for pull request #%comes from the fork%"),
-                Repository.installation_id.is_not(None),
-            )
-            .order_by(Event.id)
-        ).all()
         out: dict[Any, CommentTarget] = {}
-        for event, project, repo in rows:
+        for event, project, repo in fork_refusals(session, since=since):
             number_text = event.message.removeprefix("no preview for pull request #").split()[0]
             if not number_text.isdigit() or (project.id, int(number_text)) in seen:
                 continue
             number = int(number_text)
-            comment = comments.get((project.id, number))
             refusal = event.message.split(": ", 1)[-1]
-            out[(project.id, number)] = CommentTarget(
-                repo.full_name,
-                repo.installation_id,
-                project.id,
-                PreviewView(project.ref, number, None, False, None, refusal=refusal),
-                comment.body_hash if comment else None,
-                comment.comment_id if comment else None,
+            preview = PreviewView(project.ref, number, None, False, None, refusal=refusal)
+            out[(project.id, number)] = _target(
+                repo, project, preview, comments.get((project.id, number))
             )
         return list(out.values())
 
@@ -211,11 +194,7 @@ class Comments:
 
     def record_comment(self, project_id: int, pr_number: int, **values: Any) -> None:
         with self.db.transaction() as session:
-            row = session.execute(
-                select(GitHubComment).where(
-                    GitHubComment.project_id == project_id, GitHubComment.pr_number == pr_number
-                )
-            ).scalar_one_or_none()
+            row = comment_of_pull_request(session, project_id, pr_number)
             if row is None:
                 row = GitHubComment(project_id=project_id, pr_number=pr_number)
                 session.add(row)

@@ -43,15 +43,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import and_, or_, select
-
 from controller.errors import PermanentError, TemporaryError
 from controller.github.client import GitHubClient
-from controller.github.comments import Comments
+from controller.github.comments import LOOKBACK, Comments, deployment_view
 from controller.github.render import (
     FINAL_STATES,
     DeploymentView,
@@ -68,21 +65,16 @@ from controller.github.render import (
 )
 from controller.models import FINAL_STATUSES, WAITING
 from controller.store.db import Database
-from controller.store.tables import (
-    Deployment,
-    DeploymentLog,
-    DeploymentStep,
-    Environment,
-    GitHubReport,
-    Project,
-    Repository,
-    Version,
-    utcnow,
+from controller.store.reports import (
+    deployments_to_report,
+    log_tail,
+    step_timings,
+    version_of_deployment,
 )
+from controller.store.tables import Deployment, GitHubReport, utcnow
 
 log = logging.getLogger(__name__)
 
-LOOKBACK = timedelta(days=1)
 BATCH = 200
 MIN_BACKOFF = 2.0
 MAX_BACKOFF = 600.0
@@ -162,39 +154,17 @@ class Reporter:
         since = utcnow() - LOOKBACK
         out: list[tuple[DeploymentView, Reported]] = []
         with self.db.read() as session:
-            rows = session.execute(
-                select(Deployment, Environment, Project, Repository, GitHubReport)
-                .join(Environment, Environment.id == Deployment.environment_id)
-                .join(Project, Project.id == Deployment.project_id)
-                .join(Repository, Repository.full_name_lower == Project.repo_lower)
-                .outerjoin(GitHubReport, GitHubReport.deployment_id == Deployment.id)
-                .where(
-                    Deployment.sha.is_not(None),
-                    Repository.installation_id.is_not(None),
-                    or_(
-                        GitHubReport.done.is_(False),
-                        and_(GitHubReport.deployment_id.is_(None), Deployment.created_at > since),
-                    ),
-                )
-                .order_by(Deployment.created_at)
-                .limit(BATCH)
-            ).all()
+            rows = deployments_to_report(session, since=since, limit=BATCH)
             for dep, env, project, repo, report in rows:
-                assert dep.sha is not None and repo.installation_id is not None
                 if report is not None and not _needs_work(
                     dep.status, env.status == "archived", env.name, report
                 ):
                     continue
-                view = DeploymentView(
-                    id=dep.id,
-                    project_ref=project.ref,
-                    repo=repo.full_name,
-                    installation_id=repo.installation_id,
-                    sha=dep.sha,
-                    status=dep.status,
-                    environment=env.name,
-                    branch=env.branch,
-                    env_archived=env.status == "archived",
+                view = deployment_view(
+                    dep,
+                    env,
+                    project,
+                    repo,
                     error=dep.error,
                     gate=dep.gate,
                     waiting_since=dep.waiting_since,
@@ -218,31 +188,16 @@ class Reporter:
     def _details(self, session: Any, view: DeploymentView, dep: Deployment) -> DeploymentView:
         """Version, tasks, step timings and the log tail: only for a final deployment
         (or waiting) that has something left to send."""
-        version = session.execute(
-            select(Version).where(Version.deployment_id == dep.id)
-        ).scalar_one_or_none()
-        steps = session.execute(
-            select(DeploymentStep.name, DeploymentStep.status, DeploymentStep.duration_ms)
-            .where(DeploymentStep.deployment_id == dep.id)
-            .order_by(DeploymentStep.id)
-        ).all()
-        tail: list[str] = []
-        if dep.status in ("failed", "timed_out"):
-            tail = list(
-                session.execute(
-                    select(DeploymentLog.message)
-                    .where(DeploymentLog.deployment_id == dep.id)
-                    .order_by(DeploymentLog.id.desc())
-                    .limit(40)
-                ).scalars()
-            )[::-1]
+        version = version_of_deployment(session, dep.id)
+        steps = step_timings(session, dep.id)
+        tail = log_tail(session, dep.id, lines=40) if dep.status in ("failed", "timed_out") else []
         return replace(
             view,
             version=version.version if version else None,
             tasks=[str(t.get("id", t)) if isinstance(t, dict) else str(t) for t in version.tasks]
             if version
             else [],
-            steps=[(name, status, ms) for name, status, ms in steps],
+            steps=steps,
             log_tail=[line[:500] for line in tail],
         )
 

@@ -30,12 +30,13 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from controller.github.app import StoredApp
 from controller.secretstore.crypto import Cipher
 from controller.store.db import Database
+from controller.store.githubapp import newest_github_app
 from controller.store.tables import GitHubApp, GitHubSetupToken, utcnow
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def store_app(session: Session, cipher: Cipher, app: StoredApp) -> None:
 
 
 def load_app(session: Session, cipher: Cipher) -> StoredApp | None:
-    row = session.execute(select(GitHubApp).order_by(GitHubApp.id.desc()).limit(1)).scalar()
+    row = newest_github_app(session)
     if row is None:
         return None
     plain = {

@@ -42,8 +42,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-
 from controller.domain.deployments import Applied, apply_deploy
 from controller.domain.environments import archive_branch
 from controller.domain.projects import project_not_deploying_reason, project_views
@@ -55,7 +53,15 @@ from controller.secretstore.crypto import Cipher
 from controller.sources.base import Resolved
 from controller.store.db import Database
 from controller.store.deployments import attempted_deployment
-from controller.store.tables import Deployment, Environment, Project, Repository, utcnow
+from controller.store.environments import preview_by_branch
+from controller.store.installed import installed_projects_to_resync
+from controller.store.previews import (
+    idle_previews,
+    newest_deployment_at,
+    open_pull_request_previews,
+)
+from controller.store.projects import projects_of_repo
+from controller.store.tables import Environment, utcnow
 from webhooks.events import PayloadError
 from webhooks.routing import Deploy, route
 
@@ -187,18 +193,8 @@ class PullRequestPass:
 
     def load(self) -> list[Connected]:
         with self.db.read() as session:
-            rows = session.execute(
-                select(Project, Repository)
-                .join(Repository, Repository.full_name_lower == Project.repo_lower)
-                .where(
-                    Project.disconnected_at.is_(None),
-                    Project.clone_url.is_(None),
-                    Repository.installation_id.is_not(None),
-                )
-                .order_by(Project.id)
-            ).all()
             found: dict[str, Connected] = {}
-            for project, repo in rows:
+            for project, repo in installed_projects_to_resync(session):
                 if project_not_deploying_reason(session, project):
                     continue
                 assert repo.installation_id is not None
@@ -270,11 +266,7 @@ class PullRequestPass:
         for is kept: its delivery may be newer than GitHub's list."""
         views, projects = project_views(session, repo.repo) if pulls else ([], {})
         if not pulls:
-            project_ids = list(
-                session.execute(
-                    select(Project.id).where(Project.repo_lower == repo.repo.lower())
-                ).scalars()
-            )
+            project_ids = [p.id for p in projects_of_repo(session, repo.repo.lower())]
         else:
             project_ids = list(projects)
         deploys: list[Deploy] = []
@@ -294,37 +286,23 @@ class PullRequestPass:
                 i for i in routed.intents if isinstance(i, Deploy) and self._missed(session, i)
             ]
         open_numbers = {int(p["number"]) for p in pulls if isinstance(p.get("number"), int)}
-        stale = list(
-            session.execute(
-                select(Environment).where(
-                    Environment.project_id.in_(project_ids),
-                    Environment.name == "preview",
-                    Environment.status == "active",
-                    Environment.pr_number.is_not(None),
-                    Environment.branch.is_not(None),
-                )
-            ).scalars()
-        )
+        stale = open_pull_request_previews(session, project_ids)
         settled = listed_at - timedelta(seconds=self.settle)
         closed = []
         for env in stale:
             if env.pr_number in open_numbers or env.created_at > settled:
                 continue
-            newest = session.execute(
-                select(func.max(Deployment.created_at)).where(Deployment.environment_id == env.id)
-            ).scalar()
+            newest = newest_deployment_at(session, env.id)
             if newest is None or newest <= settled:
                 closed.append(env)
         return deploys, closed
 
     def _missed(self, session: Any, intent: Deploy) -> bool:
-        env = session.execute(
-            select(Environment).where(
-                Environment.project_id == intent.project_id,
-                Environment.name == "preview",
-                Environment.branch_key == intent.branch,
-            )
-        ).scalar_one_or_none()
+        env = (
+            preview_by_branch(session, intent.project_id, intent.branch)
+            if intent.branch is not None
+            else None
+        )
         if env is None:
             return True
         if env.status == "archived":
@@ -337,22 +315,7 @@ class PullRequestPass:
         cutoff = utcnow() - timedelta(seconds=self.preview_ttl)
         archived: list[int] = []
         with self.db.transaction() as session:
-            newest = (
-                select(func.max(Deployment.created_at))
-                .where(Deployment.environment_id == Environment.id)
-                .scalar_subquery()
-            )
-            rows = session.execute(
-                select(Environment, Project)
-                .join(Project, Project.id == Environment.project_id)
-                .where(
-                    Environment.name == "preview",
-                    Environment.status == "active",
-                    Environment.branch.is_not(None),
-                    func.coalesce(newest, Environment.created_at) < cutoff,
-                )
-            ).all()
-            for env, project in rows:
+            for env, project in idle_previews(session, before=cutoff):
                 assert env.branch is not None
                 days = self.preview_ttl / 86400
                 reason = f"no deployment for {days:g} days (SLIPWAY_PREVIEW_TTL)"

@@ -1,7 +1,8 @@
-"""Env vars in the database: the one set of query functions the API, runs, the pipeline
-and ``keys rotate`` use.
-They stay here rather than in :mod:`controller.store`: every read and write of an env var
-passes the encryption boundary, so the SQL and the cipher belong in one module.
+"""Env vars in the database: the one set of functions the API, runs, the pipeline and
+``keys rotate`` use.
+Every read and write of an env var passes the encryption boundary here: the selects are
+named queries in :mod:`controller.store.envvars` that hand back ciphertext only, and the
+cipher, the associated data and every write stay in this module.
 
 Values are encrypted before they reach a session (:mod:`controller.secretstore.crypto`),
 with the row's place as associated data, so the database never holds a plaintext value
@@ -30,7 +31,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controller.errors import InvalidInput, NotFound
@@ -41,6 +41,15 @@ from controller.secretstore.variables import (
     layers_for,
     resolve_variables,
     validate_variables,
+)
+from controller.store.envvars import (
+    all_env_vars,
+    all_environments,
+    env_var_by_name,
+    env_var_history,
+    env_var_layer_rows,
+    env_vars_in_scope,
+    newest_env_var_change_id,
 )
 from controller.store.tables import Environment, EnvVar, EnvVarChange, Project, utcnow
 
@@ -65,22 +74,20 @@ class Scope:
     def aad(self, name: str) -> bytes:
         return f"env-var\0{self.project_id}\0{self.environment}\0{self.branch_key}\0{name}".encode()
 
+    def where(self) -> dict[str, Any]:
+        """The scope as :mod:`controller.store.envvars` queries take it."""
+        return {
+            "project_id": self.project_id,
+            "environment": self.environment,
+            "branch_key": self.branch_key,
+        }
+
     def describe(self) -> str:
         return f"preview branch {self.branch_key}" if self.branch_key else self.environment
 
 
 def _rows(session: Session, scope: Scope) -> list[EnvVar]:
-    return list(
-        session.execute(
-            select(EnvVar)
-            .where(
-                EnvVar.project_id == scope.project_id,
-                EnvVar.environment == scope.environment,
-                EnvVar.branch_key == scope.branch_key,
-            )
-            .order_by(EnvVar.name)
-        ).scalars()
-    )
+    return env_vars_in_scope(session, **scope.where())
 
 
 def list_variables(session: Session, scope: Scope) -> list[EnvVar]:
@@ -88,14 +95,7 @@ def list_variables(session: Session, scope: Scope) -> list[EnvVar]:
 
 
 def get_variable(session: Session, scope: Scope, name: str) -> EnvVar:
-    row = session.execute(
-        select(EnvVar).where(
-            EnvVar.project_id == scope.project_id,
-            EnvVar.environment == scope.environment,
-            EnvVar.branch_key == scope.branch_key,
-            EnvVar.name == name,
-        )
-    ).scalar_one_or_none()
+    row = env_var_by_name(session, **scope.where(), name=name)
     if row is None:
         raise NotFound(f"variable {name} is not set in {scope.describe()}")
     return row
@@ -109,9 +109,7 @@ def decrypt_value(cipher: Cipher, row: EnvVar) -> str:
 def _record(session: Session, scope: Scope, name: str, *, action: str, actor: str) -> None:
     session.add(
         EnvVarChange(
-            project_id=scope.project_id,
-            environment=scope.environment,
-            branch_key=scope.branch_key,
+            **scope.where(),
             name=name,
             action=action,
             actor=actor,
@@ -145,9 +143,7 @@ def set_variables(
         if row is None:
             session.add(
                 EnvVar(
-                    project_id=scope.project_id,
-                    environment=scope.environment,
-                    branch_key=scope.branch_key,
+                    **scope.where(),
                     name=name,
                     value_encrypted=encrypted,
                     secret=secret,
@@ -176,18 +172,7 @@ def unset_variable(session: Session, scope: Scope, name: str, *, actor: str) -> 
 
 
 def history(session: Session, scope: Scope, *, limit: int = 500) -> list[EnvVarChange]:
-    return list(
-        session.execute(
-            select(EnvVarChange)
-            .where(
-                EnvVarChange.project_id == scope.project_id,
-                EnvVarChange.environment == scope.environment,
-                EnvVarChange.branch_key == scope.branch_key,
-            )
-            .order_by(EnvVarChange.id.desc())
-            .limit(limit)
-        ).scalars()
-    )
+    return env_var_history(session, **scope.where(), limit=limit)
 
 
 CACHE_ENTRIES = 512
@@ -200,9 +185,7 @@ def resolve_for_environment(
     session: Session, cipher: Cipher, env: Environment
 ) -> dict[str, Variable]:
     """:func:`load_for_environment`, cached under the project's change stamp."""
-    stamp = session.execute(
-        select(func.max(EnvVarChange.id)).where(EnvVarChange.project_id == env.project_id)
-    ).scalar()
+    stamp = newest_env_var_change_id(session, env.project_id)
     key = (env.id, env.project_id, env.name, env.branch, env.is_fork, stamp)
     with _caches_lock:
         cache = _caches.setdefault(cipher, OrderedDict())
@@ -225,20 +208,12 @@ def load_for_environment(session: Session, cipher: Cipher, env: Environment) -> 
     fork-safe variables only. One query for every layer, without ORM objects: this runs
     on every trigger."""
     wanted = layers_for(env.name, env.branch)
-    rows = session.execute(
-        select(
-            EnvVar.environment,
-            EnvVar.branch_key,
-            EnvVar.name,
-            EnvVar.value_encrypted,
-            EnvVar.secret,
-            EnvVar.fork_safe,
-        ).where(
-            EnvVar.project_id == env.project_id,
-            EnvVar.environment == env.name,
-            EnvVar.branch_key.in_([branch_key for _, branch_key in wanted]),
-        )
-    ).all()
+    rows = env_var_layer_rows(
+        session,
+        project_id=env.project_id,
+        environment=env.name,
+        branch_keys=[branch_key for _, branch_key in wanted],
+    )
     layers: dict[tuple[str, str], list[Variable]] = {layer: [] for layer in wanted}
     for environment, branch_key, name, encrypted, secret, fork_safe in rows:
         if env.is_fork and not fork_safe:
@@ -256,14 +231,14 @@ def load_for_environment(session: Session, cipher: Cipher, env: Environment) -> 
 def rotate_all(session: Session, cipher: Cipher) -> dict[str, Any]:
     """Re-encrypt every stored value under the newest key (legacy Fernet tokens too)."""
     counts: dict[str, Any] = {"env_vars": 0, "secret_keys": 0, "already_current": 0}
-    for row in session.execute(select(EnvVar)).scalars():
+    for row in all_env_vars(session):
         if cipher.is_current(row.value_encrypted):
             counts["already_current"] += 1
             continue
         scope = Scope(row.project_id, row.environment, row.branch_key)
         row.value_encrypted = cipher.rotate(row.value_encrypted, aad=scope.aad(row.name))
         counts["env_vars"] += 1
-    for env in session.execute(select(Environment)).scalars():
+    for env in all_environments(session):
         if cipher.is_current(env.secret_key_encrypted):
             counts["already_current"] += 1
             continue

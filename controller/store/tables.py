@@ -304,6 +304,29 @@ class Version(Base):
     release_tasks: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column()
+    # The version's bundle in the database (controller.store.bundles), once published.
+    bundle_digest: Mapped[str | None] = mapped_column(
+        ForeignKey("bundles.digest"), index=True, default=None
+    )
+
+
+class StoredBundle(Base):
+    """A content-addressed bundle; its bytes are the ``bundle_chunks`` rows, in order."""
+
+    __tablename__ = "bundles"
+
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunks: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BundleChunk(Base):
+    __tablename__ = "bundle_chunks"
+
+    digest: Mapped[str] = mapped_column(ForeignKey("bundles.digest"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Run(Base):

@@ -21,7 +21,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from starlette.requests import Request
 
 from controller.api import deployments as api_deployments
@@ -32,7 +31,8 @@ from controller.api.branches import EnvTarget, env_target
 from controller.domain.projects import get_project
 from controller.runs import get_run
 from controller.secretstore.store import Scope, list_variables
-from controller.store.tables import Environment, Run, Version
+from controller.store.environments import environment_by_key
+from controller.store.overview import recent_runs_of_environment
 from controller.views import environment_view, run_view, version_strings
 
 SHOWN_DEPLOYMENTS = 50
@@ -52,13 +52,7 @@ def environment(request: Request, ref: str, name: str, branch: str | None) -> di
     listing every preview branch of the project."""
     with request.app.state.services.db.read() as session:
         project = get_project(session, ref)
-        env = session.execute(
-            select(Environment).where(
-                Environment.project_id == project.id,
-                Environment.name == name,
-                Environment.branch_key == (branch or ""),
-            )
-        ).scalar_one_or_none()
+        env = environment_by_key(session, project.id, name, branch or "")
         if env is None:
             return None
         versions = version_strings(session, {env.current_version_id})
@@ -112,13 +106,7 @@ def run(request: Request, run_id: str) -> dict[str, Any]:
 
 def recent_runs(request: Request, environment_id: int, limit: int = 50) -> list[dict[str, Any]]:
     with request.app.state.services.db.read() as session:
-        rows = session.execute(
-            select(Run, Version.version)
-            .join(Version, Version.id == Run.version_id)
-            .where(Run.environment_id == environment_id)
-            .order_by(Run.created_at.desc())
-            .limit(limit)
-        ).all()
+        rows = recent_runs_of_environment(session, environment_id, limit=limit)
         return [run_view(r, v, with_logs=False) for r, v in rows]
 
 

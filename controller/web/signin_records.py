@@ -22,7 +22,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
@@ -30,6 +30,7 @@ from controller.errors import PermanentError
 from controller.github.app import StoredApp
 from controller.github.storage import load_app
 from controller.secretstore.crypto import Cipher
+from controller.store.githubapp import live_user_session
 from controller.store.tables import GitHubUserSession, utcnow
 
 
@@ -73,11 +74,7 @@ def store_signin(
 
 def load_signin(session: Session, cipher: Cipher, session_id: str) -> SignedIn | None:
     id_hash = _hash(session_id)
-    row = session.execute(
-        select(GitHubUserSession).where(
-            GitHubUserSession.id_hash == id_hash, GitHubUserSession.expires_at > utcnow()
-        )
-    ).scalar_one_or_none()
+    row = live_user_session(session, id_hash, now=utcnow())
     if row is None:
         return None
     try:

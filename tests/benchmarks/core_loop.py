@@ -342,6 +342,8 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
         created, started = parse_time(dep.get("created_at")), parse_time(dep.get("started_at"))
         ended = parse_time(dep.get("finished_at"))
         served_wall = wall0 + timedelta(seconds=latency)
+        steps_total = sum(v for v in steps.values() if v is not None)
+        run_s = (ended - started).total_seconds() if ended and started else None
         sample = {
             "push": i,
             "sha": sha,
@@ -352,7 +354,7 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
             "polls": polls,
             "poll_mean_s": statistics.fmean(poll_times),
             "steps_ms": steps,
-            "steps_total_ms": sum(v for v in steps.values() if v is not None),
+            "steps_total_ms": steps_total,
             "install_cached": any(
                 "reusing cached environment" in ln["message"] for ln in log_lines(server, dep["id"])
             ),
@@ -365,9 +367,10 @@ def bench_push_latency(bench: Bench, pushes: int) -> dict[str, Any]:
                 "created_to_started": (started - created).total_seconds()
                 if created and started
                 else None,
-                "started_to_finished": (ended - started).total_seconds()
-                if ended and started
-                else None,
+                "started_to_finished": run_s,
+                # The pipeline's own time outside its steps: guards, status writes, the
+                # journal's reads, the final status transaction.
+                "between_steps": run_s - steps_total / 1000 if run_s is not None else None,
                 "finished_to_served": (served_wall - ended).total_seconds() if ended else None,
             },
         }
@@ -568,6 +571,7 @@ def report(
         "post_to_created": "webhook POST → deployment created",
         "created_to_started": "deployment created → pipeline started",
         "started_to_finished": "pipeline started → deployment finished",
+        "between_steps": "  of which outside the steps",
         "finished_to_served": "deployment finished → new message seen",
     }
     out.append("   timeline mean (wall clock, from the deployment's timestamps):")

@@ -111,6 +111,8 @@ def test_ha_values_share_postgres_and_the_secret(helm: Path) -> None:
     assert env["SLIPWAY_KUBERNETES_LEASE_NAME"]["value"] == "rel-slipway-leader"
     namespace = env["SLIPWAY_KUBERNETES_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]
     assert namespace["fieldPath"] == "metadata.namespace"
+    # pods fetch bundles through the Service, balanced over replicas that all serve them
+    assert env["SLIPWAY_KUBERNETES_ARTIFACT_URL"]["value"] == "http://rel-slipway.ops.svc:80"
 
 
 def test_database_existing_secret_is_used_as_is(helm: Path) -> None:
@@ -250,6 +252,7 @@ def test_a_database_url_that_is_not_postgres_is_refused(helm: Path) -> None:
         ({"persistence.enabled": "maybe"}, "persistence.enabled: Invalid type"),
         ({"runtime": "docker"}, "runtime"),
         ({"servce.port": "80"}, "servce"),
+        ({"kubernetes.artifactUrl": "slipway:80"}, "artifactUrl"),
     ],
 )
 def test_values_schema_refuses_wrong_values(

@@ -8,55 +8,24 @@ API server speaks (field names, times, the 404 → no Lease, the 409 → conflic
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import kmock
 import pytest
 from kubernetes import client
+from support.kmock_server import Emulated
 
 from controller.leadership.lease import KubernetesLeaseApi, LeaseClaim, LeaseConflict, LeaseRecord
 
 
 @pytest.fixture
-def api_client() -> Iterator[Any]:
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def serve() -> None:
-        try:
-            box["stop"] = asyncio.Event()
-            emulator = kmock.KubernetesEmulator()
-            with warnings.catch_warnings():  # kmock 0.8 reads its bundle the old way
-                warnings.filterwarnings("ignore", "read_binary is deprecated", DeprecationWarning)
-                emulator.resources.load_bundled()
-            async with emulator, kmock.Server(emulator) as server:
-                box["url"] = str(server.url).rstrip("/")
-                ready.set()
-                await box["stop"].wait()
-        except BaseException as exc:
-            box["error"] = exc
-            ready.set()
-            raise
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), name="kmock")
-    thread.start()
-    assert ready.wait(30), "kmock did not start"
-    assert "error" not in box, f"kmock did not start: {box.get('error')!r}"
-    api = client.ApiClient(client.Configuration(host=box["url"]))
+def api_client(kmock_emulated: Emulated) -> Iterator[Any]:
+    api = client.ApiClient(client.Configuration(host=kmock_emulated.url))
     try:
         yield api
     finally:
         api.close()
-        loop.call_soon_threadsafe(box["stop"].set)
-        thread.join(30)
-        loop.close()
-        assert not thread.is_alive()
 
 
 def test_missing_lease_reads_as_none_and_a_claim_creates_it(api_client: Any) -> None:

@@ -9,15 +9,12 @@ Objects are created here with the client itself, as a controller of the cluster 
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import kmock
 import pytest
 from kubernetes import client
+from support.kmock_server import Emulated
 
 from controller.errors import RuntimeUnavailable
 from controller.runtimes.kubernetes.client import ApiCluster
@@ -28,44 +25,8 @@ LABELS = {"app.kubernetes.io/managed-by": "slipway", "slipway.dev/version-id": "
 
 
 @pytest.fixture
-def emulated() -> Iterator[dict[str, Any]]:
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def serve() -> None:
-        try:
-            box["stop"] = asyncio.Event()
-            emulator = kmock.KubernetesEmulator()
-            with warnings.catch_warnings():  # kmock 0.8 reads its bundle the old way
-                warnings.filterwarnings("ignore", "read_binary is deprecated", DeprecationWarning)
-                emulator.resources.load_bundled()
-            box["emulator"] = emulator
-            async with emulator, kmock.Server(emulator) as server:
-                box["url"] = str(server.url).rstrip("/")
-                ready.set()
-                await box["stop"].wait()
-        except BaseException as exc:
-            box["error"] = exc
-            ready.set()
-            raise
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), name="kmock")
-    thread.start()
-    assert ready.wait(30), "kmock did not start"
-    assert "error" not in box, f"kmock did not start: {box.get('error')!r}"
-    try:
-        yield box
-    finally:
-        loop.call_soon_threadsafe(box["stop"].set)
-        thread.join(30)
-        loop.close()
-        assert not thread.is_alive()
-
-
-@pytest.fixture
-def api_url(emulated: dict[str, Any]) -> str:
-    return str(emulated["url"])
+def api_url(kmock_emulated: Emulated) -> str:
+    return kmock_emulated.url
 
 
 @pytest.fixture
@@ -144,7 +105,7 @@ def test_scale_annotate_list_and_delete_on_the_wire(cluster: ApiCluster) -> None
 
 
 def test_an_apply_over_an_existing_secret_goes_through(
-    cluster: ApiCluster, emulated: dict[str, Any]
+    cluster: ApiCluster, kmock_emulated: Emulated
 ) -> None:
     secret = {
         "apiVersion": "v1",
@@ -156,7 +117,7 @@ def test_an_apply_over_an_existing_secret_goes_through(
     cluster.apply({**secret, "data": {"API_URL": "aHR0cHM6Ly90d28="}})
     stored = cluster.core.read_namespaced_secret("slipway-env", NS)
     assert stored.data["API_URL"] == "aHR0cHM6Ly90d28="
-    [patch] = [r for r in list(emulated["emulator"]) if str(r.method).upper().endswith("PATCH")]
+    [patch] = [r for r in list(kmock_emulated.emulator) if str(r.method).upper().endswith("PATCH")]
     assert patch.params["fieldManager"] == "slipway" and patch.params["force"] == "true"
     assert patch.headers["Content-Type"].startswith("application/apply-patch+yaml")
 

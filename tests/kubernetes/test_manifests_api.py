@@ -36,7 +36,7 @@ from support.server import free_port
 from support.waiting import poll_until
 
 from controller.api.app import create_app
-from controller.bundles import bundle_token
+from controller.bundles import bundle_token, make_bundle
 from controller.domain.deployments import DeployRequest, request_deployment
 from controller.domain.environments import ensure_environment
 from controller.domain.projects import create_project
@@ -238,6 +238,16 @@ def test_the_bundle_is_served_only_with_its_environments_token(site: Site) -> No
     )
     assert own.status_code == 200
     assert "sha256:" + hashlib.sha256(own.content).hexdigest() == digest
+    assert own.headers["content-length"] == str(len(own.content))
+    assert own.headers["etag"] == f'"{digest}"'
+    cached = httpx.get(
+        url,
+        headers={
+            "Authorization": f"Bearer {bundle_token(keys, site.env_ids['production'])}",
+            "If-None-Match": own.headers["etag"],
+        },
+    )
+    assert cached.status_code == 304 and not cached.content
     with tarfile.open(fileobj=io.BytesIO(own.content)) as tar:
         names = tar.getnames()
     assert "source/tasks/hello.py" in names and "site-packages/dep/__init__.py" in names
@@ -250,11 +260,24 @@ def test_the_bundle_is_served_only_with_its_environments_token(site: Site) -> No
     assert httpx.get(url, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
 
 
-def test_the_bundle_is_reproducible(site: Site) -> None:
+def test_the_bundle_is_reproducible(site: Site, tmp_path: Path) -> None:
     first = _bundle_url(site, "--env", "production")
     for path in (site.settings.data_dir / "bundles").iterdir():
         path.unlink()
-    assert _bundle_url(site, "--env", "production") == first
+    assert _bundle_url(site, "--env", "production") == first  # the stored bundle
+    source, venv = tmp_path / "v1" / "app", tmp_path / "v1" / "venv"
+    again = make_bundle(site.settings.data_dir, version_id=1, source=source, venv=venv)
+    assert again.digest == first[1]  # made anew from the same tree: the same bytes
+
+
+def test_a_replica_without_the_build_renders_the_same_manifests(site: Site, tmp_path: Path) -> None:
+    """Once published, the bundle is what a replica that never built the version (a new
+    leader, a follower) renders from: its digest, and slipway.toml's resources from it."""
+    first = cli(site, "--env", "production")
+    (tmp_path / "v1").rename(tmp_path / "elsewhere")  # as on another replica's disk
+    assert cli(site, "--env", "production") == first
+    worker = list(yaml.safe_load_all(first))[3]["spec"]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["requests"]["memory"] == "300Mi"
 
 
 def _fetch(

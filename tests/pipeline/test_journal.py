@@ -166,3 +166,60 @@ def test_temporary_failures_count_attempts_and_give_up(
     assert seen == [1, 2, 3]
     row = steps(database, deployment_id)["fetch"]
     assert (row.status, row.attempts) == ("failed", 3)
+
+
+def test_lazy_ends_ride_with_the_next_transaction(
+    database: Database, deployment_id: str, writes: Writes
+) -> None:
+    journal = Journal(database, deployment_id)
+    journal.step("fetch", lambda _a: journal.log("fetched") or {"sha": "a"}, lazy_end=True)
+    journal.step("checkout", lambda _a: journal.log("checked out") or {"digest": "d"}, lazy_end=True)  # fmt: skip
+    assert writes.count == 0, "an idempotent step's end committed on its own"
+    assert steps(database, deployment_id) == {}
+    assert journal.done("checkout") == {"digest": "d"}  # this journal knows it is done
+
+    def record(_attempt: int) -> None:
+        with database.transaction() as session:
+            journal.record(session, {"version_id": 1}, lines=["Version 1"])
+
+    journal.step("version", record)
+    assert writes.count == 1
+    rows = steps(database, deployment_id)
+    assert {name: row.status for name, row in rows.items()} == {"fetch": "done", "checkout": "done", "version": "done"}  # fmt: skip
+    assert rows["checkout"].result == {"digest": "d"} and rows["checkout"].duration_ms is not None
+    assert [m.rsplit(" in ", 1)[0] for m in messages(database, deployment_id)] == [
+        "fetched",
+        "Step fetch done",
+        "checked out",
+        "Step checkout done",
+        "Version 1",
+        "Step version done",
+    ]
+
+
+def test_a_lazy_end_lost_in_a_crash_reruns_the_step(database: Database, deployment_id: str) -> None:
+    runs: list[int] = []
+    first = Journal(database, deployment_id)
+    first.step("fetch", lambda a: runs.append(a) or {"sha": "a"}, lazy_end=True)
+    # the controller dies here: nothing was committed after the fetch
+    second = Journal(database, deployment_id)
+    assert second.step("fetch", lambda a: runs.append(a) or {"sha": "a"}, lazy_end=True) == {"sha": "a"}  # fmt: skip
+    assert runs == [1, 1]
+    second.flush()
+    assert steps(database, deployment_id)["fetch"].status == "done"
+    third = Journal(database, deployment_id)
+    assert third.step("fetch", lambda a: runs.append(a) or {}, lazy_end=True) == {"sha": "a"}
+    assert runs == [1, 1], "a step whose lazy end was committed ran again"
+
+
+def test_a_failure_after_a_lazy_end_commits_it(database: Database, deployment_id: str) -> None:
+    journal = Journal(database, deployment_id)
+    journal.step("install", lambda _a: {"venv": "v"}, lazy_end=True)
+
+    def broken(_attempt: int) -> dict[str, Any]:
+        raise BuildFailed("the build broke")
+
+    with pytest.raises(BuildFailed):
+        journal.step("build", broken)
+    rows = steps(database, deployment_id)
+    assert (rows["install"].status, rows["build"].status) == ("done", "failed")

@@ -45,6 +45,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -216,6 +217,13 @@ def example(operation: Operation, status: str) -> Any:
     return None
 
 
+def _from_example(method: str, path: str, status: str) -> Any:
+    """The example answer of the operation ``method path`` matches (a sample path)."""
+    found = match(method, path)
+    assert found is not None
+    return example(found[0], status)
+
+
 # --- state -------------------------------------------------------------------------------
 
 
@@ -319,15 +327,11 @@ class FakeGitHub:
         account: str = "octo-org",
         repos: list[str] = (),  # type: ignore[assignment]
     ) -> None:
-        spec_op = match("GET", "/app/installations")
-        assert spec_op is not None
-        installation = example(spec_op[0], "200")[0]
+        installation = _from_example("GET", "/app/installations", "200")[0]
         installation.update(id=installation_id, app_id=self.app_id, app_slug=self.slug)
         installation["account"]["login"] = account
         self.installations[installation_id] = installation
-        listing = match("GET", "/installation/repositories")
-        assert listing is not None
-        template = example(listing[0], "200")["repositories"][0]
+        template = _from_example("GET", "/installation/repositories", "200")["repositories"][0]
         rows = []
         for n, full_name in enumerate(repos, start=1):
             repo = copy.deepcopy(template)
@@ -397,9 +401,7 @@ class FakeGitHub:
         conclusion: str | None = "success",
     ) -> int:
         run = _from_example("POST", "/repos/o/r/check-runs", "201")
-        run.update(
-            id=_new_id(self), head_sha=sha, name=name, status=status, conclusion=conclusion
-        )
+        run.update(id=_new_id(self), head_sha=sha, name=name, status=status, conclusion=conclusion)
         with self._lock:
             self.check_runs[run["id"]] = {**run, "repo": repo}
         return int(run["id"])
@@ -445,19 +447,18 @@ class FakeGitHub:
             failure = queued.pop(0) if queued else None
         if failure is not None:
             return failure.status, failure.headers, failure.body
-        reporting = _REPORTING.get(operation.operation_id)
-        if reporting is not None:
-            query_flat = {k: v[-1] for k, v in query.items()}
-            return reporting(self, headers, params, query_flat, json.loads(body or b"null"))
-        handler = _STATEFUL.get(operation.operation_id)
-        if handler is None:
+        entry = _ANSWERS.get(operation.operation_id)
+        if entry is None:
             for status in ("200", "201", "202", "204"):
                 if status in operation.op["responses"]:
                     return int(status), {}, example(operation, status)
             return 500, {}, {"message": f"no example answer for {operation.operation_id}"}
-        queried = {f"?{name}": values[-1] for name, values in query.items()}
-        status, answer = handler(self, headers, {**params, **queried})
-        return status, {}, answer
+        guard, handler = entry
+        denied = guard(self, headers)
+        if denied is not None:
+            return denied
+        flat = {name: values[-1] for name, values in query.items()}
+        return handler(self, Call(headers, params, flat, json.loads(body or b"null")))
 
     def rate_limit_headers(self) -> dict[str, str]:
         """What GitHub sends with every REST answer (one shared window, as for an App)."""
@@ -567,144 +568,32 @@ class FakeGitHub:
         return None
 
 
-def _get_app(fake: FakeGitHub, headers: dict[str, str], _: dict[str, str]) -> tuple[int, Any]:
-    denied = fake._app(headers)
-    if denied:
-        return denied
-    found = match("GET", "/app")
-    assert found is not None
-    app = example(found[0], "200")
-    app.update(id=fake.app_id, slug=fake.slug, name=fake.slug)
-    app["html_url"] = f"https://github.com/apps/{fake.slug}"
-    return 200, app
-
-
-def _list_installations(
-    fake: FakeGitHub, headers: dict[str, str], _: dict[str, str]
-) -> tuple[int, Any]:
-    denied = fake._app(headers)
-    return denied or (200, list(fake.installations.values()))
-
-
-def _create_token(
-    fake: FakeGitHub, headers: dict[str, str], params: dict[str, str]
-) -> tuple[int, Any]:
-    denied = fake._app(headers)
-    if denied:
-        return denied
-    installation_id = int(params["installation_id"])
-    if installation_id not in fake.installations:
-        return 404, {"message": "Not Found"}
-    expires_at = datetime.now(UTC).replace(microsecond=0) + fake.token_lifetime
-    issued = Issued("ghs_" + secrets.token_hex(18), installation_id, expires_at)
-    with fake._lock:
-        fake.issued.append(issued)
-    found = match("POST", "/app/installations/1/access_tokens")
-    assert found is not None
-    answer = example(found[0], "201")
-    answer.update(token=issued.token, expires_at=expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    answer.pop("repositories", None)
-    return 201, answer
-
-
-def _installation_repositories(
-    fake: FakeGitHub, headers: dict[str, str], _: dict[str, str]
-) -> tuple[int, Any]:
-    installation_id = fake._installation_of(headers)
-    if installation_id is None:
-        return 401, {"message": "Bad credentials"}
-    repos = fake.repositories.get(installation_id, [])
-    return 200, {"total_count": len(repos), "repositories": repos}
-
-
-def _create_from_manifest(
-    fake: FakeGitHub, _headers: dict[str, str], _params: dict[str, str]
-) -> tuple[int, Any]:
-    found = match("POST", "/app-manifests/code/conversions")
-    assert found is not None
-    app = example(found[0], "201")
-    app.update(
-        id=fake.app_id,
-        slug=fake.slug,
-        name=fake.slug,
-        html_url=f"https://github.com/apps/{fake.slug}",
-        client_id=fake.client_id,
-        client_secret=fake.client_secret,
-        webhook_secret=fake.webhook_secret,
-        pem=fake.private_key,
-    )
-    return 201, app
-
-
-def _authenticated_user(
-    fake: FakeGitHub, headers: dict[str, str], _: dict[str, str]
-) -> tuple[int, Any]:
-    user = fake.user_of(headers)
-    if user is None:
-        return 401, {"message": "Bad credentials"}
-    found = match("GET", "/user")
-    assert found is not None
-    answer = example(found[0], "200")
-    answer.update(login=user.login, id=user.id)
-    return 200, answer
-
-
-def _get_repository(
-    fake: FakeGitHub, headers: dict[str, str], params: dict[str, str]
-) -> tuple[int, Any]:
-    user = fake.user_of(headers)
-    if user is None:
-        return 401, {"message": "Bad credentials"}
-    full_name = f"{params['owner']}/{params['repo']}"
-    push = full_name.lower() in user.push
-    if not push and full_name.lower() not in user.read:
-        return 404, {"message": "Not Found"}
-    found = match("GET", "/repos/o/r")
-    assert found is not None
-    repo = example(found[0], "200")
-    repo.update(name=params["repo"], full_name=full_name)
-    repo["owner"]["login"] = params["owner"]
-    repo["permissions"] = {
-        "admin": False,
-        "maintain": False,
-        "push": push,
-        "triage": push,
-        "pull": True,
-    }
-    return 200, repo
-
-
-_STATEFUL = {
-    "apps/create-from-manifest": _create_from_manifest,
-    "users/get-authenticated": _authenticated_user,
-    "repos/get": _get_repository,
-    "apps/get-authenticated": _get_app,
-    "apps/list-installations": _list_installations,
-    "apps/create-installation-access-token": _create_token,
-    "apps/list-repos-accessible-to-installation": _installation_repositories,
-}
-
-
-# --- reporting and resync: deployments, statuses, check runs, comments, branches, pulls ---
+# --- answers ---------------------------------------------------------------------------
 #
-# Answers are the operation's example with our state laid over it. Every handler needs an
-# installation token the fake issued; lists filter as GitHub does for the parameters
-# Slipway sends. Branches and pull request lists carry ETags and answer 304 to a matching
-# If-None-Match (counted in ``not_modified``), as GitHub does.
+# One table, :data:`_ANSWERS`: operation id → (who may call it, the handler). The guard
+# runs before the handler, so no handler repeats the credential check. Answers are the
+# operation's example with our state laid over it. Reporting and resync lists filter as
+# GitHub does for the parameters Slipway sends; records keep bookkeeping fields ("repo",
+# "number", "edits") that answers leave out. Branches and pull request lists carry ETags
+# and answer 304 to a matching If-None-Match (counted in ``not_modified``), as GitHub does.
 
 Answer = tuple[int, dict[str, str], Any]
+_BAD_CREDENTIALS: Answer = (401, {}, {"message": "Bad credentials"})
+_NOT_FOUND: Answer = (404, {}, {"message": "Not Found"})
+
+
+@dataclass(frozen=True)
+class Call:
+    headers: dict[str, str]
+    params: dict[str, str]
+    query: dict[str, str]
+    body: Any
 
 
 def _new_id(fake: FakeGitHub) -> int:
     with fake._lock:
         fake._next_id += 1
         return fake._next_id
-
-
-def _from_example(method: str, path: str, status: str) -> Any:
-    found = match(method, path)
-    assert found is not None
-    return example(found[0], status)
 
 
 def _now() -> str:
@@ -715,16 +604,140 @@ def _repo(params: dict[str, str]) -> str:
     return f"{params['owner']}/{params['repo']}"
 
 
-def _unauthorised(fake: FakeGitHub, headers: dict[str, str]) -> Answer | None:
-    if fake._installation_of(headers) is None:
-        return 401, {}, {"message": "Bad credentials"}
+def _app_guard(fake: FakeGitHub, headers: dict[str, str]) -> Answer | None:
+    denied = fake._app(headers)
+    return (denied[0], {}, denied[1]) if denied else None
+
+
+def _installation_guard(fake: FakeGitHub, headers: dict[str, str]) -> Answer | None:
+    return _BAD_CREDENTIALS if fake._installation_of(headers) is None else None
+
+
+def _user_guard(fake: FakeGitHub, headers: dict[str, str]) -> Answer | None:
+    return _BAD_CREDENTIALS if fake.user_of(headers) is None else None
+
+
+def _anyone(_fake: FakeGitHub, _headers: dict[str, str]) -> Answer | None:
     return None
 
 
-def _create_deployment(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
+def _shown(record: dict[str, Any], hidden: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in hidden}
+
+
+def _listed(
+    fake: FakeGitHub,
+    store: dict[int, dict[str, Any]],
+    *,
+    call: Call,
+    where: dict[str, Any],
+    hidden: tuple[str, ...] = ("repo",),
+) -> list[dict[str, Any]]:
+    """The records of the call's repository (as GitHub: any case) whose fields equal each
+    value of ``where`` that is not ``None`` (a filter the request did not ask for)."""
+    repo = _repo(call.params).lower()
+    wanted = {name: value for name, value in where.items() if value is not None}
+    with fake._lock:
+        return [
+            _shown(record, hidden)
+            for record in store.values()
+            if record["repo"].lower() == repo
+            and all(record.get(name) == value for name, value in wanted.items())
+        ]
+
+
+def _updated(
+    fake: FakeGitHub,
+    store: dict[int, dict[str, Any]],
+    *,
+    key: str,
+    call: Call,
+    change: Callable[[dict[str, Any]], None],
+    hidden: tuple[str, ...] = ("repo",),
+) -> Answer:
+    with fake._lock:
+        record = store.get(int(call.params[key]))
+        if record is None or record["repo"] != _repo(call.params):
+            return _NOT_FOUND
+        change(record)
+        return 200, {}, _shown(record, hidden)
+
+
+def _get_app(fake: FakeGitHub, call: Call) -> Answer:
+    app = _from_example("GET", "/app", "200")
+    app.update(id=fake.app_id, slug=fake.slug, name=fake.slug)
+    app["html_url"] = f"https://github.com/apps/{fake.slug}"
+    return 200, {}, app
+
+
+def _list_installations(fake: FakeGitHub, call: Call) -> Answer:
+    return 200, {}, list(fake.installations.values())
+
+
+def _create_token(fake: FakeGitHub, call: Call) -> Answer:
+    installation_id = int(call.params["installation_id"])
+    if installation_id not in fake.installations:
+        return _NOT_FOUND
+    expires_at = datetime.now(UTC).replace(microsecond=0) + fake.token_lifetime
+    issued = Issued("ghs_" + secrets.token_hex(18), installation_id, expires_at)
+    with fake._lock:
+        fake.issued.append(issued)
+    answer = _from_example("POST", "/app/installations/1/access_tokens", "201")
+    answer.update(token=issued.token, expires_at=expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    answer.pop("repositories", None)
+    return 201, {}, answer
+
+
+def _installation_repositories(fake: FakeGitHub, call: Call) -> Answer:
+    repos = fake.repositories.get(fake._installation_of(call.headers) or 0, [])
+    return 200, {}, {"total_count": len(repos), "repositories": repos}
+
+
+def _create_from_manifest(fake: FakeGitHub, call: Call) -> Answer:
+    app = _from_example("POST", "/app-manifests/code/conversions", "201")
+    app.update(
+        id=fake.app_id,
+        slug=fake.slug,
+        name=fake.slug,
+        html_url=f"https://github.com/apps/{fake.slug}",
+        client_id=fake.client_id,
+        client_secret=fake.client_secret,
+        webhook_secret=fake.webhook_secret,
+        pem=fake.private_key,
+    )
+    return 201, {}, app
+
+
+def _authenticated_user(fake: FakeGitHub, call: Call) -> Answer:
+    user = fake.user_of(call.headers)
+    assert user is not None
+    answer = _from_example("GET", "/user", "200")
+    answer.update(login=user.login, id=user.id)
+    return 200, {}, answer
+
+
+def _get_repository(fake: FakeGitHub, call: Call) -> Answer:
+    user = fake.user_of(call.headers)
+    assert user is not None
+    full_name = _repo(call.params)
+    push = full_name.lower() in user.push
+    if not push and full_name.lower() not in user.read:
+        return _NOT_FOUND
+    repo = _from_example("GET", "/repos/o/r", "200")
+    repo.update(name=call.params["repo"], full_name=full_name)
+    repo["owner"]["login"] = call.params["owner"]
+    repo["permissions"] = {
+        "admin": False,
+        "maintain": False,
+        "push": push,
+        "triage": push,
+        "pull": True,
+    }
+    return 200, {}, repo
+
+
+def _create_deployment(fake: FakeGitHub, call: Call) -> Answer:
+    body = call.body
     dep = _from_example("POST", "/repos/o/r/deployments", "201")
     dep.update(
         id=_new_id(fake),
@@ -739,130 +752,91 @@ def _create_deployment(fake: FakeGitHub, headers, params, query, body) -> Answer
         created_at=_now(),
     )
     with fake._lock:
-        fake.deployments[dep["id"]] = {**dep, "repo": _repo(params)}
+        fake.deployments[dep["id"]] = {**dep, "repo": _repo(call.params)}
         fake.deployment_statuses[dep["id"]] = []
     return 201, {}, dep
 
 
-def _list_deployments(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
-    with fake._lock:
-        found = [
-            {k: v for k, v in d.items() if k != "repo"}
-            for d in fake.deployments.values()
-            if d["repo"].lower() == _repo(params).lower()
-            and all(d.get(k) == query[k] for k in ("sha", "environment", "ref") if k in query)
-        ]
-    return 200, {}, found[::-1]
+def _list_deployments(fake: FakeGitHub, call: Call) -> Answer:
+    where = {name: call.query.get(name) for name in ("sha", "environment", "ref")}
+    return 200, {}, _listed(fake, fake.deployments, call=call, where=where)[::-1]
 
 
-def _create_deployment_status(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
-    dep_id = int(params["deployment_id"])
+def _create_deployment_status(fake: FakeGitHub, call: Call) -> Answer:
+    dep_id = int(call.params["deployment_id"])
     if dep_id not in fake.deployments:
-        return 404, {}, {"message": "Not Found"}
+        return _NOT_FOUND
     status = _from_example("POST", "/repos/o/r/deployments/1/statuses", "201")
-    status.update(id=_new_id(fake), created_at=_now(), **body)
+    status.update(id=_new_id(fake), created_at=_now(), **call.body)
     with fake._lock:
         fake.deployment_statuses[dep_id].append(status)
     return 201, {}, status
 
 
-def _list_deployment_statuses(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
-    dep_id = int(params["deployment_id"])
+def _list_deployment_statuses(fake: FakeGitHub, call: Call) -> Answer:
+    dep_id = int(call.params["deployment_id"])
     with fake._lock:
         deployment = fake.deployments.get(dep_id)
-        if deployment is None or deployment["repo"].lower() != _repo(params).lower():
-            return 404, {}, {"message": "Not Found"}
+        if deployment is None or deployment["repo"].lower() != _repo(call.params).lower():
+            return _NOT_FOUND
         return 200, {}, list(reversed(fake.deployment_statuses[dep_id]))
 
 
-def _create_check_run(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
+def _create_check_run(fake: FakeGitHub, call: Call) -> Answer:
     run = _from_example("POST", "/repos/o/r/check-runs", "201")
     run.update(id=_new_id(fake), started_at=_now(), conclusion=None, completed_at=None)
-    run.update(body)
+    run.update(call.body)
     with fake._lock:
-        fake.check_runs[run["id"]] = {**run, "repo": _repo(params)}
+        fake.check_runs[run["id"]] = {**run, "repo": _repo(call.params)}
     return 201, {}, run
 
 
-def _update_check_run(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
-    run_id = int(params["check_run_id"])
-    with fake._lock:
-        run = fake.check_runs.get(run_id)
-        if run is None or run["repo"] != _repo(params):
-            return 404, {}, {"message": "Not Found"}
-        run.update(body)
-        return 200, {}, {k: v for k, v in run.items() if k != "repo"}
+def _update_check_run(fake: FakeGitHub, call: Call) -> Answer:
+    return _updated(
+        fake, fake.check_runs, key="check_run_id", call=call, change=lambda r: r.update(call.body)
+    )
 
 
-def _list_check_runs_for_ref(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
-    with fake._lock:
-        runs = [
-            {k: v for k, v in r.items() if k != "repo"}
-            for r in fake.check_runs.values()
-            if r["repo"].lower() == _repo(params).lower()
-            and r["head_sha"] == params["ref"]
-            and ("check_name" not in query or r["name"] == query["check_name"])
-        ]
+def _list_check_runs_for_ref(fake: FakeGitHub, call: Call) -> Answer:
+    where = {"head_sha": call.params["ref"], "name": call.query.get("check_name")}
+    runs = _listed(fake, fake.check_runs, call=call, where=where)
     return 200, {}, {"total_count": len(runs), "check_runs": runs}
 
 
-def _create_comment(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
+_COMMENT_BOOKKEEPING = ("repo", "number", "edits")
+
+
+def _create_comment(fake: FakeGitHub, call: Call) -> Answer:
     comment = _from_example("POST", "/repos/o/r/issues/1/comments", "201")
-    comment.update(id=_new_id(fake), body=body["body"], created_at=_now(), updated_at=_now())
+    comment.update(id=_new_id(fake), body=call.body["body"], created_at=_now(), updated_at=_now())
     with fake._lock:
         fake.comments[comment["id"]] = {
             **comment,
-            "repo": _repo(params),
-            "number": int(params["issue_number"]),
+            "repo": _repo(call.params),
+            "number": int(call.params["issue_number"]),
             "edits": 0,
         }
     return 201, {}, comment
 
 
-def _update_comment(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
-    with fake._lock:
-        comment = fake.comments.get(int(params["comment_id"]))
-        if comment is None or comment["repo"] != _repo(params):
-            return 404, {}, {"message": "Not Found"}
-        comment.update(body=body["body"], updated_at=_now(), edits=comment["edits"] + 1)
-        return 200, {}, {k: v for k, v in comment.items() if k not in ("repo", "number", "edits")}
+def _update_comment(fake: FakeGitHub, call: Call) -> Answer:
+    def edit(comment: dict[str, Any]) -> None:
+        comment.update(body=call.body["body"], updated_at=_now(), edits=comment["edits"] + 1)
+
+    return _updated(
+        fake,
+        fake.comments,
+        key="comment_id",
+        call=call,
+        change=edit,
+        hidden=_COMMENT_BOOKKEEPING,
+    )
 
 
-def _list_comments(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
-    page, per_page = int(query.get("page", 1)), int(query.get("per_page", 30))
-    with fake._lock:
-        found = [
-            {k: v for k, v in c.items() if k not in ("repo", "number", "edits")}
-            for c in fake.comments.values()
-            if c["repo"] == _repo(params) and c["number"] == int(params["issue_number"])
-        ]
+def _list_comments(fake: FakeGitHub, call: Call) -> Answer:
+    page, per_page = int(call.query.get("page", 1)), int(call.query.get("per_page", 30))
+    where = {"repo": _repo(call.params), "number": int(call.params["issue_number"])}
+    found = _listed(fake, fake.comments, call=call, where=where, hidden=_COMMENT_BOOKKEEPING)
     return 200, {}, found[(page - 1) * per_page : page * per_page]
 
 
@@ -875,24 +849,18 @@ def _conditional(fake: FakeGitHub, headers: dict[str, str], answer: Any) -> Answ
     return 200, {"ETag": etag}, answer
 
 
-def _get_branch(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
-    sha = fake.branches.get(_repo(params), {}).get(params["branch"])
+def _get_branch(fake: FakeGitHub, call: Call) -> Answer:
+    sha = fake.branches.get(_repo(call.params), {}).get(call.params["branch"])
     if sha is None:
         return 404, {}, {"message": "Branch not found"}
     branch = _from_example("GET", "/repos/o/r/branches/main", "200")
-    branch["name"] = params["branch"]
+    branch["name"] = call.params["branch"]
     branch["commit"]["sha"] = sha
-    return _conditional(fake, headers, branch)
+    return _conditional(fake, call.headers, branch)
 
 
-def _list_pulls(fake: FakeGitHub, headers, params, query, body) -> Answer:  # type: ignore[no-untyped-def]
-    denied = _unauthorised(fake, headers)
-    if denied:
-        return denied
-    return _conditional(fake, headers, list(fake.pulls.get(_repo(params), [])))
+def _list_pulls(fake: FakeGitHub, call: Call) -> Answer:
+    return _conditional(fake, call.headers, list(fake.pulls.get(_repo(call.params), [])))
 
 
 def pull_request(
@@ -910,19 +878,29 @@ def pull_request(
     return pull
 
 
-_REPORTING = {
-    "repos/create-deployment": _create_deployment,
-    "repos/list-deployments": _list_deployments,
-    "repos/create-deployment-status": _create_deployment_status,
-    "repos/list-deployment-statuses": _list_deployment_statuses,
-    "checks/create": _create_check_run,
-    "checks/update": _update_check_run,
-    "checks/list-for-ref": _list_check_runs_for_ref,
-    "issues/create-comment": _create_comment,
-    "issues/update-comment": _update_comment,
-    "issues/list-comments": _list_comments,
-    "repos/get-branch": _get_branch,
-    "pulls/list": _list_pulls,
+Guard = Callable[[FakeGitHub, dict[str, str]], Answer | None]
+Handler = Callable[[FakeGitHub, Call], Answer]
+
+_ANSWERS: dict[str, tuple[Guard, Handler]] = {
+    "apps/create-from-manifest": (_anyone, _create_from_manifest),
+    "users/get-authenticated": (_user_guard, _authenticated_user),
+    "repos/get": (_user_guard, _get_repository),
+    "apps/get-authenticated": (_app_guard, _get_app),
+    "apps/list-installations": (_app_guard, _list_installations),
+    "apps/create-installation-access-token": (_app_guard, _create_token),
+    "apps/list-repos-accessible-to-installation": (_installation_guard, _installation_repositories),
+    "repos/create-deployment": (_installation_guard, _create_deployment),
+    "repos/list-deployments": (_installation_guard, _list_deployments),
+    "repos/create-deployment-status": (_installation_guard, _create_deployment_status),
+    "repos/list-deployment-statuses": (_installation_guard, _list_deployment_statuses),
+    "checks/create": (_installation_guard, _create_check_run),
+    "checks/update": (_installation_guard, _update_check_run),
+    "checks/list-for-ref": (_installation_guard, _list_check_runs_for_ref),
+    "issues/create-comment": (_installation_guard, _create_comment),
+    "issues/update-comment": (_installation_guard, _update_comment),
+    "issues/list-comments": (_installation_guard, _list_comments),
+    "repos/get-branch": (_installation_guard, _get_branch),
+    "pulls/list": (_installation_guard, _list_pulls),
 }
 
 
