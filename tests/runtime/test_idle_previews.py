@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -113,11 +114,27 @@ def test_a_dead_worker_is_replaced_by_the_next_run(
     spec = make_spec(tmp_path / "src")
     first = run(runtime, spec)["output"]
     (pid,) = workers_marked(WORKER_MAIN, owner=runtime.registry)
+    recorded = runtime.records.read(spec.version_id)
+    port = recorded.port if recorded else None
     os.killpg(pid, signal.SIGKILL)
-    wait_for(lambda: session_of(pid) is None)
+    # Gone means its port refuses connections: a killed multi-threaded process shows as a
+    # zombie before its last thread has closed its sockets, so the pid alone says too early.
+    wait_for(lambda: session_of(pid) is None and _refused(port))
     answer = run(runtime, spec)
     assert answer["status"] == "completed" and answer["output"] != first
     assert workers_marked(WORKER_MAIN, owner=runtime.registry) != {pid}
+
+
+def _refused(port: int | None) -> bool:
+    if port is None:
+        return True
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def test_an_idle_preview_stops_and_the_next_run_starts_it(
