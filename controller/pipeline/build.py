@@ -3,9 +3,7 @@
 Each phase is one journaled step (:mod:`controller.pipeline.journal`) that reads and fills
 an :class:`Attempt`, the state one run of the pipeline carries from phase to phase. A
 phase whose step is already done gets its stored result back, so a resumed deployment
-rebuilds the attempt without doing the work again. Every phase here is idempotent (a
-rerun starts from a clean work dir, or finds the mirror, the environment already there),
-so its end rides with the journal's next transaction (``lazy_end``).
+rebuilds the attempt without doing the work again.
 
 **Clone URL and credentials**: ``--clone-url`` if the project has one (fetched as is);
 else the ``clone_url`` GitHub reported in the repository's newest delivery, with an
@@ -116,7 +114,6 @@ class BuildPhases:
             "fetch",
             on_node(self.node, fetch),
             retry=Backoff(limit=5, min_timeout=2, max_timeout=60),
-            lazy_end=True,
         )
 
     def _materialise(self, run: Attempt) -> str:
@@ -147,7 +144,7 @@ class BuildPhases:
             )
             return {"digest": digest, "config": config.to_dict()}
 
-        run.checked = journal.step("checkout", on_node(self.node, checkout), lazy_end=True)
+        run.checked = journal.step("checkout", on_node(self.node, checkout))
         run.config = BuildConfig.from_dict(run.checked["config"])
 
     def install(self, run: Attempt) -> None:
@@ -169,9 +166,7 @@ class BuildPhases:
                 build_env=build_env,
             )
 
-        result = run.journal.step(
-            "install", on_node(self.node, install), retry=Backoff(limit=1), lazy_end=True
-        )
+        result = run.journal.step("install", on_node(self.node, install), retry=Backoff(limit=1))
         run.venv = Path(result["venv"])
 
     def build(self, run: Attempt) -> None:
@@ -220,9 +215,7 @@ class BuildPhases:
             journal.log(f"Detected {len(tasks)} tasks: {', '.join(sorted(ids)) or '(none)'}")
             return {"artifact": str(root), "tasks": tasks, "digest": digest}
 
-        run.built = journal.step(
-            "build", on_node(self.node, build), retry=Backoff(limit=1), lazy_end=True
-        )
+        run.built = journal.step("build", on_node(self.node, build), retry=Backoff(limit=1))
 
     def sync_env(self, run: Attempt) -> None:
         config, venv = run.config, run.venv

@@ -21,12 +21,6 @@ commit together or not at all. The start is written earlier only when it must be
 - by :meth:`Journal.begin_durably`, which a step calls before work that a rerun must
   know was started (a user's pre-build command writing into the checkout).
 
-A step run with ``lazy_end`` (an idempotent one: fetch, checkout, install, build,
-health) does not commit its end either: the end is staged and rides with the journal's
-next transaction (the next step that records its own end, a durable start, a log flush,
-a failure), so a quick deploy commits three times instead of eight. A crash before then
-reruns it, as it would a step that died before its end.
-
 The trade-off: a step that dies before its start was written is rerun as if it were its
 first attempt, so the ``attempts`` count of quick steps only counts attempts that got as
 far as a write. That is safe because every such step is idempotent or starts from a
@@ -88,7 +82,6 @@ class _Running:
     lines: bool = False
     recorded: tuple[dict[str, Any], tuple[int, int]] | None = None
     holding: bool = False
-    staged_end: bool = False
 
 
 class Journal:
@@ -219,10 +212,8 @@ class Journal:
         fn: Callable[[int], dict[str, Any] | None],
         *,
         retry: Backoff | None = None,
-        lazy_end: bool = False,
     ) -> dict[str, Any]:
-        """Run ``fn(attempt)`` once per deployment; return its stored result.
-        ``lazy_end``: ``fn`` is idempotent, its end may wait for the next transaction."""
+        """Run ``fn(attempt)`` once per deployment; return its stored result."""
         stored = self.done(name)
         if stored is not None:
             self.log(f"Step {name}: already done, resuming after it", step=name)
@@ -256,18 +247,13 @@ class Journal:
                     raise
                 if result is None:
                     return self._ended_in_step()
-                if lazy_end:
-                    self._stage_end(result)
-                else:
-                    self._end(result=result)
+                self._end(result=result)
                 return result
         finally:
             timer.cancel()
             timer.join()
-            staged_end = self._running is not None and self._running.staged_end
             self._running = None
-            if not staged_end:
-                self.flush()
+            self.flush()
             self.step_name = None
 
     def _flush_start(self) -> None:
@@ -344,23 +330,6 @@ class Journal:
                 session.add(ended)
             self._ended(running, result if error is None else None, taken, error=error)
 
-    def _stage_end(self, result: dict[str, Any]) -> None:
-        """The step's end (after the lines it logged) as a staged write."""
-        running = self._running
-        assert running is not None
-        running.ending = running.staged_end = True
-        elapsed, finished_at = (time.monotonic() - running.started) * 1000, utcnow()
-        with self._lock:
-            lines, self._buffer = self._buffer, []
-
-        def write(session: Session) -> None:
-            session.add_all(DeploymentLog(deployment_id=self.deployment_id, **line) for line in lines)  # fmt: skip
-            ended = self._write_end(session, running, result=result, error=None, elapsed=elapsed, finished_at=finished_at)  # fmt: skip
-            session.add(ended)
-
-        self.stage(write)
-        self._ended(running, result, (0, 0))
-
     def _ended(
         self,
         running: _Running,
@@ -381,27 +350,23 @@ class Journal:
         *,
         result: dict[str, Any] | None,
         error: str | None,
-        elapsed: float | None = None,
-        finished_at: datetime | None = None,
     ) -> DeploymentLog:
         """Write the step's end into ``session``; return its log line (added last)."""
-        if elapsed is None:
-            elapsed = (time.monotonic() - running.started) * 1000
-        finished_at = finished_at or utcnow()
+        elapsed = (time.monotonic() - running.started) * 1000
         row = self._row(session, running.name)
         row.status = "failed" if error is not None else "done"
         row.attempts = running.attempt
         row.started_at = running.started_at
         row.result = result
         row.error = error
-        row.finished_at = finished_at
+        row.finished_at = utcnow()
         row.duration_ms = elapsed
         return DeploymentLog(
             deployment_id=self.deployment_id,
             step=running.name,
             level="error" if error is not None else "info",
             message=f"Step {running.name} {'failed' if error is not None else 'done'} in {elapsed / 1000:.2f}s",
-            created_at=finished_at,
+            created_at=utcnow(),
         )
 
     def _row(self, session: Session, name: str) -> DeploymentStep:

@@ -78,13 +78,7 @@ class ReleasePhases:
             journal.log(f"Version {version} passed its health check")
             return {"healthy": True}
 
-        # Idempotent (ensure() adopts a running worker): its end commits with the promotion.
-        journal.step(
-            "health",
-            health,
-            retry=Backoff(limit=3, min_timeout=1, max_timeout=10),
-            lazy_end=True,
-        )
+        journal.step("health", health, retry=Backoff(limit=3, min_timeout=1, max_timeout=10))
 
     def release_tasks(self, run: Attempt) -> None:
         assert run.config is not None and run.version_id is not None
