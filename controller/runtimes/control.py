@@ -66,6 +66,8 @@ SUN_PATH_MAX = 100
 CONNECT_TIMEOUT = 5.0
 ACQUIRE_TIMEOUT = 180.0
 RESTART_WAIT = 30.0  # how long a run waits for a controller that is being restarted
+READ_TIMEOUT = 30.0  # for a request's line: every client sends it at once
+STOP_WAIT = 60.0  # how long a stopping controller lets requests being answered finish
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -112,19 +114,40 @@ def _raise(error: dict[str, Any]) -> None:
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = False
-    block_on_close = True
+    # Handler threads are counted (``answering``) rather than joined without a bound: one
+    # request that never ends (a peer that never sends its line, a start that hangs) must
+    # not hold the controller's shutdown, and with it every worker, forever.
+    daemon_threads = True
+    block_on_close = False
     # Unanswered sends (begin, release) arrive in bursts; a full backlog refuses them
     # with EAGAIN, and a lost release makes a worker look busy until a restart.
     request_queue_size = 256
     handlers: dict[str, Handler]
+    answering: threading.Condition
+    in_flight: int
 
 
 class _Connection(socketserver.StreamRequestHandler):
     server: _Server
+    timeout = READ_TIMEOUT  # for the request line; a handler itself may take longer
 
     def handle(self) -> None:
-        line = self.rfile.readline(MAX_LINE)
+        with self.server.answering:
+            self.server.in_flight += 1
+        try:
+            self._answer()
+        finally:
+            with self.server.answering:
+                self.server.in_flight -= 1
+                self.server.answering.notify_all()
+
+    def _answer(self) -> None:
+        try:
+            line = self.rfile.readline(MAX_LINE)
+        except OSError:
+            return  # the peer went away or never sent its request
+        if self.connection.gettimeout() is not None:
+            self.connection.settimeout(None)
         try:
             request = json.loads(line)
             handler = self.server.handlers[request["op"]]
@@ -159,20 +182,34 @@ class ControlServer:
                 os.umask(old)
             server.server_activate()
         server.handlers = self.handlers
+        server.answering = threading.Condition()
+        server.in_flight = 0
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="control"
         )
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop accepting; requests being answered finish (their threads are joined)."""
+    def stop(self, *, wait: float = STOP_WAIT) -> None:
+        """Stop accepting; requests being answered get ``wait`` seconds to finish (a run's
+        ``acquire`` may be starting a worker), then the shutdown goes on without them."""
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
+        server = self._server
+        server.shutdown()
+        server.server_close()
         if self._thread is not None:
             self._thread.join()
+        deadline = time.monotonic() + wait
+        with server.answering:
+            while server.in_flight and time.monotonic() < deadline:
+                server.answering.wait(max(0.0, min(1.0, deadline - time.monotonic())))
+            if server.in_flight:
+                log.warning(
+                    "%d control request(s) still unanswered after %gs; stopping anyway",
+                    server.in_flight,
+                    wait,
+                )
         self.path.unlink(missing_ok=True)
         self._server = None
 

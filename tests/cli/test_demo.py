@@ -22,6 +22,8 @@ import pytest
 from support.cli import SLIPWAY
 from support.procs import alive
 
+from controller.runtimes.procs import kill_session
+
 pytestmark = pytest.mark.slow
 
 DEADLINE = 240.0  # under the suite's 300 s per-test timeout
@@ -83,6 +85,8 @@ class Demo:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(60)
+        for match in re.finditer(r"\(pid (\d+)\)", "\n".join(self.seen)):
+            kill_session(int(match.group(1)))  # a server its demo could not stop
         self.reader.join(60)
         if self.proc.stdout is not None:
             self.proc.stdout.close()

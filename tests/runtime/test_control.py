@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import stat
 import sys
 import threading
@@ -414,3 +415,34 @@ def test_a_worker_retired_with_a_direct_run_in_flight_finishes_it(
     finally:
         web.close(timeout=1)
     assert answer["status"] == "completed"
+
+
+def test_a_request_that_never_ends_does_not_hold_the_shutdown(data_dir: Path) -> None:
+    """A peer that connects and never sends its line (or a handler that hangs) used to be
+    joined without a bound: the controller never stopped, nor did its workers."""
+    release = threading.Event()
+    server = ControlServer(data_dir, {"hang": lambda r: release.wait(120)})
+    server.start()
+    client = ControlClient(data_dir)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(str(server.path))
+
+    def hang() -> None:
+        with contextlib.suppress(RuntimeUnavailable):  # the channel closes under it
+            client.call("hang", timeout=120)
+
+    hanging = threading.Thread(target=hang)
+    hanging.start()
+    stopped = threading.Event()
+    stopper = threading.Thread(target=lambda: (server.stop(wait=1.0), stopped.set()))
+    try:
+        deadline = time.monotonic() + 60
+        while not (data_dir / "control.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopper.start()
+        assert stopped.wait(60), "stop() waited for requests that never end"
+    finally:
+        release.set()
+        silent.close()
+        hanging.join(60)
+        stopper.join(60)
