@@ -19,17 +19,29 @@ def test_three_quick_pushes_the_middle_one_is_superseded(
 ) -> None:  # type: ignore[no-untyped-def]
     flow = Flow(server, task_repo)
     # A held pre-build keeps the first deployment busy until all three are routed (a
-    # "sleep 2" could end first on a busy machine, and then nothing is superseded).
+    # "sleep 2" could end first on a busy machine, and then nothing is superseded). The
+    # next two are pushed once it has started: a deployment still queued is superseded
+    # too (the newest request wins), and on a loaded machine the controller (nice +10)
+    # may not have started the first before the second arrives; the middle one then ran.
     hold = tmp_path / "hold"
     hold.touch()
     flow.connect(pre_build_command=f"while [ -e {hold} ]; do sleep 0.05; done")
     shas = [task_repo.head(), task_repo.set_message("v2"), task_repo.set_message("v3")]
-    before = "0" * 40
+    befores = ["0" * 40, *shas[:2]]
+
+    def push(index: int) -> None:
+        payload = payloads.push(repo=REPO, before=befores[index], after=shas[index])
+        assert server.deliver("push", payload).status_code == 202
+
     try:
-        for sha in shas:
-            response = server.deliver("push", payloads.push(repo=REPO, before=before, after=sha))
-            assert response.status_code == 202
-            before = sha
+        push(0)
+        first = flow.deployment_for(shas[0])["id"]
+        server.wait_for(  # its job is claimed: it no longer waits in the queue
+            lambda: server.ok("GET", f"/api/v1/deployments/{first}")["status"] != "queued",
+            timeout=240,
+        )
+        push(1)
+        push(2)
         deps = {d["sha"]: d for d in (flow.deployment_for(sha) for sha in shas)}
     finally:
         hold.unlink(missing_ok=True)
