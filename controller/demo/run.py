@@ -319,12 +319,20 @@ class Demo:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _stop_like_ctrl_c(signum: int, frame: object) -> None:
+    """``kill <pid>`` stops the demo as Ctrl-C does: its server stopped, its temp dir
+    removed (the server runs in a session of its own, so nothing else would stop it)."""
+    raise KeyboardInterrupt
+
+
 def run_demo(*, keep_running: bool | None = None, port: int = 0) -> int:
     """Run the story; ``keep_running`` (default: when a person is at a terminal) keeps the
     server up until Ctrl-C so the printed commands work. The temp dir goes on every path."""
     if keep_running is None:
         keep_running = sys.stdin.isatty() and sys.stdout.isatty()
     demo = Demo(port)
+    with contextlib.suppress(ValueError):  # not the main thread: no signal handler of ours
+        signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         try:
             demo.run()

@@ -13,6 +13,7 @@ import queue
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,18 @@ pytestmark = pytest.mark.slow
 DEADLINE = 240.0  # under the suite's 300 s per-test timeout
 
 
+# The demo as a person starts it at a terminal, where Ctrl-C works: a process started
+# with SIGINT ignored keeps ignoring it (Python installs no KeyboardInterrupt handler
+# then), and a CI runner launched in the background (`nohup … &`) ignores it in every
+# test. exec keeps the disposition this wrapper resets.
+WITH_CTRL_C = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
     env["TMPDIR"] = str(tmp_path)
@@ -42,7 +55,7 @@ class Demo:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         self.proc = subprocess.Popen(
-            [str(SLIPWAY), "demo", *args],
+            [*WITH_CTRL_C, str(SLIPWAY), "demo", *args],
             env=_env(tmp_path),
             cwd=tmp_path,
             stdin=subprocess.DEVNULL,
@@ -132,6 +145,24 @@ def test_the_kept_server_answers_the_printed_commands(demo_dirs: Path) -> None:
         while alive(server_pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not alive(server_pid), "the demo server outlived Ctrl-C"
+    finally:
+        demo.close()
+
+
+def test_kill_stops_the_kept_server_as_ctrl_c_does(demo_dirs: Path) -> None:
+    """SIGTERM (``kill <pid>``): the demo stops its server, which runs in a session of its
+    own, and removes its temp dir (the fixture checks), exit code 0."""
+    demo = Demo(demo_dirs, "--keep-running")
+    try:
+        output = demo.until("Ctrl-C stops it")
+        server_pid = int(re.search(r"\(pid (\d+)\)", " ".join(output)).group(1))
+        assert alive(server_pid)
+        demo.proc.send_signal(signal.SIGTERM)
+        assert demo.proc.wait(120) == 0
+        deadline = time.monotonic() + 60
+        while alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(server_pid), "the demo server outlived kill"
     finally:
         demo.close()
 
