@@ -80,6 +80,7 @@ def make_runtime(settings: Settings, *, may_start: Callable[[int], str | None]) 
             may_start=may_start,
             preview_idle_timeout=settings.runtime.preview_idle_timeout,
             max_live_previews=settings.runtime.max_live_preview_workers,
+            keep_warm=True,
         )
     raise PermanentError(
         f"SLIPWAY_RUNTIME={settings.runtime.runtime} is not available in this build",

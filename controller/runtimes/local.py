@@ -21,7 +21,9 @@ overwritten): :meth:`LocalRuntime.stop_strays` stops them when a controller star
 
 Retiring stops a worker (drain, then SIGKILL to its session) in a reaper thread with a long
 deadline; :meth:`close` with a short one (the web process gave runs their grace period).
-Elsewhere: starting and stopping a worker process (:mod:`.workers`), the cap on live
+With ``keep_warm`` (the controller), a worker starts from a standby interpreter of its
+environment when one is ready (:class:`.workers.WorkerStandby`). Elsewhere: starting and
+stopping a worker process (:mod:`.workers`), the cap on live
 previews (:mod:`.slots`), a run's request and its one retry (:mod:`.runcall`), runs sent
 without a lease (:mod:`.ledger`). Over 400 lines: the lifecycle, the cap's eviction and the
 run leases share the version locks and worker records, and splitting them would spread
@@ -50,6 +52,7 @@ from controller.runtimes.workers import (
     WORKER_MAIN,
     Registry,
     Worker,
+    WorkerStandby,
     compile_worker,
     pid_alive,
     spawn_worker,
@@ -73,6 +76,7 @@ class LocalRuntime:
         may_start: Callable[[int], str | None] | None = None,
         preview_idle_timeout: float = 600.0,
         max_live_previews: int = 50,
+        keep_warm: bool = False,
     ) -> None:
         self.registry = data_dir / "workers"
         self.records = Registry(self.registry)
@@ -81,6 +85,11 @@ class LocalRuntime:
         for path in (self.registry, self.logs, self.home):
             private_dir(path)
         self.bytecode = compile_worker(data_dir / "cache" / "worker-bytecode")
+        self.standby = (
+            WorkerStandby(registry=self.registry, logs=self.logs, home=self.home)
+            if keep_warm
+            else None
+        )
         self.start_timeout = start_timeout
         self.drain_timeout = drain_timeout
         self.may_start = may_start
@@ -180,6 +189,7 @@ class LocalRuntime:
             home=self.home,
             start_timeout=self.start_timeout,
             bytecode=self.bytecode,
+            standby=self.standby,
         )
         worker = Worker(version_id=spec.version_id, pid=proc.pid, port=port, proc=proc)
         if not self._healthy(worker, spec.version_id):
@@ -326,6 +336,8 @@ class LocalRuntime:
         self._close_by = time.monotonic() + timeout
         self._closing.set()
         self.slots.notify()
+        if self.standby is not None:
+            self.standby.close()  # refills after this are refused
         with self._lock:
             locks = list(self._locks.values())
         for lock in locks:  # a start in progress finishes (and is stopped below)

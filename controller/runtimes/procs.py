@@ -43,7 +43,8 @@ def kill_session(sid: int) -> None:
 
 
 def workers_marked(script: Path, *, owner: Path) -> set[int]:
-    """Session leaders running ``script`` with ``--owner OWNER`` on their command line."""
+    """Session leaders running ``script`` with ``--owner OWNER`` on their command line;
+    a standby still waiting for its version is not a worker yet (see :func:`waiting`)."""
     mark = ["--owner", str(owner)]
     found = set()
     for pid in _pids():
@@ -53,9 +54,21 @@ def workers_marked(script: Path, *, owner: Path) -> set[int]:
             continue
         args = [arg.decode(errors="replace") for arg in raw.split(b"\0")]
         marked = any(args[i : i + 2] == mark for i in range(len(args) - 1))
-        if marked and str(script) in args and session_of(pid) == pid:
+        if marked and str(script) in args and session_of(pid) == pid and not waiting(pid, args):
             found.add(pid)
     return found
+
+
+def waiting(pid: int, args: list[str]) -> bool:
+    """A ``--standby`` whose stdin is still the pipe from its owner: it has not been given
+    a version (a standby given one reads /dev/null from then on), and it exits by itself
+    when that pipe closes."""
+    if "--standby" not in args:
+        return False
+    try:
+        return os.readlink(PROC / str(pid) / "fd" / "0").startswith("pipe:")
+    except OSError:
+        return False
 
 
 def sessions_with_env(name: str, value: str) -> set[int]:

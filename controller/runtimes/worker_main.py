@@ -7,6 +7,11 @@ The local runtime starts one worker per deployed version, under that version's o
 virtualenv, where Slipway is not installed: this script is standard library only and
 loads ``controller/taskfiles.py`` by path.
 
+Standby (``worker_main.py --owner ... --standby``, :class:`controller.runtimes.workers.
+WorkerStandby`): the interpreter starts and loads the worker's files (``http.server``,
+``argparse``... most of a start), then waits on stdin for one JSON line with the
+arguments above and the log to append stderr to, and goes on as a cold start would.
+
 Protocol on stdout: exactly one JSON line, then stdout is closed. Either
 ``{"event": "ready", "port", "pid", "tasks"}`` once every task imported and the port is
 bound, or ``{"event": "error", "errors": [...]}`` and exit code 3. Everything else,

@@ -129,7 +129,32 @@ def _emit(stream: Any, event: dict[str, Any]) -> None:
         stream.flush()
 
 
+def wait_for_start() -> list[str] | None:
+    """A standby's start (``--standby``, see :mod:`controller.runtimes.workers`): one JSON
+    line on stdin, ``{"argv": [...], "log": path}``; None at end of file (its owner closed
+    the pool, or died). From then on stderr appends to that log and stdin is /dev/null, so
+    the worker no longer depends on the process that started it, as a cold start."""
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return None
+    request = json.loads(line)
+    log = os.open(request["log"], os.O_WRONLY | os.O_APPEND)
+    os.dup2(log, 2)
+    os.close(log)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return [str(item) for item in request["argv"]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--standby" in argv:
+        request = wait_for_start()
+        if request is None:
+            return 0
+        argv = request
+        sys.argv[1:] = request  # what task code reading sys.argv sees in a cold start
     parser = argparse.ArgumentParser(description="Serve one version's Slipway tasks.")
     parser.add_argument("--source", required=True, help="the version's source tree")
     parser.add_argument("--tasks-dir", default="tasks", help="relative to --source")

@@ -6,7 +6,9 @@ the next one), with an environment built from scratch: ``PATH`` (the venv first)
 (the data dir's), ``LANG``, ``VIRTUAL_ENV`` and the version's variables, nothing of the
 controller's own. ``--owner <data>/workers`` marks it (see :mod:`controller.runtimes.procs`).
 Its first stdout line says ready (with its port) or lists the tasks' import errors
-(a :class:`PermanentError`: retrying cannot help).
+(a :class:`PermanentError`: retrying cannot help). A :class:`WorkerStandby` keeps an
+interpreter per environment that has already loaded the worker's files, so a deploy's
+worker start pays for importing the version's tasks only.
 
 Stopping: SIGTERM makes a worker refuse new runs and finish in-flight ones, then exit;
 after the deadline its whole session gets SIGKILL (worker, spawner and every run: runs sit
@@ -34,6 +36,7 @@ from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes import worker_main
 from controller.runtimes.base import VersionSpec, host_paths
 from controller.runtimes.procs import kill_session, session_of
+from controller.standby import StandbyPool
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,71 @@ def compile_worker(cache: Path) -> Path | None:
     return cache
 
 
+class WorkerStandby(StandbyPool):
+    """Workers started ahead of need (:mod:`controller.standby`): an interpreter of the
+    version's environment that has loaded the worker's own files (``http.server`` and
+    the rest: most of a worker's start) and waits for a version to serve. It runs in a
+    session of its own with the registry's mark, as a worker does; its stderr goes to
+    ``standby.log`` until it is given a version's log. ~20 MB each, at most ``limit``."""
+
+    def __init__(self, *, registry: Path, logs: Path, home: Path, limit: int = 2) -> None:
+        def start(python: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+            stderr = open_private(logs / "standby.log", "ab")  # handed to the child
+            try:
+                return subprocess.Popen(
+                    [str(python), "-I", "-B", str(WORKER_MAIN), *mark(registry), "--standby"],
+                    cwd=home,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+            finally:
+                stderr.close()
+
+        super().__init__(start, limit=limit)
+
+    def start_worker(
+        self, python: Path, env: dict[str, str], argv: list[str], *, log: Path
+    ) -> subprocess.Popen[bytes] | None:
+        """A ready standby told to serve ``argv`` (a worker's arguments); None if there
+        is none for this interpreter and environment, or it died meanwhile."""
+        proc = self.take(python, env)
+        if proc is None:
+            return None
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps({"argv": argv, "log": str(log)}).encode() + b"\n")
+            proc.stdin.close()
+        except OSError:  # it died after take() saw it alive
+            _kill(proc)
+            return None
+        return proc
+
+
+def mark(registry: Path) -> list[str]:
+    """What ties a worker to the runtime that owns it (see :mod:`controller.runtimes.procs`)."""
+    return ["--owner", str(registry)]
+
+
+def worker_env(
+    venv: Path, *, home: Path, env: dict[str, str], bytecode: Path | None
+) -> dict[str, str]:
+    """A worker's whole environment, built from scratch (nothing of the controller's)."""
+    full = {
+        "PATH": f"{venv / 'bin'}:{SYSTEM_PATH}",
+        "HOME": str(home),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "VIRTUAL_ENV": str(venv),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    if bytecode is not None:
+        full["SLIPWAY_WORKER_PYCACHE"] = str(bytecode)
+    return full
+
+
 def spawn_worker(
     spec: VersionSpec,
     *,
@@ -129,52 +197,44 @@ def spawn_worker(
     home: Path,
     start_timeout: float,
     bytecode: Path | None = None,
+    standby: WorkerStandby | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``spec``'s worker in a session of its own and wait for its ready line; its
-    process and port. Its stdout (after the ready line) and stderr go to its log."""
+    """Start ``spec``'s worker in a session of its own (from a standby when one is ready
+    for its environment) and wait for its ready line; its process and port. Its stdout
+    (after the ready line) and stderr go to its log."""
     source, venv = host_paths(spec.artifact)
-    if not (venv / "bin" / "python").exists():
+    python = venv / "bin" / "python"
+    if not python.exists():
         raise PermanentError(f"the environment of version {spec.version} is missing: {venv}")
-    env = {
-        "PATH": f"{venv / 'bin'}:{SYSTEM_PATH}",
-        "HOME": str(home),
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "VIRTUAL_ENV": str(venv),
-        "PYTHONUNBUFFERED": "1",
-        **spec.env,
-    }
-    if bytecode is not None:
-        env["SLIPWAY_WORKER_PYCACHE"] = str(bytecode)
+    env = worker_env(venv, home=home, env=spec.env, bytecode=bytecode)
     context = {**spec.context, "version": spec.version, "version_id": spec.version_id}
+    argv = [
+        "--source",
+        str(source),
+        "--tasks-dir",
+        spec.tasks_dir,
+        "--context-json",
+        json.dumps(context),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *mark(registry),
+    ]
     log_path = logs / f"{spec.version_id}.log"
-    stderr = open_private(log_path, "ab")  # handed to the child
+    stderr = open_private(log_path, "ab")  # handed to the child (or opened by a standby)
     try:
-        proc = subprocess.Popen(
-            [
-                str(venv / "bin" / "python"),
-                "-I",
-                "-B",
-                str(WORKER_MAIN),
-                "--source",
-                str(source),
-                "--tasks-dir",
-                spec.tasks_dir,
-                "--context-json",
-                json.dumps(context),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--owner",
-                str(registry),
-            ],
-            cwd=source,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            start_new_session=True,
-        )
+        proc = standby.start_worker(python, env, argv, log=log_path) if standby else None
+        if proc is None:
+            proc = subprocess.Popen(
+                [str(python), "-I", "-B", str(WORKER_MAIN), *argv],
+                cwd=source,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+            )
     except OSError as exc:
         raise RuntimeUnavailable(f"could not start a worker for {spec.version}: {exc}") from exc
     finally:
@@ -182,11 +242,22 @@ def spawn_worker(
     try:
         ready = read_ready(proc, log_path, timeout=start_timeout)
     except BaseException:
-        kill_session(proc.pid)
-        proc.wait()
+        _kill(proc)
         raise
+    finally:
+        if standby is not None:
+            standby.refill(python, env)  # for this environment's next version
     threading.Thread(target=_drain_stdout, args=(proc, log_path), daemon=True).start()
     return proc, int(ready["port"])
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """A worker that did not become ready: its session killed, its pipes closed."""
+    kill_session(proc.pid)
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
+    proc.wait()
 
 
 def read_ready(proc: subprocess.Popen[bytes], log_path: Path, *, timeout: float) -> dict[str, Any]:

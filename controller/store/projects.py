@@ -88,6 +88,8 @@ def repo_of_run(session: Session, run_id: str) -> str | None:
         .join(Run, Run.environment_id == Environment.id)
         .where(Run.id == run_id)
     ).scalar_one_or_none()
+
+
 def project_refs(session: Session, ids: set[int]) -> dict[int, str]:
     """Project id → its ref, for the ids that exist."""
     if not ids:

@@ -476,6 +476,8 @@ class GitHubUserSession(Base):
     token_encrypted: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # --- GitHub reporting (controller.github.reporting) --------------------------------------
 
 

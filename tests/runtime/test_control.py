@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +285,20 @@ def wait_until(check: Any, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+def hold_run(
+    pool: ThreadPoolExecutor, web: RemoteRuntime, spec: VersionSpec, *, marker: Path, go: Path
+) -> Future[dict[str, Any]]:
+    """Run ``hold`` (run id ``r2``) in ``pool``: it writes ``marker``, then waits for ``go``."""
+    return pool.submit(
+        web.run,
+        spec,
+        run_id="r2",
+        task_id="hold",
+        payload={"marker": str(marker), "go": str(go)},
+        timeout=60,
+    )
+
+
 def test_a_run_on_a_recorded_worker_skips_acquire_and_is_still_counted(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -305,14 +319,7 @@ def test_a_run_on_a_recorded_worker_skips_acquire_and_is_still_counted(
         worker = runtime._workers[1]
         wait_until(lambda: worker.in_flight == 0, "the first release")
         with ThreadPoolExecutor(1) as pool:
-            held = pool.submit(
-                web.run,
-                spec,
-                run_id="r2",
-                task_id="hold",
-                payload={"marker": str(marker), "go": str(go)},
-                timeout=60,
-            )
+            held = hold_run(pool, web, spec, marker=marker, go=go)
             wait_until(marker.exists, "the held run to start")
             wait_until(lambda: worker.in_flight == 1, "the begin to be counted")
             assert runtime.idle_for(1) == 0.0
@@ -398,14 +405,7 @@ def test_a_worker_retired_with_a_direct_run_in_flight_finishes_it(
         web.run(spec, run_id="r1", task_id="hello", payload=None, timeout=30)
         worker = runtime._workers[1]
         with ThreadPoolExecutor(1) as pool:
-            held = pool.submit(
-                web.run,
-                spec,
-                run_id="r2",
-                task_id="hold",
-                payload={"marker": str(marker), "go": str(go)},
-                timeout=60,
-            )
+            held = hold_run(pool, web, spec, marker=marker, go=go)
             wait_until(marker.exists, "the held run to start")
             runtime.retire(1)
             assert runtime.records.read(1) is None
