@@ -4,8 +4,8 @@
 an emulated API server); :class:`KubernetesReader` is the one implementation, and this
 is the one module of the gates that imports the official ``kubernetes`` client — lazily,
 so a controller without a kubernetes gate needs neither the package nor a cluster. It
-is configured the standard way: in-cluster service account, else ``KUBECONFIG`` /
-``~/.kube/config``.
+reaches the cluster the runtime does (``SLIPWAY_KUBERNETES_KUBECONFIG`` / ``_CONTEXT``,
+else the pod's service account, else ``KUBECONFIG`` / ``~/.kube/config``).
 
 Rolled out, as ``kubectl rollout status`` judges it: ``observedGeneration`` ≥
 ``generation``, and updated = available = desired replicas; and of the same commit: the
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controller.errors import TemporaryError
+from controller.settings import KubernetesSettings
 
 COMMIT_KEY = "slipway.dev/commit"
 MIN_SHA = 7
@@ -98,20 +99,20 @@ def state_from_object(obj: dict[str, Any]) -> DeploymentState:
 class KubernetesReader:
     """Reads Deployments with the official client (see the module docstring)."""
 
-    def __init__(self, api_client: Any = None) -> None:
+    def __init__(self, api_client: Any = None, *, settings: KubernetesSettings | None = None):
         self._api_client = api_client
+        self._settings = settings or KubernetesSettings()
         self._lock = threading.Lock()
 
     def _client(self) -> Any:
-        from kubernetes import client, config  # the one import of the official client
+        from kubernetes import client  # the one import of the official client
+
+        from controller.runtimes.kubernetes.client import load_configuration
 
         with self._lock:
             if self._api_client is None:
-                try:
-                    config.load_incluster_config()
-                except config.ConfigException:
-                    config.load_kube_config()
-                self._api_client = client.ApiClient()
+                configuration, _ = load_configuration(self._settings)
+                self._api_client = client.ApiClient(configuration)
             return self._api_client
 
     def read_deployment(self, namespace: str, name: str) -> DeploymentState | None:

@@ -37,7 +37,7 @@ def gate_poller(
         if importlib.util.find_spec("kubernetes") is None:
             log.warning("promotion gates: the kubernetes package is not installed")
             return None
-        return KubernetesReader()
+        return KubernetesReader(settings=settings.kubernetes)
 
     poller = GatePoller(db=db, github=github, cluster=cluster, on_decision=on_decision)
     return poller.poll_waiting

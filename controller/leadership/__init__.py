@@ -132,7 +132,9 @@ def make_elector(settings: Settings) -> Campaign | None:
         from controller.leadership.lease import KubernetesLeaseApi, LeaseClaim, default_identity
 
         api = KubernetesLeaseApi(
-            name=runtime.kubernetes_lease_name, namespace=runtime.kubernetes_lease_namespace
+            name=runtime.kubernetes_lease_name,
+            namespace=runtime.kubernetes_lease_namespace,
+            settings=settings.kubernetes,
         )
         identity = runtime.kubernetes_lease_identity or default_identity()
         return Campaign(LeaseClaim(api, identity=identity))

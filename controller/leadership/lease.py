@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller.errors import PermanentError, TemporaryError
+from controller.settings import KubernetesSettings
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LEASE_SECONDS = 15
@@ -154,23 +155,30 @@ class KubernetesLeaseApi:
     """:class:`LeaseApi` through the official client: in-cluster configuration (the pod's
     service account) or, outside a cluster, the kubeconfig."""
 
-    def __init__(self, *, name: str, namespace: str | None, api_client: Any = None) -> None:
-        from kubernetes import client, config
+    def __init__(
+        self,
+        *,
+        name: str,
+        namespace: str | None,
+        api_client: Any = None,
+        settings: KubernetesSettings | None = None,
+    ) -> None:
+        from kubernetes import client
 
         if api_client is None:
+            # The runtime's loader, so SLIPWAY_KUBERNETES_KUBECONFIG / _CONTEXT / _IN_CLUSTER
+            # mean the same cluster for the Lease as for the workers.
+            from controller.runtimes.kubernetes.client import load_configuration
+
             try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                try:
-                    config.load_kube_config()
-                except (config.ConfigException, OSError) as exc:
-                    raise PermanentError(
-                        "SLIPWAY_KUBERNETES_LEASE_NAME is set but no Kubernetes configuration "
-                        "was found (neither in-cluster nor a kubeconfig)",
-                        hint="run in a pod with a service account, or unset the lease name "
-                        "to elect through PostgreSQL",
-                    ) from exc
-            api_client = client.ApiClient()
+                configuration, _ = load_configuration(settings or KubernetesSettings())
+            except PermanentError as exc:
+                raise PermanentError(
+                    f"SLIPWAY_KUBERNETES_LEASE_NAME is set but there is {exc.message}",
+                    hint="run in a pod with a service account, set SLIPWAY_KUBERNETES_KUBECONFIG,"
+                    " or unset the lease name to elect through PostgreSQL",
+                ) from exc
+            api_client = client.ApiClient(configuration)
         self.name = name
         self.namespace = namespace or _own_namespace()
         self._client = client

@@ -55,3 +55,59 @@ def test_a_second_create_is_a_conflict(api_client: Any) -> None:
     assert rival.acquire() is False  # pod-a's Lease is fresh
     stored = api.read()
     assert stored is not None and stored.holder == "pod-a"
+
+
+def test_a_lease_name_elects_through_the_kubernetes_lease(
+    kmock_emulated: Emulated, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SLIPWAY_KUBERNETES_LEASE_NAME picks the Lease over PostgreSQL's advisory lock, with
+    the configured name, namespace and identity, on the cluster SLIPWAY_KUBERNETES_KUBECONFIG
+    names (the runtime's: before, the Lease read only KUBECONFIG and ignored that setting)."""
+    from controller.leadership import make_elector
+    from controller.settings import load_settings
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+        f"clusters: [{{name: kmock, cluster: {{server: '{kmock_emulated.url}'}}}}]\n"
+        "users: [{name: me, user: {token: not-a-real-token}}]\n"
+        "contexts: [{name: test, context: {cluster: kmock, user: me}}]\n"
+    )
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        database_url="postgresql://u@127.0.0.1:1/x",
+        kubernetes_kubeconfig=kubeconfig,  # the cluster the runtime uses
+        kubernetes_lease_name="rel-slipway-leader",
+        kubernetes_lease_namespace="ops",
+        kubernetes_lease_identity="rel-slipway-0",
+    )
+    campaign = make_elector(settings)
+    assert campaign is not None and isinstance(campaign.claim, LeaseClaim)
+    assert campaign.claim.identity == "rel-slipway-0"
+    assert campaign.claim.acquire() is True
+    stored = KubernetesLeaseApi(
+        name="rel-slipway-leader",
+        namespace="ops",
+        api_client=client.ApiClient(client.Configuration(host=kmock_emulated.url)),
+    ).read()
+    assert stored is not None and stored.holder == "rel-slipway-0"
+
+
+def test_a_lease_name_without_any_kubernetes_configuration_is_a_clear_error(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.errors import PermanentError
+    from controller.leadership import make_elector
+    from controller.settings import load_settings
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        database_url="postgresql://u@127.0.0.1:1/x",
+        kubernetes_kubeconfig=tmp_path / "no-such-kubeconfig",
+        kubernetes_lease_name="rel-slipway-leader",
+    )
+    with pytest.raises(PermanentError, match="SLIPWAY_KUBERNETES_LEASE_NAME is set") as raised:
+        make_elector(settings)
+    assert raised.value.hint and "SLIPWAY_KUBERNETES_KUBECONFIG" in raised.value.hint

@@ -180,3 +180,100 @@ def test_slipway_runtime_kubernetes_wires_the_runtime_and_a_wakeup_only_channel(
         services.db.dispose()
         if services.inbox is not None:
             services.inbox.close()
+
+
+def pod(name: str, status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {"slipway.dev/version": "20261201.1"},
+        },
+        "spec": {"containers": [{"name": "worker", "image": "slipway:test"}]},
+        "status": status,
+    }
+
+
+def status(name: str, state: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "state": state,
+        "image": "slipway:test",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 3,
+        **more,
+    }
+
+
+def test_pod_statuses_and_warning_events_read_back_as_the_failure_reason(
+    cluster: ApiCluster,
+) -> None:
+    """What a failed rollout reports comes from the pods the API server lists: waiting
+    reasons (not the normal ContainerCreating), a crashed container's last words, and the
+    Warning events of those pods only, oldest first."""
+    crashing = pod(
+        "worker-a",
+        {
+            "initContainerStatuses": [status("fetch", {"waiting": {"reason": "PodInitializing"}})],
+            "containerStatuses": [
+                status(
+                    "worker",
+                    {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                    lastState={
+                        "terminated": {"exitCode": 1, "message": "ModuleNotFoundError: no httpx\n"}
+                    },
+                )
+            ],
+            "conditions": [{"type": "Ready", "status": "False"}],
+        },
+    )
+    pulling = pod(
+        "worker-b",
+        {"containerStatuses": [status("worker", {"waiting": {"reason": "ErrImagePull"}})]},
+    )
+    ready = pod("worker-c", {"conditions": [{"type": "Ready", "status": "True"}]})
+    for made in (crashing, pulling, ready):
+        created = cluster.core.create_namespaced_pod(
+            NS, {k: made[k] for k in made if k != "status"}
+        )
+        assert created.metadata.name == made["metadata"]["name"]
+        cluster.core.patch_namespaced_pod_status(
+            made["metadata"]["name"],
+            NS,
+            {"status": made["status"]},
+            _content_type="application/merge-patch+json",
+        )
+
+    def event(name: str, pod_name: str, reason: str, message: str, at: str) -> None:
+        cluster.core.create_namespaced_event(
+            NS,
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": name, "namespace": NS},
+                "type": "Warning",
+                "reason": reason,
+                "message": message,
+                "lastTimestamp": at,
+                "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": NS},
+            },
+        )
+
+    event("e2", "worker-b", "Failed", "pull access denied for slipway", "2026-12-01T10:00:02Z")
+    event(
+        "e1", "worker-a", "BackOff", "Back-off restarting failed container", "2026-12-01T10:00:01Z"
+    )
+    event("e3", "someone-elses-pod", "Failed", "not ours", "2026-12-01T10:00:00Z")
+
+    problems = cluster.pod_problems(NS, {"slipway.dev/version": "20261201.1"})
+    assert problems == [
+        "worker: CrashLoopBackOff: back-off 40s",
+        "worker exited 1: ModuleNotFoundError: no httpx",
+        "worker: ErrImagePull",
+        "BackOff: Back-off restarting failed container",
+        "Failed: pull access denied for slipway",
+    ]
+    assert cluster.ready_pods(NS, {"slipway.dev/version": "20261201.1"}) == ["worker-c"]

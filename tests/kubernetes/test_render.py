@@ -32,7 +32,7 @@ TARGETS = [
 ]
 
 
-def objects_for(target: Target) -> list[dict]:
+def objects_for(target: Target, settings: KubernetesSettings | None = None) -> list[dict]:
     version = WorkerVersion(
         version="20260101.2",
         version_id=7,
@@ -41,7 +41,7 @@ def objects_for(target: Target) -> list[dict]:
         deployment_id="dep_1",
     )
     return render_environment(
-        KubernetesSettings(),
+        settings or KubernetesSettings(),
         target,
         variables={"API_URL": "https://api", "DB_PASSWORD": "hunter2"},
         bundle_token="sbt_1_abc",
@@ -86,6 +86,7 @@ def test_deployment_is_hardened_and_probed() -> None:
     assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
     assert worker["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
     assert {c["terminationMessagePolicy"] for c in (worker, fetch)} == {"FallbackToLogsOnError"}
+    assert worker["image"] == fetch["image"] == KubernetesSettings().worker_image
     labels = pod and deployment["spec"]["template"]["metadata"]["labels"]
     assert labels["slipway.dev/version"] == "20260101.2"
     assert labels["slipway.dev/commit"] == "a" * 40
@@ -93,6 +94,16 @@ def test_deployment_is_hardened_and_probed() -> None:
     assert env["BUNDLE_DIGEST"]["value"] == "sha256:" + "b" * 64
     assert env["BUNDLE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "slipway-bundle"
     assert all("value" not in e or "sbt_" not in e["value"] for e in fetch["env"])
+
+
+def test_the_worker_image_and_pull_policy_come_from_the_settings() -> None:
+    settings = KubernetesSettings(
+        worker_image="registry.example/team/slipway:1.2.3", image_pull_policy="Always"
+    )
+    pod = objects_for(TARGETS[0], settings)[3]["spec"]["template"]["spec"]
+    for container in pod["containers"] + pod["initContainers"]:
+        assert container["image"] == "registry.example/team/slipway:1.2.3"
+        assert container["imagePullPolicy"] == "Always"
 
 
 def test_service_selects_the_current_version_and_secret_holds_variables() -> None:
