@@ -14,6 +14,7 @@ promoted by hand.
 from __future__ import annotations
 
 import json
+import time
 
 from conftest import REPO, Gated, cli, signals_and_decisions
 from support import payloads
@@ -89,9 +90,12 @@ def test_github_deployment_gate(gated: Gated, fake_github: FakeGitHub) -> None:
     assert gated.current() == v5 and gated.says() == "v5"
 
     # Nothing arrives: timed_out after the timeout, current unchanged; promotable by hand.
+    pushed_at = time.monotonic()
     sixth = gated.push("v6")
     v6 = gated.status_of(sixth, "waiting")["version"]
     timed_out = gated.status_of(sixth, "timed_out", timeout=TIMEOUT + 180)
+    # Not before the timeout: it began to wait after the push, so the deadline is later.
+    assert time.monotonic() - pushed_at >= TIMEOUT
     assert "slipway promote" in timed_out["error"]
     assert gated.current() == v5
     cli(gated.server, "promote", v6, "--project", "demo", "--env", "production")

@@ -1,7 +1,8 @@
 """Acceptance (issue 11): ``check-run:NAME``, ``kubernetes:NAMESPACE/DEPLOYMENT`` and
 ``manual`` gates, each against a real ``slipway serve``.
 
-The check run comes as signed deliveries; the Deployment is served by a Kubernetes API
+The check run comes as signed deliveries, then only in GitHub's state (a lost delivery,
+read by the resync); the Deployment is served by a Kubernetes API
 (:mod:`support.fake_kubernetes`) that the official client reaches through ``KUBECONFIG``,
 polled by the resync.
 """
@@ -43,7 +44,9 @@ def check_run(sha: str, name: str, *, action: str = "completed", conclusion: str
     return payloads.check_run(repo=REPO, sha=sha, name=name, action=action, conclusion=conclusion)
 
 
-def test_check_run_kubernetes_and_manual_gates(gated_k8s: Gated, cluster: FakeKubernetes) -> None:
+def test_check_run_kubernetes_and_manual_gates(
+    gated_k8s: Gated, cluster: FakeKubernetes, fake_github: FakeGitHub
+) -> None:
     gated = gated_k8s
     gated.connect("--staging-branch", "staging", "--promote-after", "production=check-run:deploy-app", "--promote-after", "staging=kubernetes:apps/web")  # fmt: skip
 
@@ -83,11 +86,21 @@ def test_check_run_kubernetes_and_manual_gates(gated_k8s: Gated, cluster: FakeKu
     assert gated.status_of(second, "deployed")["version"] == v2
     assert gated.current() == v2 and gated.says() == "v2"
 
+    # check-run:deploy-app whose delivery is lost: GitHub has the check run, so the
+    # resync reads it (another check's failure beside it decides nothing) and promotes.
+    cli(gated.server, "projects", "update", "demo", "--promote-after", "production=check-run:deploy-app")  # fmt: skip
+    third = gated.push("v3")
+    v3 = gated.status_of(third, "waiting")["version"]
+    fake_github.add_check_run(REPO, sha=third, name="lint", conclusion="failure")
+    fake_github.add_check_run(REPO, sha=third, name="deploy-app", conclusion="success")
+    assert gated.status_of(third, "deployed", timeout=120)["version"] == v3
+    assert gated.current() == v3 and gated.says() == "v3"
+
     # ENV=none removes the gate: the next push promotes at once.
     cli(gated.server, "projects", "update", "demo", "--promote-after", "production=none")
-    third = gated.push("v3")
-    assert gated.status_of(third, "deployed")["gate"] is None
-    assert gated.says() == "v3"
+    fourth = gated.push("v4")
+    assert gated.status_of(fourth, "deployed")["gate"] is None
+    assert gated.says() == "v4"
 
 
 def _staging(gated: Gated, status: str) -> dict | None:

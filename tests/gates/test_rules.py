@@ -85,3 +85,15 @@ def test_a_rollout_needs_the_generation_the_replicas_and_the_commit() -> None:
         state_from_object(deployment("apps", "web", image="web:3f2a")), SHA
     )  # too short
     assert rolled_out(DeploymentState(1, 1, 0, 0, 0, commits=(SHA,)), SHA)  # scaled to zero
+
+
+def test_a_rollout_of_the_commit_is_read_from_annotations_and_a_wrong_label_is_not_it() -> None:
+    on_template = deployment("apps", "web", image="web:latest")
+    on_template["spec"]["template"]["metadata"]["annotations"] = {"slipway.dev/commit": SHA[:7]}
+    assert rolled_out(state_from_object(on_template), SHA)
+    on_deployment = deployment("apps", "web", image="web:latest")
+    on_deployment["metadata"]["annotations"] = {"slipway.dev/commit": SHA.upper()}
+    assert rolled_out(state_from_object(on_deployment), SHA)
+    other = deployment("apps", "web", image="web:latest", labels={"slipway.dev/commit": "f" * 40})
+    assert not rolled_out(state_from_object(other), SHA)
+    assert not rolled_out(state_from_object(deployment("apps", "web", image="web:latest")), SHA)
