@@ -10,7 +10,9 @@ decide it, and each only ever *enqueues* a ``promote`` job (:func:`~controller.g
 * the resync (:mod:`controller.gates.poll`), which asks GitHub — or the cluster — about
   every waiting deployment, because deliveries get lost, and records what it finds as
   the same signals;
-* the deadline: past ``--promotion-timeout`` the resync enqueues a ``timeout`` decision.
+* the deadline: the ``wait`` step also enqueues a ``promote`` job due at the end of
+  ``--promotion-timeout`` (in the same transaction), which ends the deployment ``timed_out``
+  if nothing decided it first.
 
 The ``promote`` job runs the pipeline's journaled promote step (see
 :mod:`controller.pipeline.deploy`), which commits the new current version with its step:
