@@ -66,13 +66,7 @@ def test_a_lease_name_elects_through_the_kubernetes_lease(
     from controller.leadership import make_elector
     from controller.settings import load_settings
 
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
-        f"clusters: [{{name: kmock, cluster: {{server: '{kmock_emulated.url}'}}}}]\n"
-        "users: [{name: me, user: {token: not-a-real-token}}]\n"
-        "contexts: [{name: test, context: {cluster: kmock, user: me}}]\n"
-    )
+    kubeconfig = kmock_emulated.kubeconfig(tmp_path / "kubeconfig")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     settings = load_settings(
         data_dir=tmp_path / "data",

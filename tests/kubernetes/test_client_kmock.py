@@ -134,14 +134,10 @@ def test_an_unreachable_api_server_is_a_temporary_error() -> None:
         dead.close()
 
 
-def test_kubeconfig_settings_reach_the_emulated_server(api_url: str, tmp_path: Any) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
-        f"clusters: [{{name: kmock, cluster: {{server: '{api_url}'}}}}]\n"
-        "users: [{name: me, user: {token: not-a-real-token}}]\n"
-        "contexts: [{name: test, context: {cluster: kmock, user: me}}]\n"
-    )
+def test_kubeconfig_settings_reach_the_emulated_server(
+    kmock_emulated: Emulated, api_url: str, tmp_path: Any
+) -> None:
+    kubeconfig = kmock_emulated.kubeconfig(tmp_path / "kubeconfig")
     made = ApiCluster.from_settings(KubernetesSettings(kubeconfig=kubeconfig))
     try:
         assert made.configuration.host == api_url
@@ -151,19 +147,13 @@ def test_kubeconfig_settings_reach_the_emulated_server(api_url: str, tmp_path: A
 
 
 def test_slipway_runtime_kubernetes_wires_the_runtime_and_a_wakeup_only_channel(
-    api_url: str, tmp_path: Any
+    kmock_emulated: Emulated, tmp_path: Any
 ) -> None:
     from controller.runtimes.kubernetes.runtime import KubernetesRuntime
     from controller.services import Services
     from controller.settings import load_settings, prepare
 
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
-        f"clusters: [{{name: kmock, cluster: {{server: '{api_url}'}}}}]\n"
-        "users: [{name: me, user: {token: not-a-real-token}}]\n"
-        "contexts: [{name: test, context: {cluster: kmock, user: me}}]\n"
-    )
+    kubeconfig = kmock_emulated.kubeconfig(tmp_path / "kubeconfig")
     settings, _ = prepare(
         load_settings(
             data_dir=tmp_path / "data", runtime="kubernetes", kubernetes_kubeconfig=kubeconfig

@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from support.kubeconfig import write_kubeconfig
+
 
 def deployment(
     namespace: str,
@@ -72,19 +74,7 @@ class FakeKubernetes:
             return self.objects.get((namespace, name))
 
     def kubeconfig(self, path: Path) -> Path:
-        path.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-                    "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-                    "current-context": "fake",
-                }
-            )
-        )
-        return path
+        return write_kubeconfig(path, self.url)
 
     def close(self) -> None:
         self._server.shutdown()

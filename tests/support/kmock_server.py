@@ -13,16 +13,22 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest
+
+from support.kubeconfig import write_kubeconfig
 
 
 @dataclass(frozen=True)
 class Emulated:
     url: str
     emulator: Any
+
+    def kubeconfig(self, path: Path) -> Path:
+        return write_kubeconfig(path, self.url)
 
 
 @pytest.fixture
