@@ -267,7 +267,13 @@ def test_a_build_command_left_running_by_a_killed_controller_is_stopped(
         final = server.wait_deployment(dep["id"])
         assert final["status"] == "deployed", final["error"]
         assert not alive(first), "the next controller stopped the orphaned pre-build"
-        assert "stopped 1 build command(s)" in server.log()
+        # By the command registry, or, when the kill came between the command's start and
+        # its registry entry (seen under load), by the sweep of the data dir's untracked
+        # sessions; both run before any deployment resumes.
+        log = server.log()
+        assert (
+            "stopped 1 build command(s)" in log or "of this data dir that nothing tracks" in log
+        ), log
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first, signal.SIGKILL)  # a failed test leaves nothing behind
