@@ -105,14 +105,11 @@ class KubernetesReader:
         self._lock = threading.Lock()
 
     def _client(self) -> Any:
-        from kubernetes import client  # the one import of the official client
-
-        from controller.runtimes.kubernetes.client import load_configuration
+        from controller.runtimes.kubernetes.client import api_client_for
 
         with self._lock:
             if self._api_client is None:
-                configuration, _ = load_configuration(self._settings)
-                self._api_client = client.ApiClient(configuration)
+                self._api_client = api_client_for(self._settings)
             return self._api_client
 
     def read_deployment(self, namespace: str, name: str) -> DeploymentState | None:

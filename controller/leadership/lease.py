@@ -168,17 +168,16 @@ class KubernetesLeaseApi:
         if api_client is None:
             # The runtime's loader, so SLIPWAY_KUBERNETES_KUBECONFIG / _CONTEXT / _IN_CLUSTER
             # mean the same cluster for the Lease as for the workers.
-            from controller.runtimes.kubernetes.client import load_configuration
+            from controller.runtimes.kubernetes.client import api_client_for
 
             try:
-                configuration, _ = load_configuration(settings or KubernetesSettings())
+                api_client = api_client_for(settings or KubernetesSettings())
             except PermanentError as exc:
                 raise PermanentError(
                     f"SLIPWAY_KUBERNETES_LEASE_NAME is set but there is {exc.message}",
                     hint="run in a pod with a service account, set SLIPWAY_KUBERNETES_KUBECONFIG,"
                     " or unset the lease name to elect through PostgreSQL",
                 ) from exc
-            api_client = client.ApiClient(configuration)
         self.name = name
         self.namespace = namespace or _own_namespace()
         self._client = client

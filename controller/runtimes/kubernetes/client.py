@@ -82,6 +82,13 @@ def load_configuration(settings: KubernetesSettings) -> tuple[client.Configurati
     return configuration, bool(in_cluster)
 
 
+def api_client_for(settings: KubernetesSettings) -> client.ApiClient:
+    """An official client on the cluster the settings name (the Lease and the
+    ``kubernetes:`` gate use it, so they reach the cluster the workers run on)."""
+    configuration, _ = load_configuration(settings)
+    return client.ApiClient(configuration)
+
+
 class ApiCluster:
     def __init__(self, configuration: client.Configuration, *, in_cluster: bool = False) -> None:
         self.configuration = configuration
