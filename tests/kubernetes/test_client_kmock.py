@@ -135,12 +135,12 @@ def test_an_unreachable_api_server_is_a_temporary_error() -> None:
 
 
 def test_kubeconfig_settings_reach_the_emulated_server(
-    kmock_emulated: Emulated, api_url: str, tmp_path: Any
+    kmock_emulated: Emulated, tmp_path: Any
 ) -> None:
     kubeconfig = kmock_emulated.kubeconfig(tmp_path / "kubeconfig")
     made = ApiCluster.from_settings(KubernetesSettings(kubeconfig=kubeconfig))
     try:
-        assert made.configuration.host == api_url
+        assert made.configuration.host == kmock_emulated.url
         assert made.rollout(NS, "nothing") is None
     finally:
         made.close()
