@@ -3,6 +3,8 @@ and the migrated schema is exactly what the models declare (``alembic check``)."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -16,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from support.waiting import scaled
 
 from controller.queue import Queue
-from controller.store.db import Database, alembic_config
+from controller.store.db import HEAD_REVISION, Database, alembic_config
 from controller.store.tables import Base, Installation, Job
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -85,6 +87,25 @@ def test_migrating_twice_is_a_no_op(database: Database) -> None:
     assert schema(database) == before
     with database.read() as session:
         assert session.execute(select(Installation.account)).scalars().all() == ["octo-org"]
+
+
+def test_a_database_at_the_head_revision_is_not_handed_to_alembic(database: Database) -> None:
+    """The shortcut in ``Database.migrate`` knows the head by name; a new migration that
+    forgets to move HEAD_REVISION fails here, not as a skipped upgrade in production."""
+    assert HEAD_REVISION == HEAD
+    probe = (
+        "import sys\n"
+        "from controller.store.db import Database\n"
+        "Database(sys.argv[1]).migrate()\n"
+        "assert 'alembic' not in sys.modules, 'alembic imported for an up-to-date database'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, database.url],
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_migrated_schema_matches_the_models(database: Database) -> None:
