@@ -30,7 +30,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -176,6 +175,8 @@ def trigger(
             )
         schema = task.get("input_schema")
         if schema:
+            import jsonschema  # only tasks that declare an input_schema pay for it (~3 MB)
+
             try:
                 jsonschema.validate(payload, schema)
             except jsonschema.ValidationError as exc:

@@ -25,9 +25,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import github
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -36,6 +35,9 @@ from controller.github.app import StoredApp
 from controller.github.errors import map_github_error
 from controller.github.metering import METER, metered
 from controller.settings import Settings
+
+if TYPE_CHECKING:
+    import github
 
 # PyGithub's debug line of a request can carry the answer's body (it does for text
 # bodies), and an access-token answer holds the token: never below INFO.
@@ -98,6 +100,22 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def token_client(api_url: str, token: str) -> github.Github:
+    """PyGithub on ``api_url`` as ``token`` (an installation's or a user's), with no retries
+    or pacing of its own (the job queue retries). PyGithub is imported on first use: it
+    costs ~10 MB in each process, and a Slipway without a GitHub App never needs it."""
+    import github
+
+    return github.Github(
+        auth=github.Auth.Token(token),
+        base_url=api_url.rstrip("/"),
+        timeout=REQUEST_TIMEOUT,
+        retry=None,
+        seconds_between_requests=None,
+        seconds_between_writes=None,
+    )
+
+
 class AppClient:
     """A GitHub App (see the module docstring). Thread-safe: pipeline threads share one."""
 
@@ -112,6 +130,8 @@ class AppClient:
         self.app_id = app_id
         self.api_url = api_url.rstrip("/")
         self._clock = clock
+        import github
+
         self._integration = github.GithubIntegration(
             auth=github.Auth.AppAuth(app_id, private_key),
             base_url=self.api_url,
@@ -170,14 +190,7 @@ class AppClient:
         return found
 
     def _as_installation(self, installation_id: int) -> github.Github:
-        return github.Github(
-            auth=github.Auth.Token(self.installation_token(installation_id)),
-            base_url=self.api_url,
-            timeout=REQUEST_TIMEOUT,
-            retry=None,
-            seconds_between_requests=None,
-            seconds_between_writes=None,
-        )
+        return token_client(self.api_url, self.installation_token(installation_id))
 
     def request(
         self,
@@ -204,6 +217,8 @@ class AppClient:
             lowered = {k.lower(): v for k, v in answer_headers.items()}
             data = _json_or_none(text)
             if status >= 400:
+                import github
+
                 raise github.GithubException(status, data, lowered)
         except Exception as exc:
             raise map_github_error(exc, doing=doing) from None
@@ -275,15 +290,7 @@ class AppClient:
     def _installation_get(
         self, installation_id: int, path: str, params: dict[str, Any], *, doing: str
     ) -> Any:
-        token = self.installation_token(installation_id)
-        client = github.Github(
-            auth=github.Auth.Token(token),
-            base_url=self.api_url,
-            timeout=REQUEST_TIMEOUT,
-            retry=None,
-            seconds_between_requests=None,
-            seconds_between_writes=None,
-        )
+        client = self._as_installation(installation_id)
         try:
             with metered("GET", installation=str(installation_id), requester=client.requester):
                 _, data = client.requester.requestJsonAndCheck("GET", path, parameters=params)

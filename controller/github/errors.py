@@ -17,9 +17,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import github
-import requests
-
 from controller.errors import PermanentError, SlipwayError, TemporaryError
 
 SECONDARY_RATE_LIMIT_DELAY = 60.0
@@ -40,6 +37,9 @@ def map_github_error(
     """Return our error for ``exc``, raised while ``doing`` (e.g. "getting the App")."""
     if isinstance(exc, SlipwayError):
         return exc
+    import github  # on first use (see controller.github.client.token_client)
+    import requests
+
     if isinstance(exc, github.GithubException):
         return _from_status(exc.status, exc.data, exc.headers or {}, doing=doing, now=now)
     if isinstance(exc, requests.Timeout):

@@ -37,8 +37,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import github
-
 from controller.datadir import private_dir
 
 log = logging.getLogger(__name__)
@@ -146,6 +144,8 @@ def metered(
     ``error`` without an answer). ``requester``: PyGithub's, whose ``rate_limiting`` holds
     the last answer's ``X-RateLimit-Remaining``. Calls whose status is known (a 304)
     use :meth:`Meter.record` directly."""
+    import github  # on first use (see controller.github.client.token_client)
+
     try:
         yield
     except github.GithubException as exc:

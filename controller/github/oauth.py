@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import github
 import httpx
 
 from controller.errors import PermanentError, TemporaryError
-from controller.github.client import REQUEST_TIMEOUT
+from controller.github.client import token_client
 from controller.github.errors import GitHubRejected, map_github_error
 from controller.github.metering import METER, metered
 
@@ -132,19 +131,8 @@ def exchange_user_code(
     return UserToken(token=token, expires_in=expires_in if isinstance(expires_in, int) else None)
 
 
-def _as_user(api_url: str, token: str) -> github.Github:
-    return github.Github(
-        auth=github.Auth.Token(token),
-        base_url=api_url.rstrip("/"),
-        timeout=REQUEST_TIMEOUT,
-        retry=None,
-        seconds_between_requests=None,
-        seconds_between_writes=None,
-    )
-
-
 def _get(api_url: str, token: str, path: str, *, doing: str) -> Any:
-    client = _as_user(api_url, token)
+    client = token_client(api_url, token)
     try:
         with metered("GET"):
             _, data = client.requester.requestJsonAndCheck("GET", path)
