@@ -87,6 +87,16 @@ def _memory_kb(pid: int) -> tuple[int, int]:
     return int(fields.get("Pss", 0)), int(fields.get("Rss", 0))
 
 
+def _name(pid: int) -> str:
+    """A process's command line, shortened: ``python -m controller.cli controller …``."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [Path(a.decode(errors="replace")).name for a in args if a][:4]
+    return " ".join(words)[:60]
+
+
 def _switches(pid: int) -> int:
     total = 0
     try:
@@ -280,11 +290,12 @@ def measure(*, n: int, cap: int, idle: float, warm_runs: int, window: float) -> 
 
             assert server.proc is not None
             worker_pids = {pid for pids in _worker_processes(server).values() for pid in pids}
-            controller_rss = sum(
-                _memory_kb(pid)[1]
+            controller_processes = {
+                f"{pid} {_name(pid)}": _memory_kb(pid)[1]
                 for pid in _descendants(server.proc.pid)
                 if pid not in worker_pids
-            )
+            }
+            controller_rss = sum(controller_processes.values())
 
             server.wait_for(lambda: not _worker_processes(server), timeout=idle + 60, interval=0.5)
             stopped_after_idle = len(_worker_processes(server))
@@ -316,6 +327,9 @@ def measure(*, n: int, cap: int, idle: float, warm_runs: int, window: float) -> 
         "processes_per_worker": round(peak["processes"] / workers, 2),
         "idle_wakeups_per_worker_per_s": round(wakeups, 3),
         "controller_rss_mb": round(controller_rss / 1024, 1),
+        "controller_processes_rss_mb": {
+            name: round(kb / 1024, 1) for name, kb in controller_processes.items()
+        },
         "ack_p99_ms": round(_percentile(acks, 99), 2),
         "empty_server_ack_p99_ms": round(_percentile(empty_acks, 99), 2),
         "ack_p99_ratio": round(_percentile(acks, 99) / _percentile(empty_acks, 99), 2),
