@@ -33,12 +33,12 @@ def session_of(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[3])
 
 
-def kill_session(sid: int, *, wait: float = 10.0) -> bool:
+def kill_session(sid: int, *, wait: float = 10.0) -> None:
     """SIGKILL every live process of session ``sid`` (a worker, its spawner, its runs) and
     wait up to ``wait`` seconds until none is left alive, killing any it forks meanwhile:
     a SIGKILLed process still shows as running until the kernel delivers the signal, so
-    returning at once would let a caller see "stopped" runs still at work. True when the
-    session is gone (zombies, which their parent or init reaps, count as gone)."""
+    returning at once would let a caller see "stopped" runs still at work. Zombies, which
+    their parent or init reaps, count as gone."""
     deadline = time.monotonic() + wait
     while True:
         members = [pid for pid in _pids() if session_of(pid) == sid]
@@ -47,10 +47,8 @@ def kill_session(sid: int, *, wait: float = 10.0) -> bool:
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(sid, signal.SIGKILL)
-        if not members:
-            return True
-        if time.monotonic() >= deadline:
-            return False
+        if not members or time.monotonic() >= deadline:
+            return
         time.sleep(0.01)
 
 
