@@ -222,7 +222,7 @@ class Services:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.db.migrate()
+        self.db.migrate(in_child=True)
         METER.start(self.settings.data_dir / "metrics" / "github", clean=self.role != "controller")
         if self.role != "controller":
             self.db.start_checkpointer(also=[self.inbox.checkpoint] if self.inbox else [])

@@ -23,6 +23,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -163,9 +165,28 @@ class Database:
         with self._reader() as session, session.begin():
             yield session
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest revision (idempotent, safe on every start)."""
-        with self._migrated, self.writing(), self.engine.begin() as connection:
+    def migrate(self, *, in_child: bool = False) -> None:
+        """Bring the schema to the newest revision (idempotent, safe on every start).
+
+        ``in_child`` (the long-lived server processes): a database that is not at the
+        head revision (a fresh install, an upgrade) is migrated by a short-lived child
+        process, so this one never imports alembic and Mako (~10 MB it would keep for
+        its lifetime). The child takes the same locks; an error it reports is raised
+        here. An in-memory database can only be migrated in this process."""
+        with self._migrated:
+            if self._at_head():
+                return
+            if in_child and not _in_memory(self.url):
+                _upgrade_in_child(self.url)
+            else:
+                self._upgrade()
+
+    def _at_head(self) -> bool:
+        with self.read() as session:
+            return _revisions(session.connection()) == [HEAD_REVISION]
+
+    def _upgrade(self) -> None:
+        with self.writing(), self.engine.begin() as connection:
             if not self.is_sqlite:
                 # Several replicas may start at once: one migrates, the others wait.
                 connection.execute(text("SELECT pg_advisory_xact_lock(7432001)"))
@@ -243,6 +264,39 @@ def _sqlite_lock_path(url: str) -> Path | None:
     return Path(database + ".writelock")
 
 
+def _in_memory(url: str) -> bool:
+    return url.startswith("sqlite") and make_url(url).database in (None, "", ":memory:")
+
+
+MIGRATION_TIMEOUT = 600.0
+
+
+def _upgrade_in_child(url: str) -> None:
+    """Run :meth:`Database._upgrade` in ``python -m controller.store.db``; the URL goes
+    over stdin (a password in it must not show in the process list)."""
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding `controller`
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "controller.store.db"],
+            input=url,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=MIGRATION_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"the database migration did not finish within {MIGRATION_TIMEOUT:g} s"
+        ) from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise RuntimeError(
+            "the database migration failed: " + (lines[-1] if lines else f"exit {done.returncode}")
+        )
+
+
 def _revisions(connection: Any) -> list[str]:
     if not inspect(connection).has_table("alembic_version"):
         return []
@@ -281,3 +335,11 @@ def _configure_sqlite(engine: Engine) -> None:
             info["synchronous"] = synchronous
         deferred = options.get("sqlite_deferred", False)
         connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+
+
+if __name__ == "__main__":  # the child of Database.migrate(in_child=True)
+    database = Database(sys.stdin.read().strip())
+    try:
+        database._upgrade()
+    finally:
+        database.dispose()

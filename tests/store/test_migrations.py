@@ -108,6 +108,42 @@ def test_a_database_at_the_head_revision_is_not_handed_to_alembic(database: Data
     assert done.returncode == 0, done.stderr
 
 
+def test_a_server_process_migrates_in_a_child_and_never_imports_alembic(
+    database_url: str,
+) -> None:
+    """``slipway serve`` on a fresh database: the upgrade runs in a short-lived child, so
+    the long-lived process does not keep alembic and Mako (~10 MB) for its lifetime."""
+    probe = (
+        "import sys\n"
+        "from controller.store.db import Database\n"
+        "db = Database(sys.argv[1])\n"
+        "assert not db._at_head()\n"
+        "db.migrate(in_child=True)\n"
+        "assert db._at_head()\n"
+        "assert 'alembic' not in sys.modules, 'alembic imported by the parent'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, database_url],
+        capture_output=True,
+        text=True,
+        timeout=scaled(180),
+    )
+    assert done.returncode == 0, done.stderr
+    migrated = Database(database_url)
+    try:
+        assert versions(migrated) == [HEAD]
+        assert_schema_matches_models(migrated)
+    finally:
+        migrated.dispose()
+
+
+def test_a_migration_that_fails_in_the_child_says_why(database: Database) -> None:
+    with database.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(RuntimeError, match=r"the database migration failed: .*9999"):
+        database.migrate(in_child=True)
+
+
 def test_the_migrated_schema_matches_the_models(database: Database) -> None:
     assert_schema_matches_models(database)
 
