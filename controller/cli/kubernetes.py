@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import yaml
 
 from controller.branchnames import branch_headers
 from controller.cli import base as cli
@@ -40,6 +39,8 @@ def kubernetes_manifests(
     )
 
     def render(items: list[dict[str, Any]]) -> None:
+        import yaml  # only this command writes YAML; `slipway serve` does not load it
+
         click.echo(yaml.safe_dump_all(items, sort_keys=False, allow_unicode=True), nl=False)
 
     cli.out(ctx, objects, render)

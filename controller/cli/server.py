@@ -64,6 +64,7 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
         log_level=log_level.lower(),
         log_config=None,  # uvicorn's lines go through setup_logging's handler (text or JSON)
         access_log=False,
+        ws="none",  # no WebSocket routes: the websockets package stays unimported
         timeout_graceful_shutdown=int(settings.runtime.shutdown_grace_period),
     )
 

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import git
-
 from controller.errors import PermanentError, SourceNotFound, SourceUnavailable
 
 SHA = re.compile(r"[0-9a-f]{7,40}")
@@ -73,6 +71,8 @@ def run_git(
         env[f"GIT_CONFIG_KEY_{index}"] = key
         env[f"GIT_CONFIG_VALUE_{index}"] = value
     env["GIT_CONFIG_COUNT"] = str(first + len(config))
+    import git  # GitPython on first use: a web process that never runs git saves ~3 MB
+
     try:
         status, out, err = git.Git().execute(
             ["git", *args],
