@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from controller.errors import (
@@ -47,6 +47,7 @@ from controller.secretstore.crypto import Cipher, key_hash
 from controller.secretstore.store import resolve_for_environment
 from controller.secretstore.variables import mask, mask_json, run_variables, secret_values
 from controller.store.db import Database
+from controller.store.runs import insert_started, record_finished
 from controller.store.tables import Environment, Project, Run, Version, utcnow
 from controller.versions import find_version, spec_for
 from controller.views import run_view
@@ -87,37 +88,44 @@ def _where(env: Environment) -> str:
     return f"{env.name}/{env.branch}" if env.branch else env.name
 
 
-def _with_project_and_version(session: Session, *where: Any) -> Environment | None:
-    """The environment matching ``where``, with its project and current version loaded
+def _with_project_and_version(session: Session, query: Any, **params: Any) -> Environment | None:
+    """The environment ``query`` finds, with its project and current version loaded
     in the same query: the trigger's later ``session.get`` calls find them in the
     session and make no round trip of their own."""
-    row = session.execute(
-        select(Environment, Project, Version)
-        .join(Project, Project.id == Environment.project_id)
-        .outerjoin(Version, Version.id == Environment.current_version_id)
-        .where(*where)
-    ).one_or_none()
+    row = session.execute(query, params).one_or_none()
     if row is None:
         return None
     session.info.setdefault("loaded", []).append(row)  # the session holds them weakly
     return row[0]
 
 
+# Built once (every trigger runs them; building a statement costs about what running it
+# does); the values go in as bound parameters.
+_TARGET = (
+    select(Environment, Project, Version)
+    .join(Project, Project.id == Environment.project_id)
+    .outerjoin(Version, Version.id == Environment.current_version_id)
+)
+_BY_KEY = _TARGET.where(Environment.secret_key_hash == bindparam("key_hash"))
+_PREVIEW_BRANCH = _TARGET.where(
+    Environment.project_id == bindparam("project_id"),
+    Environment.name == "preview",
+    Environment.branch_key == bindparam("branch_key"),
+)
+
+
 def environment_for_key(session: Session, key: str | None, branch: str | None) -> Environment:
     """The environment a secret key (plus ``x-slipway-branch``) designates."""
     if not key or not key.startswith("sk_"):
         raise Unauthorized("a run needs an environment's secret key: Authorization: Bearer sk_…")
-    env = _with_project_and_version(session, Environment.secret_key_hash == key_hash(key))
+    env = _with_project_and_version(session, _BY_KEY, key_hash=key_hash(key))
     if env is None or not hmac.compare_digest(env.secret_key_hash, key_hash(key)):
         raise Unauthorized("unknown secret key")
     if env.name == "preview" and env.branch is None:
         if not branch:
             raise InvalidInput("the preview key needs the x-slipway-branch header to pick a branch")
         target = _with_project_and_version(
-            session,
-            Environment.project_id == env.project_id,
-            Environment.name == "preview",
-            Environment.branch_key == branch,
+            session, _PREVIEW_BRANCH, project_id=env.project_id, branch_key=branch
         )
         if target is None:
             raise NotFound(f"preview branch {branch!r} does not exist")
@@ -201,16 +209,17 @@ def trigger(
             task_id=task_id,
         )
         where = _where(env)
-    started = Run(
-        id=run_id,
-        environment_id=env.id,
-        version_id=version_id,
-        task_id=task_id,
-        status="running",
-        payload=payload,
-    )
+    created_at = utcnow()
     with db.transaction(durable=False) as session:
-        session.add(started)
+        insert_started(
+            session,
+            run_id=run_id,
+            environment_id=env.id,
+            version_id=version_id,
+            task_id=task_id,
+            payload=payload,
+            created_at=created_at,
+        )
     result = _execute(
         runtime,
         spec,
@@ -223,15 +232,37 @@ def trigger(
     )
     result = mask_run_result(result, secrets)
     result = _bounded(result, limits, run_id=run_id, task_id=task_id, where=where)
+    finished_at = utcnow()
+    run = Run(
+        id=run_id,
+        environment_id=env.id,
+        version_id=version_id,
+        task_id=task_id,
+        payload=payload,
+        status=result["status"],
+        output=result["output"],
+        error=result["error"],
+        logs=result["logs"],
+        duration_ms=result.get("duration_ms"),
+        created_at=created_at,
+        finished_at=finished_at,
+    )
     with db.transaction() as session:
-        run = session.merge(started, load=False)  # as inserted: no query to read it back
-        run.status = result["status"]
-        run.output = result["output"]
-        run.error = result["error"]
-        run.logs = result["logs"]
-        run.duration_ms = result.get("duration_ms")
-        run.finished_at = utcnow()
-        return run_view(run, version_name)
+        found = record_finished(
+            session,
+            run_id,
+            status=run.status,
+            output=run.output,
+            error=run.error,
+            logs=run.logs,
+            duration_ms=run.duration_ms,
+            finished_at=finished_at,
+        )
+    if not found:
+        log.warning(
+            "run %s of %s in %s: its record was deleted during the run", run_id, task_id, where
+        )
+    return run_view(run, version_name)
 
 
 def run_environment(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from controller.store.tables import Environment, EnvVar, EnvVarChange
@@ -55,11 +55,15 @@ def env_var_history(
     )
 
 
+_NEWEST_CHANGE = select(func.max(EnvVarChange.id)).where(
+    EnvVarChange.project_id == bindparam("project_id")
+)
+
+
 def newest_env_var_change_id(session: Session, project_id: int) -> int | None:
-    """The id of the project's newest env var change: a stamp every write moves on."""
-    return session.execute(
-        select(func.max(EnvVarChange.id)).where(EnvVarChange.project_id == project_id)
-    ).scalar()
+    """The id of the project's newest env var change: a stamp every write moves on.
+    Read by every trigger, so the statement is built once."""
+    return session.execute(_NEWEST_CHANGE, {"project_id": project_id}).scalar()
 
 
 def env_var_layer_rows(
