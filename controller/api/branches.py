@@ -52,7 +52,7 @@ def _raw_utf8(value: str) -> str:
         ) from exc
 
 
-def branch_header(
+async def branch_header(  # async: pure CPU, so FastAPI calls it in the loop, no thread hop
     x_slipway_branch: str | None = Header(
         default=None,
         json_schema_extra={"pattern": HEADER_PATTERN},

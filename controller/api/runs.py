@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
 
 from controller.api.auth import bearer
 from controller.api.branches import branch_header
@@ -106,20 +107,21 @@ async def read_trigger_body(request: Request, *, payload_limit: int) -> dict[str
 @router.post(
     "/tasks/{task_id}/trigger",
     openapi_extra={"requestBody": TRIGGER_BODY},
+    response_model=dict[str, Any],
     responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def post_trigger(
     request: Request,
     task_id: str,
     x_slipway_branch: str | None = Depends(branch_header),
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Run a task and wait for its outcome: ``completed``, ``failed`` or ``timed_out``."""
     services = request.app.state.services
     limits = run_limits(request)
     body = await read_trigger_body(request, payload_limit=limits.payload_bytes)
     options = body.get("options") or {}
     try:
-        return await run_in_threadpool(
+        outcome = await run_in_threadpool(
             trigger,
             services.db,
             services.runtime,
@@ -135,6 +137,7 @@ async def post_trigger(
         raise _unauthorized(exc) from None
     except PayloadTooLarge as exc:
         raise HTTPException(status_code=413, detail=str(exc)) from None
+    return JSONResponse(outcome)  # already JSON values: FastAPI's encoding pass is skipped
 
 
 @router.get("/runs/{run_id}", responses=error_responses(401, 403, 404))
