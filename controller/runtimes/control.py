@@ -50,12 +50,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from controller import errors
 from controller.errors import RuntimeUnavailable, SlipwayError
 from controller.runtimes.base import ArtifactRef, VersionSpec
-from controller.runtimes.runcall import answer_of, post_run, run_leased
+from controller.runtimes.runcall import (
+    WorkerConnections,
+    WorkerUnreachable,
+    answer_of,
+    post_run,
+    run_leased,
+)
 from controller.runtimes.workers import Registry
 
 log = logging.getLogger(__name__)
@@ -300,7 +304,7 @@ class RemoteRuntime:
     def __init__(self, client: ControlClient, *, grace: float) -> None:
         self.client = client
         self.grace = grace
-        self._http = httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False)
+        self._http = WorkerConnections()
         self.records = Registry(client.path.parent / "workers")
         self._stopping = threading.Event()
         self._in_flight = 0
@@ -404,15 +408,16 @@ class RemoteRuntime:
                 env=env,
                 version_id=spec.version_id,
             )
-        except httpx.ConnectError:
-            response = None
-        except httpx.HTTPError as exc:
-            self.client.send("release", **mark)
-            if self._stopping.is_set():
-                raise RuntimeUnavailable(self._stopped_message()) from exc
-            raise RuntimeUnavailable(
-                f"the worker of version {spec.version} is unreachable: {exc}"
-            ) from exc
+        except WorkerUnreachable as exc:
+            if exc.connecting:
+                response = None
+            else:
+                self.client.send("release", **mark)
+                if self._stopping.is_set():
+                    raise RuntimeUnavailable(self._stopped_message()) from exc
+                raise RuntimeUnavailable(
+                    f"the worker of version {spec.version} is unreachable: {exc}"
+                ) from exc
         self.client.send("release", **mark)
         if response is None or response.status_code == 503:
             return None

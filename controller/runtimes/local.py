@@ -46,7 +46,7 @@ from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes.base import VersionSpec
 from controller.runtimes.ledger import RunLedger
 from controller.runtimes.procs import kill_session, workers_marked
-from controller.runtimes.runcall import run_leased
+from controller.runtimes.runcall import WorkerConnections, run_leased
 from controller.runtimes.slots import PreviewSlots
 from controller.runtimes.workers import (
     WORKER_MAIN,
@@ -101,7 +101,8 @@ class LocalRuntime:
         self._retiring: dict[int, Worker] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
-        self._client = httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False)
+        self._client = httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False)  # health
+        self._runs = WorkerConnections()
         self._reapers: list[threading.Thread] = []
         self.ledger = RunLedger()
         self._close_by = float("inf")
@@ -366,6 +367,7 @@ class LocalRuntime:
         for pid in self.owned_sessions():
             kill_session(pid)
         self._client.close()
+        self._runs.close()
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -419,7 +421,7 @@ class LocalRuntime:
     ) -> dict[str, Any]:
         return run_leased(
             self,
-            self._client,
+            self._runs,
             spec,
             run_id=run_id,
             task_id=task_id,
