@@ -31,7 +31,7 @@ import json
 import select
 import socket
 import threading
-from collections import defaultdict
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -40,7 +40,7 @@ from controller.errors import PermanentError, RuntimeUnavailable, SlipwayError
 from controller.runtimes.base import VersionSpec
 
 CONNECT_TIMEOUT = 5.0
-IDLE_PER_PORT = 8
+MAX_IDLE = 32  # kept-alive connections in all; the least recently used go first
 
 
 class WorkerUnreachable(Exception):
@@ -70,8 +70,9 @@ class WorkerConnections:
 
     def __init__(self, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.connect_timeout = connect_timeout
-        self._idle: defaultdict[tuple[str, int], list[http.client.HTTPConnection]]
-        self._idle = defaultdict(list)
+        self._idle: OrderedDict[tuple[str, int], list[http.client.HTTPConnection]]
+        self._idle = OrderedDict()
+        self._count = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -111,6 +112,7 @@ class WorkerConnections:
             self._closed = True
             idle = [conn for conns in self._idle.values() for conn in conns]
             self._idle.clear()
+            self._count = 0
         for conn in idle:
             conn.close()
 
@@ -121,6 +123,9 @@ class WorkerConnections:
                 if not conns:
                     return None
                 conn = conns.pop()
+                self._count -= 1
+                if not conns:
+                    del self._idle[address]
             if conn.sock is not None and not _dropped(conn.sock):
                 return conn
             conn.close()
@@ -137,12 +142,24 @@ class WorkerConnections:
         return conn
 
     def _give_back(self, address: tuple[str, int], conn: http.client.HTTPConnection) -> None:
+        """Keep ``conn`` for the next run; bounded in all, so connections to workers that
+        stopped (previews scaled to zero) do not pile up."""
+        evicted: list[http.client.HTTPConnection] = []
         with self._lock:
-            conns = self._idle[address]
-            if not self._closed and len(conns) < IDLE_PER_PORT:
-                conns.append(conn)
-                return
-        conn.close()
+            if self._closed:
+                evicted.append(conn)
+            else:
+                self._idle.setdefault(address, []).append(conn)
+                self._idle.move_to_end(address)
+                self._count += 1
+            while self._count > MAX_IDLE:
+                oldest, conns = next(iter(self._idle.items()))
+                evicted.append(conns.pop(0))
+                self._count -= 1
+                if not conns:
+                    del self._idle[oldest]
+        for stale in evicted:
+            stale.close()
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -156,11 +173,12 @@ def _send(conn: http.client.HTTPConnection, path: str, data: bytes, timeout: flo
 
 def _dropped(sock: socket.socket) -> bool:
     """An idle connection is readable only if the worker closed it (or broke protocol)."""
+    poller = select.poll()  # not select(): no limit on the descriptor's number
+    poller.register(sock, select.POLLIN)
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
+        return bool(poller.poll(0))
+    except OSError:
         return True
-    return bool(readable)
 
 
 def _describe(exc: BaseException) -> str:

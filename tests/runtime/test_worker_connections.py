@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from support.waiting import scaled
 
-from controller.runtimes.runcall import WorkerConnections, WorkerUnreachable
+from controller.runtimes.runcall import MAX_IDLE, WorkerConnections, WorkerUnreachable
 
 
 class _Worker(ThreadingHTTPServer):
@@ -127,3 +127,22 @@ def test_a_request_cut_off_after_it_left_says_the_run_may_have_started(
         connections.close()
     assert not caught.value.connecting
     assert [r["run_id"] for r in worker.requests] == ["run_x"]  # sent once, not retried
+
+
+def test_kept_alive_connections_are_bounded_in_all() -> None:
+    """Connections to workers that stopped (previews scaled to zero) must not pile up."""
+    connections = WorkerConnections()
+    others = [_Worker() for _ in range(MAX_IDLE + 3)]
+    threads = [threading.Thread(target=w.serve_forever, daemon=True) for w in others]
+    for thread in threads:
+        thread.start()
+    try:
+        for other in others:
+            _post(connections, other.url, "run_x")
+        assert sum(len(c) for c in connections._idle.values()) == MAX_IDLE
+        assert others[0].server_address not in connections._idle  # least recently used
+    finally:
+        connections.close()
+        for other in others:
+            other.shutdown()
+            other.server_close()
