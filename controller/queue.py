@@ -42,6 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controller.store.db import Database
+from controller.store.sql import one_of
 from controller.store.tables import Job, utcnow
 
 LEASE_SECONDS = 30.0
@@ -134,7 +135,7 @@ class Queue:
         if rows:
             session.execute(
                 update(Job)
-                .where(Job.id.in_([r.id for r in rows]))
+                .where(one_of(Job.id, [r.id for r in rows]))
                 .values(status="superseded", updated_at=utcnow())
             )
         return [r.deployment_id for r in rows if r.deployment_id]
@@ -148,7 +149,7 @@ class Queue:
         if rows:
             session.execute(
                 update(Job)
-                .where(Job.id.in_([r.id for r in rows]))
+                .where(one_of(Job.id, [r.id for r in rows]))
                 .values(status="canceled", updated_at=utcnow())
             )
         return [r.deployment_id for r in rows if r.deployment_id]
@@ -306,7 +307,7 @@ class Queue:
             if dead:
                 session.execute(
                     update(Job)
-                    .where(Job.id.in_(dead))
+                    .where(one_of(Job.id, dead))
                     .values(status="queued", lease_owner=None, lease_expires_at=None)
                 )
         return len(dead)

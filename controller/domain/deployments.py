@@ -21,6 +21,7 @@ from controller.queue import Queue
 from controller.secretstore.crypto import Cipher
 from controller.store.deployments import attempted_deployment, same_commit_in_progress
 from controller.store.environments import lock_environment, preview_by_branch
+from controller.store.sql import one_of
 from controller.store.tables import Delivery, Deployment, Environment, Project, utcnow
 from webhooks.routing import Deploy
 
@@ -86,7 +87,7 @@ def request_deployment(
     if superseded:
         session.execute(
             update(Deployment)
-            .where(Deployment.id.in_(superseded), Deployment.status == "queued")
+            .where(one_of(Deployment.id, superseded), Deployment.status == "queued")
             .values(
                 status="superseded",
                 error=f"superseded by {deployment.id}",

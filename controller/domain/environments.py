@@ -13,6 +13,7 @@ from controller.models import WAITING
 from controller.queue import Queue
 from controller.secretstore.crypto import Cipher, key_hash, new_secret_key
 from controller.store.environments import environment_by_key, preview_by_branch
+from controller.store.sql import one_of
 from controller.store.tables import Deployment, Environment, Project, utcnow
 
 
@@ -84,7 +85,7 @@ def cancel_queued(session: Session, environment_id: int, reason: str) -> list[st
     if ids:
         session.execute(
             update(Deployment)
-            .where(Deployment.id.in_(ids), Deployment.status == "queued")
+            .where(one_of(Deployment.id, ids), Deployment.status == "queued")
             .values(status="canceled", error=reason, finished_at=utcnow())
         )
     session.execute(

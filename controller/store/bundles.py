@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session
 
 from controller.errors import PermanentError, TemporaryError
 from controller.store.db import Database
+from controller.store.sql import not_one_of, one_of
 from controller.store.tables import BundleChunk, Environment, StoredBundle, Version
 
 CHUNK_SIZE = 1024 * 1024
@@ -188,7 +189,7 @@ def prune_bundles(db: Database, *, environment_id: int, keep: int, also: int | N
         dropped = [vid for vid in linked if vid not in kept]
         if dropped:
             session.execute(
-                update(Version).where(Version.id.in_(dropped)).values(bundle_digest=None)
+                update(Version).where(one_of(Version.id, dropped)).values(bundle_digest=None)
             )
         archived = select(Environment.id).where(Environment.status == "archived")
         session.execute(
@@ -209,7 +210,7 @@ def delete_orphans(db: Database) -> int:
                     select(StoredBundle.digest)
                     .where(
                         ~exists().where(Version.bundle_digest == StoredBundle.digest),
-                        StoredBundle.digest.not_in(skipped),
+                        not_one_of(StoredBundle.digest, skipped),
                     )
                     .limit(1)
                     .with_for_update(skip_locked=True)

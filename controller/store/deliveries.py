@@ -48,6 +48,7 @@ from sqlalchemy.exc import DataError, StatementError
 from controller.errors import InvalidInput, SlipwayError, TemporaryError
 from controller.store.db import Database
 from controller.store.inbox import Entry, Inbox
+from controller.store.sql import one_of
 from controller.store.tables import Delivery, Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def prune_deliveries(
                 .all()
             )
             if ids:
-                conn.execute(update(Delivery).where(Delivery.id.in_(ids)).values(body=b""))
+                conn.execute(update(Delivery).where(one_of(Delivery.id, ids)).values(body=b""))
             jobs = (
                 conn.execute(
                     select(Job.id)
@@ -183,7 +184,7 @@ def prune_deliveries(
                 .all()
             )
             if jobs:
-                conn.execute(delete(Job).where(Job.id.in_(jobs)))
+                conn.execute(delete(Job).where(one_of(Job.id, jobs)))
         emptied, removed = emptied + len(ids), removed + len(jobs)
         if len(ids) < batch and len(jobs) < batch:
             break

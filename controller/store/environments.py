@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from controller.store.sql import one_of
 from controller.store.tables import Environment
 
 
@@ -89,7 +90,7 @@ def lock_environment(session: Session, environment_id: int) -> None:
 def environments_by_id(session: Session, ids: set[int]) -> dict[int, Environment]:
     if not ids:
         return {}
-    rows = session.execute(select(Environment).where(Environment.id.in_(ids))).scalars()
+    rows = session.execute(select(Environment).where(one_of(Environment.id, ids))).scalars()
     return {e.id: e for e in rows}
 
 

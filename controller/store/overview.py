@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from controller.store.sql import one_of
 from controller.store.tables import Deployment, Environment, Run, Version
 
 
@@ -42,7 +43,7 @@ def last_deployments(session: Session, env_ids: list[int]) -> dict[int, dict[str
         return {}
     newest = (
         select(Deployment.environment_id, func.max(Deployment.created_at).label("at"))
-        .where(Deployment.environment_id.in_(env_ids))
+        .where(one_of(Deployment.environment_id, env_ids))
         .group_by(Deployment.environment_id)
         .subquery()
     )
@@ -71,7 +72,7 @@ def rollback_targets(session: Session, env_ids: Iterable[int]) -> set[int]:
         .join(Deployment, Deployment.id == Version.deployment_id)
         .join(Environment, Environment.id == Version.environment_id)
         .where(
-            Version.environment_id.in_(wanted),
+            one_of(Version.environment_id, wanted),
             Version.id < Environment.current_version_id,
             Deployment.status == "deployed",
         )

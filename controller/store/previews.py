@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from controller.store.sql import one_of
 from controller.store.tables import Deployment, Environment, Project
 
 
@@ -45,7 +46,7 @@ def open_pull_request_previews(session: Session, project_ids: Collection[int]) -
     return list(
         session.execute(
             select(Environment).where(
-                Environment.project_id.in_(project_ids),
+                one_of(Environment.project_id, project_ids),
                 Environment.name == "preview",
                 Environment.status == "active",
                 Environment.pr_number.is_not(None),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from controller.store.sql import one_of
 from controller.store.tables import Deployment, Environment, Project, Repository, Run
 
 
@@ -94,5 +95,5 @@ def project_refs(session: Session, ids: set[int]) -> dict[int, str]:
     """Project id → its ref, for the ids that exist."""
     if not ids:
         return {}
-    rows = session.execute(select(Project.id, Project.ref).where(Project.id.in_(ids))).all()
+    rows = session.execute(select(Project.id, Project.ref).where(one_of(Project.id, ids))).all()
     return {pid: ref for pid, ref in rows}

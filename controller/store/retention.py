@@ -31,6 +31,7 @@ from sqlalchemy import Connection, delete, exists, or_, select, update
 
 from controller.models import ACTIVE_STATUSES
 from controller.store.db import Database
+from controller.store.sql import one_of
 from controller.store.tables import Deployment, DeploymentLog, Environment, Job, Run, utcnow
 
 FINISHED_JOB_STATUSES = ("done", "failed", "superseded", "canceled")
@@ -87,7 +88,7 @@ def prune_jobs(
             .all()
         )
         if ids:
-            conn.execute(delete(Job).where(Job.id.in_(ids)))
+            conn.execute(delete(Job).where(one_of(Job.id, ids)))
         return len(ids), len(ids) == batch
 
     return _in_batches(db, one, max_batches=max_batches)
@@ -123,13 +124,13 @@ def prune_deployment_logs(
         ids = (
             conn.execute(
                 select(DeploymentLog.id)
-                .where(DeploymentLog.deployment_id.in_(deployment_ids))
+                .where(one_of(DeploymentLog.deployment_id, deployment_ids))
                 .limit(batch)
             )
             .scalars()
             .all()
         )
-        conn.execute(delete(DeploymentLog).where(DeploymentLog.id.in_(ids)))
+        conn.execute(delete(DeploymentLog).where(one_of(DeploymentLog.id, ids)))
         return len(ids), len(ids) == batch or len(deployment_ids) == deployments
 
     return _in_batches(db, one, max_batches=max_batches)
@@ -150,7 +151,7 @@ def prune_run_logs(
             .all()
         )
         if ids:
-            conn.execute(update(Run).where(Run.id.in_(ids)).values(logs=None))
+            conn.execute(update(Run).where(one_of(Run.id, ids)).values(logs=None))
         return len(ids), len(ids) == batch
 
     return _in_batches(db, one, max_batches=max_batches)

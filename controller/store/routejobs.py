@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
+from controller.store.sql import one_of
 from controller.store.tables import Delivery, Job, utcnow
 
 
@@ -50,7 +51,7 @@ def delivery_sizes(session: Session, pks: list[int]) -> dict[int, int | None]:
     return {
         pk: size
         for pk, size in session.execute(
-            select(Delivery.id, func.length(Delivery.body)).where(Delivery.id.in_(pks))
+            select(Delivery.id, func.length(Delivery.body)).where(one_of(Delivery.id, pks))
         )
     }
 
@@ -59,7 +60,7 @@ def deliveries_without_body(session: Session, pks: list[int]) -> dict[int, Deliv
     return {
         d.id: d
         for d in session.execute(
-            select(Delivery).options(defer(Delivery.body)).where(Delivery.id.in_(pks))
+            select(Delivery).options(defer(Delivery.body)).where(one_of(Delivery.id, pks))
         ).scalars()
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from controller.store.sql import one_of
 from controller.store.tables import Deployment, Environment, Project, Version
 
 
@@ -80,5 +81,5 @@ def version_names(session: Session, ids: set[int]) -> dict[int, str]:
     """Version id → its name (``YYYYMMDD.N``), for the ids that exist."""
     if not ids:
         return {}
-    rows = session.execute(select(Version.id, Version.version).where(Version.id.in_(ids)))
+    rows = session.execute(select(Version.id, Version.version).where(one_of(Version.id, ids)))
     return {vid: v for vid, v in rows}
