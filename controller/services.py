@@ -225,7 +225,11 @@ class Services:
         self.db.migrate(in_child=True)
         METER.start(self.settings.data_dir / "metrics" / "github", clean=self.role != "controller")
         if self.role != "controller":
-            self.db.start_checkpointer(also=[self.inbox.checkpoint] if self.inbox else [])
+            # Intake owns the inbox file: it deletes what the router moved, then checkpoints.
+            inbox: list[Callable[[], object]] = (
+                [self.inbox.forget_moved, self.inbox.checkpoint] if self.inbox else []
+            )
+            self.db.start_checkpointer(also=inbox)
             self.writer.start()
         if self.child is not None:
             self.queue.listeners.append(self.child.notify)

@@ -199,7 +199,7 @@ class Database:
             command.upgrade(config, "head")
 
     def start_checkpointer(
-        self, interval: float = 0.5, *, also: Sequence[Callable[[], None]] = ()
+        self, interval: float = 0.5, *, also: Sequence[Callable[[], object]] = ()
     ) -> None:
         """SQLite: copy the write-ahead log back into the database in the background
         (PASSIVE: it never blocks a writer), so no commit pays for a checkpoint. ``also``:

@@ -140,15 +140,16 @@ def move_from_inbox(
     db: Database, inbox: Inbox, *, limit: int = MAX_BATCH, max_bytes: int = MAX_BATCH_BYTES
 ) -> Moved:
     """Move the oldest waiting inbox entries (at most ``limit``, and ``max_bytes`` of body
-    but always one) into ``deliveries`` and routing jobs (one main-database transaction),
-    then forget them in the inbox. Returns how many were taken; a crash in between only
-    means moving them again, which inserts nothing."""
+    but always one) into ``deliveries`` and routing jobs (one main-database transaction).
+    Returns how many were taken. The inbox is not written: intake deletes what the main
+    database holds (:meth:`Inbox.forget_moved`); a restarted router that moves them again
+    inserts nothing."""
     entries = inbox.oldest(limit, max_bytes=max_bytes)
     if not entries:
         return Moved(0)
     with db.writing(), db.engine.begin() as conn:
         insert_deliveries(conn, entries)
-    inbox.forget(through=entries[-1].seq)
+    inbox.moved(through=entries[-1].seq)
     moved = Moved(len(entries))
     moved.backlog = inbox.waiting()
     return moved

@@ -6,13 +6,20 @@ to tens of milliseconds under load, which was the whole p99 of the intake benchm
 on SQLite, intake appends deliveries to ``<database>.inbox.db`` beside the main file (WAL,
 ``synchronous=FULL``: a committed row survives a crash or power loss like the main
 database does), and the controller's router *moves* them: into ``deliveries`` plus a
-route job in the main database, in one transaction there, then deletes them here.
+route job in the main database, in one transaction there.
 
-* Moving is idempotent. ``deliveries.delivery_id`` is unique, so rows moved by a
-  controller that died after its main commit, before the delete here, insert nothing
-  the second time: every delivery is routed once.
-* A delivery id is always in at least one of the two files (the main commit comes before
-  the delete here). Intake therefore tells a repeated id by its insert conflicting here,
+* Only intake writes this file. The router used to delete what it had moved, and so
+  took the file's write lock from the controller process, which runs at ``nice`` +10:
+  descheduled while holding it behind its own builds, it kept a 202 waiting (priority
+  inversion; the ack p99 of a 1,000-preview burst was 1.6x an idle server's). Now the
+  router remembers in memory how far it has moved, and intake's checkpoint thread
+  deletes the entries the main database holds (:meth:`Inbox.forget_moved`).
+
+* Moving is idempotent. ``deliveries.delivery_id`` is unique, so rows moved again by a
+  restarted controller (its memory of how far it got is gone; intake may not have
+  deleted them yet) insert nothing the second time: every delivery is routed once.
+* A delivery id is always in at least one of the two files (intake deletes only what
+  the main database holds). Intake therefore tells a repeated id by its insert conflicting here,
   or else by finding it in the main database — a read, which never waits for a writer.
 * The inbox is a buffer, not a record: once moved, a delivery lives in the main database
   only, so backups and every reader need nothing but the main file.
@@ -28,6 +35,7 @@ the schema is created if missing and versioned with ``PRAGMA user_version``.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -69,11 +77,12 @@ class Entry:
 
 
 class Inbox:
-    """Appends (intake's writer thread), and reads then forgets (the controller's router).
+    """Appends and forgets what was moved (intake: its writer and checkpoint threads), and
+    reads (the controller's router, which only remembers how far it has moved).
 
-    Each process opens its own :class:`Inbox`; write transactions of both processes
-    queue on a ``flock`` beside the file (:class:`~controller.store.db.WriteLock`), as the
-    main database's do, instead of sleep-polling in SQLite's busy handler.
+    Each process opens its own :class:`Inbox`. Write transactions queue on a ``flock``
+    beside the file (:class:`~controller.store.db.WriteLock`) instead of sleep-polling in
+    SQLite's busy handler; after creating the schema, only intake's process writes.
     """
 
     def __init__(self, path: Path, *, main: Path | None = None) -> None:
@@ -83,6 +92,7 @@ class Inbox:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
+        self._moved_through = 0  # the router's side: the highest seq it moved (this process)
         create_private_file(path)  # webhook payloads: for the server's user only
         with self._writing() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -171,25 +181,28 @@ class Inbox:
         if self.main is None or not delivery_ids:
             return set()
         conn = self._opened("main", f"{self.main.resolve().as_uri()}?mode=ro", uri=True)
-        ids = sorted(delivery_ids)
-        marks = ",".join("?" * len(ids))
-        query = f"SELECT delivery_id FROM deliveries WHERE delivery_id IN ({marks})"  # noqa: S608 - placeholders only
-        return {row[0] for row in conn.execute(query, ids)}
+        # One JSON parameter, not one placeholder per id: one prepared statement for every
+        # batch size (see controller.store.sql).
+        query = "SELECT delivery_id FROM deliveries WHERE delivery_id IN (SELECT value FROM json_each(?))"
+        return {row[0] for row in conn.execute(query, (json.dumps(sorted(delivery_ids)),))}
 
     # -- the router -----------------------------------------------------------------------
 
     def oldest(self, limit: int, *, max_bytes: int | None = None) -> list[Entry]:
-        """Up to ``limit`` waiting entries, in arrival order (a read: never blocks).
+        """Up to ``limit`` entries not yet moved by this process, in arrival order (a read:
+        never blocks).
 
         With ``max_bytes``, no more entries than fit in that many bytes of body (but
         always the first one): the sizes are read first (``length()`` of a blob reads no
         blob), then only the bodies that fit."""
         conn = self._connection()
+        after = self._moved_through
         if max_bytes is not None:
             total, through = 0, None
             for n, (seq, size) in enumerate(
                 conn.execute(
-                    "SELECT seq, length(body) FROM inbox ORDER BY seq LIMIT ?", (limit,)
+                    "SELECT seq, length(body) FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, limit),
                 ).fetchall()
             ):
                 total += size or 0
@@ -200,14 +213,14 @@ class Inbox:
                 return []
             query = (
                 "SELECT seq, delivery_id, event, action, repo_lower, body, received_at"
-                " FROM inbox WHERE seq <= ? ORDER BY seq LIMIT ?"
+                " FROM inbox WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
             )
-            rows = conn.execute(query, (through, limit)).fetchall()
+            rows = conn.execute(query, (after, through, limit)).fetchall()
         else:
             rows = conn.execute(
                 "SELECT seq, delivery_id, event, action, repo_lower, body, received_at"
-                " FROM inbox ORDER BY seq LIMIT ?",
-                (limit,),
+                " FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
         return [
             Entry(
@@ -222,28 +235,52 @@ class Inbox:
             for seq, delivery_id, event, action, repo_lower, body, received_at in rows
         ]
 
-    def forget(self, *, through: int) -> None:
-        """Delete the entries up to ``seq`` ``through``, once they are in the main database.
+    def moved(self, *, through: int) -> None:
+        """The router committed the entries up to ``seq`` ``through`` to the main database:
+        :meth:`oldest` skips them from now on. Nothing is written here (see the module's
+        docstring); intake deletes them."""
+        self._moved_through = max(self._moved_through, through)
 
-        ``seq`` is never reused (AUTOINCREMENT), so an entry that arrived after the caller
-        read the inbox is never among them, even with the table emptied in between by
-        another mover (two controllers on one data dir for a moment, say).
+    def forget_moved(self, limit: int = 1000) -> int:
+        """Intake's side: delete the oldest entries the main database holds already (at
+        most ``limit``, and only a leading run of them: the router moves in arrival
+        order); returns how many went.
 
-        A delete lost to a crash only means moving those entries again, which inserts
-        nothing, so this commit need not wait for the disk (``synchronous=NORMAL``);
-        the next intake commit syncs it along.
+        ``seq`` is never reused (AUTOINCREMENT) and an entry is deleted only once its id
+        is in the main database, so nothing that arrived meanwhile, or that a failed move
+        left behind, is lost. A delete lost to a crash only means deleting those entries
+        later (or a restarted router moving them again, which inserts nothing), so this
+        commit need not wait for the disk (``synchronous=NORMAL``); the next intake commit
+        syncs it along.
         """
+        if self.main is None:
+            return 0
         conn = self._connection()
+        rows = conn.execute(
+            "SELECT seq, delivery_id FROM inbox ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        if not rows:
+            return 0
+        recorded = self.recorded({delivery_id for _, delivery_id in rows})
+        through, gone = None, 0
+        for seq, delivery_id in rows:
+            if delivery_id not in recorded:
+                break
+            through, gone = seq, gone + 1
+        if through is None:
+            return 0
         conn.execute("PRAGMA synchronous=NORMAL")
         try:
             with self._writing(urgent=False) as tx:
                 tx.execute("DELETE FROM inbox WHERE seq <= ?", (through,))
         finally:
             conn.execute("PRAGMA synchronous=FULL")
+        return gone
 
     def waiting(self) -> bool:
-        """Whether any entry waits to be moved (a read: never blocks)."""
-        return self._connection().execute("SELECT 1 FROM inbox LIMIT 1").fetchone() is not None
+        """Whether any entry waits to be moved by this process (a read: never blocks)."""
+        query = "SELECT 1 FROM inbox WHERE seq > ? LIMIT 1"
+        return self._connection().execute(query, (self._moved_through,)).fetchone() is not None
 
     def count(self) -> int:
         return int(self._connection().execute("SELECT count(*) FROM inbox").fetchone()[0])
