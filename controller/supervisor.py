@@ -95,8 +95,7 @@ class ControllerProcess:
             [
                 sys.executable,
                 "-m",
-                "controller.cli",
-                "controller",
+                "controller.child",  # not through the CLI: see controller.child
                 "--log-level",
                 self.log_level,
                 "--parent",

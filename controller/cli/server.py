@@ -74,14 +74,9 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
 @click.option("--parent", type=int, default=None)
 def controller(log_level: str, parent: int | None) -> None:
     """The controller process `slipway serve` supervises (routing, builds, resync)."""
-    from controller.logs import setup_logging
-    from controller.services import Services
-    from controller.settings import load_settings, prepare
-    from controller.supervisor import run_controller
+    from controller.child import run
 
-    setup_logging(log_level, process_name="controller")
-    settings, _notices = prepare(load_settings())
-    run_controller(Services(settings, role="controller"), parent=parent)
+    run(log_level, parent)
 
 
 # -- demo ------------------------------------------------------------------------------

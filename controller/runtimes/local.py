@@ -39,14 +39,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from controller.datadir import private_dir
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes.base import VersionSpec
 from controller.runtimes.ledger import RunLedger
 from controller.runtimes.procs import kill_session, workers_marked
-from controller.runtimes.runcall import WorkerConnections, run_leased
+from controller.runtimes.runcall import WorkerConnections, WorkerUnreachable, run_leased
 from controller.runtimes.slots import PreviewSlots
 from controller.runtimes.workers import (
     WORKER_MAIN,
@@ -101,7 +99,9 @@ class LocalRuntime:
         self._retiring: dict[int, Worker] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
-        self._client = httpx.Client(timeout=httpx.Timeout(5.0), trust_env=False)  # health
+        # Health checks: kept alive too, apart from runs' (http.client: the controller
+        # process does not import httpx, ~18 MB with what it pulls in).
+        self._client = WorkerConnections()
         self._runs = WorkerConnections()
         self._reapers: list[threading.Thread] = []
         self.ledger = RunLedger()
@@ -164,11 +164,15 @@ class LocalRuntime:
         if worker.proc is not None and worker.proc.poll() is not None:
             return False
         try:
-            response = self._client.get(worker.url + "/health", timeout=3.0)
+            response = self._client.get(worker.url, "/health", read_timeout=3.0)
             body = response.json()
-        except (httpx.HTTPError, ValueError):
+        except (WorkerUnreachable, ValueError):
             return False
-        return response.status_code == 200 and body.get("version_id") == version_id
+        return (
+            response.status_code == 200
+            and isinstance(body, dict)
+            and body.get("version_id") == version_id
+        )
 
     def _adopt(self, version_id: int) -> Worker | None:
         worker = self.records.read(version_id)

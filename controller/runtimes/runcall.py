@@ -79,14 +79,21 @@ class WorkerConnections:
     def post_json(
         self, url: str, path: str, body: dict[str, Any], *, read_timeout: float
     ) -> WorkerResponse:
+        return self._request(url, "POST", path, json.dumps(body).encode(), read_timeout)
+
+    def get(self, url: str, path: str, *, read_timeout: float) -> WorkerResponse:
+        return self._request(url, "GET", path, None, read_timeout)
+
+    def _request(
+        self, url: str, method: str, path: str, data: bytes | None, read_timeout: float
+    ) -> WorkerResponse:
         parts = urlsplit(url)
         address = (parts.hostname or "127.0.0.1", parts.port or 80)
-        data = json.dumps(body).encode()
         conn = self._take(address)
         try:
             if conn is not None:
                 try:
-                    _send(conn, path, data, read_timeout)
+                    _send(conn, method, path, data, read_timeout)
                 except OSError:
                     # The worker closed this idle connection just now: a closed socket
                     # read none of the request, so it goes once more on a new one.
@@ -94,7 +101,7 @@ class WorkerConnections:
                     conn = None
             if conn is None:
                 conn = self._connect(address)
-                _send(conn, path, data, read_timeout)
+                _send(conn, method, path, data, read_timeout)
             response = conn.getresponse()
             content = response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -165,10 +172,13 @@ class WorkerConnections:
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-def _send(conn: http.client.HTTPConnection, path: str, data: bytes, timeout: float) -> None:
+def _send(
+    conn: http.client.HTTPConnection, method: str, path: str, data: bytes | None, timeout: float
+) -> None:
     assert conn.sock is not None
     conn.sock.settimeout(timeout)
-    conn.request("POST", path, body=data, headers=_JSON_HEADERS)  # one write: headers+body
+    headers = _JSON_HEADERS if data is not None else {}
+    conn.request(method, path, body=data, headers=headers)  # one write: headers+body
 
 
 def _dropped(sock: socket.socket) -> bool:

@@ -88,7 +88,7 @@ def _memory_kb(pid: int) -> tuple[int, int]:
 
 
 def _name(pid: int) -> str:
-    """A process's command line, shortened: ``python -m controller.cli controller …``."""
+    """A process's command line, shortened: ``python -m controller.child --log-level …``."""
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
