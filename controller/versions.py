@@ -95,6 +95,11 @@ def spec_for(session: Session, version: Version) -> VersionSpec:
     env = session.get(Environment, version.environment_id)
     project = session.get(Project, version.project_id)
     assert env is not None and project is not None
+    return spec_of(version, env, project)
+
+
+def spec_of(version: Version, env: Environment, project: Project) -> VersionSpec:
+    """What the runtime needs to serve ``version`` (of ``env``, of ``project``)."""
     return VersionSpec(
         version_id=version.id,
         version=version.version,

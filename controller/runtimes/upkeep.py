@@ -23,7 +23,7 @@ from controller.store.deployments import deploying_version_ids
 from controller.store.environments import environment_ids_of_project
 from controller.store.tables import Environment, Project, Version
 from controller.store.versions import current_versions, version_ids_of_environment
-from controller.versions import spec_for
+from controller.versions import spec_of
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,9 @@ def resync_runtime(db: Database, runtime: Runtime) -> None:
     """Current versions serve (previews only while they have runs: they scale to
     zero); archived or idle non-current versions stop."""
     with db.read() as session:
-        rows = current_versions(session)
-        specs = [spec_for(session, version) for _env, version in rows]
+        specs = [
+            spec_of(version, env, project) for env, version, project in current_versions(session)
+        ]
         busy = deploying_version_ids(session)
     wanted = {spec.version_id for spec in specs}
     # A preview scaled to zero stays stopped until its next run; production and
