@@ -31,6 +31,8 @@ from controller.github.auth import github_clone_auth
 from controller.github.metering import METER
 from controller.github.provider import AppClients
 from controller.github.reporting import Reporter
+from controller.heap import PeriodicTrim
+from controller.heap import trim as trim_heap
 from controller.leadership import make_elector
 from controller.manager import Drain, Manager, Pool
 from controller.pipeline.deploy import Pipeline
@@ -198,6 +200,7 @@ class Services:
                     github=self.github_clients.current,
                     on_archive=self._after_resync_archive,
                 ),
+                trim_heap,  # last: what the pass freed goes back to the system
             ],
             resync_interval=settings.runtime.resync_interval,
             elector=None if role == "web" else make_elector(settings),
@@ -229,7 +232,7 @@ class Services:
             inbox: list[Callable[[], object]] = (
                 [self.inbox.forget_moved, self.inbox.checkpoint] if self.inbox else []
             )
-            self.db.start_checkpointer(also=inbox)
+            self.db.start_checkpointer(also=[*inbox, PeriodicTrim(30.0)])
             self.writer.start()
         if self.child is not None:
             self.queue.listeners.append(self.child.notify)
