@@ -4,12 +4,11 @@ lookup per environment was most of the controller's CPU between deploys."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from itertools import count
-from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import select
+from support.statements import statements
 
 from controller.runtimes.base import VersionSpec
 from controller.runtimes.upkeep import resync_runtime
@@ -78,34 +77,19 @@ def _serve_current_versions(db: Database, project_id: int) -> None:
             env.current_version_id = version.id
 
 
-@contextmanager
-def selects(db: Database) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
-
-
 def test_the_runtime_resync_reads_in_the_same_queries_for_any_number_of_environments(
     database: Database, make_project: Callable[..., int]
 ) -> None:
     _serve_current_versions(database, make_project("one", repo="octo-org/one"))
     runtime = RecordingRuntime()
-    with selects(database) as few:
+    with statements(database) as few:
         resync_runtime(database, runtime)  # type: ignore[arg-type]
     assert {s.context["project"] for s in runtime.ensured} == {"one"}
 
     for n in range(6):
         _serve_current_versions(database, make_project(f"p{n}", repo=f"octo-org/p{n}"))
     runtime = RecordingRuntime()
-    with selects(database) as many:
+    with statements(database) as many:
         resync_runtime(database, runtime)  # type: ignore[arg-type]
 
     assert len(many) == len(few), many

@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from support.payloads import body_of, push
+from support.statements import statements
 from support.waiting import scaled
 
 from controller.domain.environments import env_key
@@ -173,14 +174,7 @@ def test_batches_of_every_size_insert_with_one_statement(
 ) -> None:
     """The driver keeps every distinct SQL text prepared: a multi-row INSERT per batch
     size held ~1.5 MB per pooled connection after a burst of 1,000."""
-    seen: list[str] = []
-
-    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if statement.startswith("INSERT INTO deliveries"):
-            seen.append(statement)
-
-    event.listen(database.engine, "before_cursor_execute", record)
-    try:
+    with statements(database, starting="INSERT INTO deliveries") as seen:
         for size in (1, 3, 17, 40):
             entries = [
                 Entry(
@@ -196,8 +190,6 @@ def test_batches_of_every_size_insert_with_one_statement(
             ]
             with database.writing(), database.engine.begin() as conn:
                 assert insert_deliveries(conn, entries) == {e.delivery_id for e in entries}
-    finally:
-        event.remove(database.engine, "before_cursor_execute", record)
     # One text for every batch size (on PostgreSQL a single row's parameters are named
     # apart from a batch's, so two there).
     assert len(set(seen)) <= 2, set(seen)

@@ -8,13 +8,10 @@ length, and ORM updates through them still refresh the objects a session holds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
+from support.statements import statements
 
 from controller.domain.projects import create_project
 from controller.secretstore.crypto import Cipher
@@ -32,21 +29,6 @@ def project_ids(database: Database) -> list[int]:
             create_project(session, cipher, ref=f"p{i}", repo=f"octo-org/p{i}").id
             for i in range(12)
         ]
-
-
-@contextmanager
-def statements(database: Database) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            seen.append(statement)
-
-    event.listen(database.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(database.engine, "before_cursor_execute", record)
 
 
 def test_one_of_selects_what_in_selects(database: Database, project_ids: list[int]) -> None:
