@@ -100,7 +100,7 @@ class LocalRuntime:
         self._locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
         # Health checks: kept alive too, apart from runs' (http.client: the controller
-        # process does not import httpx, ~18 MB with what it pulls in).
+        # process does not import httpx: ~5 MB with what it pulls in).
         self._client = WorkerConnections()
         self._runs = WorkerConnections()
         self._reapers: list[threading.Thread] = []

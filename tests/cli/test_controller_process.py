@@ -2,7 +2,7 @@
 
 Every live preview's controller shares one process, but that process's baseline is paid
 once per machine and counted in the previews benchmark's controller RSS: the CLI's click
-and rich and the httpx client were ~12 MB of it. This imports what the process imports
+and rich and the httpx client were ~7 MB of it (at import). This imports what the process imports
 at start (its entry point and the wiring it builds) in a fresh interpreter and checks
 that none of those libraries came with it.
 """
