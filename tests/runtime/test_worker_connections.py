@@ -146,3 +146,35 @@ def test_kept_alive_connections_are_bounded_in_all() -> None:
         for other in others:
             other.shutdown()
             other.server_close()
+
+
+class _CountingSocket:
+    """A connected socket that records each write the connection makes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_request_leaves_in_one_write_headers_and_body_together(worker: _Worker) -> None:
+    connections = WorkerConnections()
+    conn = connections._connect(("127.0.0.1", worker.server_address[1]))
+    counting = _CountingSocket(conn.sock)  # type: ignore[arg-type]
+    conn.sock = counting  # type: ignore[assignment]
+    connections._give_back(("127.0.0.1", worker.server_address[1]), conn)
+    try:
+        assert _post(connections, worker.url, "run_one")["echo"] == "run_one"
+    finally:
+        connections.close()
+    assert len(counting.writes) == 1
+    head, _, body = counting.writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /runs HTTP/1.1")
+    assert json.loads(body) == {"run_id": "run_one"}
+    assert worker.connections == 1
