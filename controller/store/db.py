@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CACHE_KIB = 512  # SQLite's page cache per connection (its default: 2 MB)
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration's revision (tests/store/test_migrations.py checks it is alembic's
 # head). A database already there is not handed to alembic, which is then never imported:
@@ -116,6 +118,7 @@ class Database:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             kwargs["pool_size"] = 16
             kwargs["max_overflow"] = 16
+            kwargs["pool_use_lifo"] = True
         else:
             kwargs["pool_pre_ping"] = True
             kwargs["pool_size"] = 10
@@ -323,6 +326,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
