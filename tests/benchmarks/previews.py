@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,8 @@ def _switches(pid: int) -> int:
     return total
 
 
-def _worker_processes(server: Server) -> dict[int, list[int]]:
-    leaders = workers_marked(WORKER_MAIN, owner=server.data_dir / "workers")
+def _worker_processes(data_dir: Path) -> dict[int, list[int]]:
+    leaders = workers_marked(WORKER_MAIN, owner=data_dir / "workers")
     groups: dict[int, list[int]] = {sid: [] for sid in leaders}
     for pid in _pids():
         sid = session_of(pid)
@@ -156,34 +157,58 @@ def _trigger(server: Server, key: str, branch: str) -> float:
     return elapsed * 1000
 
 
-class _Sampler(threading.Thread):
-    """Samples worker memory until stopped; keeps the peak."""
+def _sample(data_dir: Path) -> dict[str, Any]:
+    groups = _worker_processes(data_dir)
+    pss = rss = 0
+    for pids in groups.values():
+        for pid in pids:
+            p, r = _memory_kb(pid)
+            pss, rss = pss + p, rss + r
+    return {
+        "workers": len(groups),
+        "processes": sum(len(p) for p in groups.values()),
+        "pss_kb": pss,
+        "rss_kb": rss,
+    }
+
+
+def _sample_until_told(data_dir: Path, conn: Connection) -> None:
+    """The sampler process: one sample a second until asked, then the peak."""
+    peak: dict[str, Any] = {"pss_kb": 0}
+    while not conn.poll(1.0):
+        now = _sample(data_dir)
+        if now["pss_kb"] > peak["pss_kb"]:
+            peak = now
+    conn.send(peak)
+
+
+class _Sampler:
+    """Samples worker memory through the burst, in a process of its own: a sampling
+    thread in this process held its interpreter lock for tens of milliseconds a second
+    (walking /proc), and a delivery whose answer came meanwhile was timed late."""
 
     def __init__(self, server: Server) -> None:
-        super().__init__(daemon=True)
-        self.server = server
-        self.stopped = threading.Event()
-        self.peak: dict[str, Any] = {"pss_kb": 0}
+        self.data_dir = server.data_dir
+        self._conn, child = multiprocessing.Pipe()
+        context = multiprocessing.get_context("spawn")
+        self._process = context.Process(
+            target=_sample_until_told, args=(self.data_dir, child), daemon=True
+        )
 
-    def sample(self) -> dict[str, Any]:
-        groups = _worker_processes(self.server)
-        pss = rss = 0
-        for pids in groups.values():
-            for pid in pids:
-                p, r = _memory_kb(pid)
-                pss, rss = pss + p, rss + r
-        return {
-            "workers": len(groups),
-            "processes": sum(len(p) for p in groups.values()),
-            "pss_kb": pss,
-            "rss_kb": rss,
-        }
+    def start(self) -> None:
+        self._process.start()
 
-    def run(self) -> None:
-        while not self.stopped.wait(1.0):
-            now = self.sample()
-            if now["pss_kb"] > self.peak["pss_kb"]:
-                self.peak = now
+    def peak(self) -> dict[str, Any]:
+        """Stop sampling; the peak it saw."""
+        self._conn.send("stop")
+        peak: dict[str, Any] = self._conn.recv()
+        self._process.join()
+        return peak
+
+    def stop(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
 
 
 def _resync_ms(server: Server, since: int) -> tuple[float, float] | None:
@@ -279,10 +304,8 @@ def measure(*, n: int, cap: int, idle: float, warm_runs: int, window: float) -> 
 
             server.wait_for(deployed, timeout=120 + 10 * n, interval=1.0)
             burst_s = time.monotonic() - started
-            sampler.stopped.set()
-            sampler.join()
-            settled = sampler.sample()
-            peak = max(sampler.peak, settled, key=lambda s: s["pss_kb"])
+            settled = _sample(server.data_dir)
+            peak = max(sampler.peak(), settled, key=lambda s: s["pss_kb"])
 
             keys = {b: server.secret_key("bench", "preview", b) for b in branches}
             for branch in branches[-min(n, cap) :]:  # the live ones answer, warm
@@ -290,7 +313,7 @@ def measure(*, n: int, cap: int, idle: float, warm_runs: int, window: float) -> 
             since = server.log_path.stat().st_size
             resync = server.wait_for(lambda: _resync_ms(server, since), timeout=60)
 
-            groups = _worker_processes(server)
+            groups = _worker_processes(server.data_dir)
             before = {pid: _switches(pid) for pids in groups.values() for pid in pids}
             time.sleep(window)  # the measurement window for idle wake-ups
             after = {pid: _switches(pid) for pid in before}
@@ -300,7 +323,9 @@ def measure(*, n: int, cap: int, idle: float, warm_runs: int, window: float) -> 
             warm = [_trigger(server, keys[warm_branch], warm_branch) for _ in range(warm_runs)]
 
             assert server.proc is not None
-            worker_pids = {pid for pids in _worker_processes(server).values() for pid in pids}
+            worker_pids = {
+                pid for pids in _worker_processes(server.data_dir).values() for pid in pids
+            }
             controller_processes = {
                 f"{pid} {_name(pid)}": _memory_kb(pid)[1]
                 for pid in _descendants(server.proc.pid)
@@ -308,13 +333,15 @@ def measure(*, n: int, cap: int, idle: float, warm_runs: int, window: float) -> 
             }
             controller_rss = sum(controller_processes.values())
 
-            server.wait_for(lambda: not _worker_processes(server), timeout=idle + 60, interval=0.5)
-            stopped_after_idle = len(_worker_processes(server))
+            server.wait_for(
+                lambda: not _worker_processes(server.data_dir), timeout=idle + 60, interval=0.5
+            )
+            stopped_after_idle = len(_worker_processes(server.data_dir))
             if stopped_after_idle:
                 problems.append(f"{stopped_after_idle} preview worker(s) outlived the idle timeout")
             cold = [_trigger(server, keys[b], b) for b in branches[: min(n, 20)]]
         finally:
-            sampler.stopped.set()
+            sampler.stop()
             server.close()
     if peak["workers"] > cap:
         problems.append(f"{peak['workers']} preview workers were live with a cap of {cap}")
