@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 
 def run(log_level: str, parent: int | None) -> None:
+    from controller import cpus
     from controller.logs import setup_logging
     from controller.services import Services
     from controller.settings import load_settings, prepare
@@ -22,6 +23,7 @@ def run(log_level: str, parent: int | None) -> None:
 
     setup_logging(log_level, process_name="controller")
     settings, _notices = prepare(load_settings())
+    cpus.confine(settings.runtime.controller_cpus)  # before any thread starts
     run_controller(Services(settings, role="controller"), parent=parent)
 
 

@@ -90,6 +90,17 @@ class RuntimeSettings(BaseSettings):
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_output_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_run_log_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The CPUs the controller process and its builds may use (controller.cpus): auto
+    # leaves the first CPU to the HTTP process when there are two or more.
+    controller_cpus: str = "auto"
+
+    @field_validator("controller_cpus")
+    @classmethod
+    def _cpu_list(cls, value: str) -> str:
+        from controller.cpus import allowed, choose
+
+        choose(value, allowed())  # ValueError: says what is accepted, or what CPUs there are
+        return value
 
     @field_validator("runtime", mode="before")
     @classmethod

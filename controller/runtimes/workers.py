@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller import cpus
 from controller.datadir import open_private, private_dir, write_private
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes import worker_main
@@ -247,6 +248,9 @@ def spawn_worker(
     finally:
         if standby is not None:
             standby.refill(python, env)  # for this environment's next version
+    # Its start (importing the tasks) was deploy work, on the controller's CPUs; the runs
+    # it serves from now on get every CPU the server has.
+    cpus.widen_tree(proc.pid)
     threading.Thread(target=_drain_stdout, args=(proc, log_path), daemon=True).start()
     return proc, int(ready["port"])
 
@@ -311,6 +315,7 @@ def stop_worker(worker: Worker, *, until: Callable[[], float]) -> None:
     ``in_flight``) finish before it is told to drain."""
     while worker.in_flight and time.monotonic() < until():
         time.sleep(0.02)
+    cpus.narrow_tree(worker.pid)  # its exit is the controller's work (controller.cpus)
     try:
         os.kill(worker.pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -1,0 +1,58 @@
+"""``SLIPWAY_CONTROLLER_CPUS`` on a real ``slipway serve``: by default the controller
+process and its builds leave the first CPU to the HTTP process, and the workers it starts
+(they run the teams' tasks) get every CPU the server had."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import Flow
+from support.server import Server
+
+from controller.cpus import choose
+
+pytestmark = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="needs two or more CPUs to leave one free"
+)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")).decode()
+
+
+def test_the_controller_leaves_a_cpu_to_http_and_workers_get_every_cpu(
+    flow: Flow, server: Server
+) -> None:
+    available = os.sched_getaffinity(0)  # the server inherits the test's CPUs
+    flow.deployed(flow.push()["sha"])
+    assert flow.run()["status"] == "completed"
+
+    assert server.proc is not None
+    http = server.proc.pid
+    (controller,) = [p for p in _children(http) if "controller.child" in _cmdline(p)]
+    assert os.sched_getaffinity(http) == available
+    assert os.sched_getaffinity(controller) == choose("auto", available)
+    assert os.sched_getaffinity(controller) == available - {min(available)}
+
+    records = list((server.data_dir / "workers").glob("*.json"))
+    assert records, "the deployment left a worker record"
+    for record in records:
+        worker = json.loads(record.read_text())["pid"]
+        assert os.sched_getaffinity(worker) == available, _cmdline(worker)
