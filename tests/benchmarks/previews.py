@@ -371,6 +371,11 @@ def measure(*, n: int, cap: int, idle: float, warm_runs: int, window: float) -> 
         "ack_p99_ms": round(_percentile(acks, 99), 2),
         "empty_server_ack_p99_ms": round(_percentile(empty_acks, 99), 2),
         "ack_p99_ratio": round(_percentile(acks, 99) / _percentile(empty_acks, 99), 2),
+        # The rest of both distributions, to tell a shifted tail from a few outliers.
+        "ack_p50_p90_max_ms": [round(_percentile(acks, q), 2) for q in (50, 90, 100)],
+        "empty_server_ack_p50_p90_max_ms": [
+            round(_percentile(empty_acks, q), 2) for q in (50, 90, 100)
+        ],
         "resync_pass_ms": resync[0],
         "resync_health_checks_ms": resync[1],
         "preview_workers_after_idle": stopped_after_idle,
