@@ -10,23 +10,25 @@ Neither ``SCHED_IDLE`` nor ``SCHED_BATCH`` for the controller, nor a shorter EEV
 for the HTTP process, changed that, and the inbox's fsync was not it either (without it
 the ratio stayed 1.5x); routing alone, with no build, reproduced it. Keeping the
 controller and everything it runs off one CPU brought it to 0.97x (all measured with
-``tests/benchmarks/previews.py --n 1000``). So by default the controller leaves the
-first CPU to the HTTP process:
+``tests/benchmarks/previews.py --n 1000``). So the controller can leave the first CPU
+to the HTTP process:
 
-* ``auto`` (default): every CPU this process may use but the lowest-numbered one, when
-  it may use two or more; with one CPU nothing is confined;
-* ``all``: nothing is confined (a burst of builds then gets every core);
+* ``all`` (default): nothing is confined;
+* ``auto``: every CPU this process may use but the lowest-numbered one, when it may use
+  two or more; with one CPU nothing is confined;
 * a list such as ``1-3,5``: those CPUs, of the ones this process may use.
 
 Workers run the teams' tasks, which must not lose a core to this. A worker's start (an
 interpreter importing the version's tasks) and its exit are deploy work and happen on
 the controller's CPUs; in between, from its ready line until it is told to stop, it has
 every CPU the server had (:func:`widen_tree`, :func:`narrow_tree`). Workers started on
-every CPU left the ratio at 1.6x; as shipped it measured 1.24x and 1.25x (the workers'
-answers to the resync's health checks and promotions are what remains on the first CPU).
-The cost is deploy throughput while many deploy at once: on 2 cores the burst of 1,000
-previews deployed in 208-213 s instead of 129 s. One deployment at a time uses about one
-core.
+every CPU left the ratio at 1.6x; as built it measured 1.24x, 1.25x and 1.35x (the
+workers' answers to the resync's health checks and promotions remain on the first CPU).
+
+It is not the default because of what it costs where it helps: on 2 cores the burst of
+1,000 previews deployed in 208-232 s instead of ~130 s, to take a few milliseconds off
+an ack p99 of ~10 ms. On a machine with many cores, one CPU for webhooks, the API and
+runs costs little and keeps them as fast during a storm of builds as without one.
 
 Affinity is a property of each thread, inherited by the threads and processes it
 creates: :func:`confine` runs first thing in the controller process, before it starts

@@ -90,9 +90,9 @@ class RuntimeSettings(BaseSettings):
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_output_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_run_log_bytes: int = Field(default=1024 * 1024, ge=1024)
-    # The CPUs the controller process and its builds may use (controller.cpus): auto
-    # leaves the first CPU to the HTTP process when there are two or more.
-    controller_cpus: str = "auto"
+    # The CPUs the controller process and its builds may use (controller.cpus): all by
+    # default; auto leaves the first CPU to the HTTP process when there are two or more.
+    controller_cpus: str = "all"
 
     @field_validator("controller_cpus")
     @classmethod

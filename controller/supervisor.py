@@ -13,9 +13,9 @@ in a child process:
 * the child runs at a lower CPU priority (``nice`` +10, inherited by the git and build
   commands it runs): when both compete for the cores, a webhook's 202 goes first and a
   build waits a little; when the machine is otherwise idle, builds get all of it. A
-  lower priority alone did not keep the 202s fast on a 2-core machine, so the child
-  also leaves the first CPU to the server (``SLIPWAY_CONTROLLER_CPUS``, see
-  :mod:`controller.cpus`), which it sets on itself first thing;
+  lower priority alone does not keep the 202s as fast as on an idle server on a 2-core
+  machine; ``SLIPWAY_CONTROLLER_CPUS=auto`` also keeps the child off the first CPU (see
+  :mod:`controller.cpus`; it confines itself first thing);
 * if the child dies on its own, the server starts it again after a short backoff (a
   controller that lost leadership exits so, and comes back as a candidate);
 * the server forwards wake-ups (``Queue.notify``) over the control channel

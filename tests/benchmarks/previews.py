@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python tests/benchmarks/previews.py            # 200 previews
     .venv/bin/python tests/benchmarks/previews.py --n 50
     .venv/bin/python tests/benchmarks/previews.py --quick    # smoke run, 4 previews
+    .venv/bin/python tests/benchmarks/previews.py --n 1000 --controller-cpus auto
 
 One real ``slipway serve`` (SQLite, fresh temp data dir, resync every 2 s) and a task
 repository with one branch per preview. All ``--n`` pull requests are delivered in a
@@ -250,8 +251,8 @@ def _deliver_all(server: Server, bodies: list[bytes]) -> list[float]:
     return acks
 
 
-def _empty_server_acks(base: Path, bodies: list[bytes]) -> list[float]:
-    server = Server(base / "empty-data")
+def _empty_server_acks(base: Path, bodies: list[bytes], env: dict[str, str]) -> list[float]:
+    server = Server(base / "empty-data", extra_env=env)
     try:
         server.start()
         return _deliver_all(server, bodies)
@@ -259,7 +260,16 @@ def _empty_server_acks(base: Path, bodies: list[bytes]) -> list[float]:
         server.close()
 
 
-def measure(*, n: int, cap: int, idle: float, warm_runs: int, window: float) -> dict[str, Any]:
+def measure(
+    *,
+    n: int,
+    cap: int,
+    idle: float,
+    warm_runs: int,
+    window: float,
+    controller_cpus: str | None = None,
+) -> dict[str, Any]:
+    cpus = {"SLIPWAY_CONTROLLER_CPUS": controller_cpus} if controller_cpus else {}
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="slipway-bench-previews-") as tmp:
         base = Path(tmp)
@@ -272,13 +282,14 @@ def measure(*, n: int, cap: int, idle: float, warm_runs: int, window: float) -> 
             heads[branch] = repo.set_message(f"hello {branch}")
         repo.checkout("main")
         bodies = _bodies(heads)
-        empty_acks = _empty_server_acks(base, bodies)
+        empty_acks = _empty_server_acks(base, bodies, cpus)
         server = Server(
             base / "data",
             log_level="debug",
             extra_env={
                 "SLIPWAY_PREVIEW_IDLE_TIMEOUT": str(idle),
                 "SLIPWAY_MAX_LIVE_PREVIEW_WORKERS": str(cap),
+                **cpus,
             },
         )
         sampler = _Sampler(server)
@@ -355,6 +366,7 @@ def measure(*, n: int, cap: int, idle: float, warm_runs: int, window: float) -> 
             "load_average": os.getloadavg(),
         },
         "previews": n,
+        "controller_cpus": controller_cpus or "default",
         "cap": cap,
         "idle_timeout_s": idle,
         "burst_deployed_s": round(burst_s, 1),
@@ -399,10 +411,22 @@ def main() -> int:
     parser.add_argument("--cap", type=int, default=50, help="SLIPWAY_MAX_LIVE_PREVIEW_WORKERS")
     parser.add_argument("--idle", type=float, default=60.0, help="SLIPWAY_PREVIEW_IDLE_TIMEOUT")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 previews, short")
+    parser.add_argument(
+        "--controller-cpus",
+        default=None,
+        help="SLIPWAY_CONTROLLER_CPUS for both servers (default: the product's default)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     n, warm_runs, idle, window = (4, 20, 5.0, 3.0) if args.quick else (args.n, 200, args.idle, 10.0)
-    report = measure(n=n, cap=args.cap, idle=idle, warm_runs=warm_runs, window=window)
+    report = measure(
+        n=n,
+        cap=args.cap,
+        idle=idle,
+        warm_runs=warm_runs,
+        window=window,
+        controller_cpus=args.controller_cpus,
+    )
     report["targets"] = {
         key: {"target": target, "met": _met(key, report[key], target)}
         for key, target in TARGETS.items()

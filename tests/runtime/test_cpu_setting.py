@@ -47,7 +47,7 @@ def test_the_setting_is_checked_when_settings_load(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("SLIPWAY_CONTROLLER_CPUS", one)
     assert RuntimeSettings().controller_cpus == one
     monkeypatch.delenv("SLIPWAY_CONTROLLER_CPUS")
-    assert RuntimeSettings().controller_cpus == "auto"
+    assert RuntimeSettings().controller_cpus == "all"  # the default: nothing confined
 
 
 def test_cpu_lists_are_written_as_ranges() -> None:
