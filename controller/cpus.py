@@ -22,13 +22,15 @@ Workers run the teams' tasks, which must not lose a core to this. A worker's sta
 interpreter importing the version's tasks) and its exit are deploy work and happen on
 the controller's CPUs; in between, from its ready line until it is told to stop, it has
 every CPU the server had (:func:`widen_tree`, :func:`narrow_tree`). Workers started on
-every CPU left the ratio at 1.6x; as built it measured 1.24x, 1.25x and 1.35x (the
-workers' answers to the resync's health checks and promotions remain on the first CPU).
+every CPU left the ratio at 1.6x; as built it measured 1.25x, 1.35x and 1.19x (what
+still shares the first CPU with HTTP is the workers' own work: answering the resync's
+health checks and the promotions).
 
 It is not the default because of what it costs where it helps: on 2 cores the burst of
-1,000 previews deployed in 208-232 s instead of ~130 s, to take a few milliseconds off
-an ack p99 of ~10 ms. On a machine with many cores, one CPU for webhooks, the API and
-runs costs little and keeps them as fast during a storm of builds as without one.
+1,000 previews deployed in 213-249 s instead of ~130 s, to take a few milliseconds off
+an ack p99 of ~10 ms; and one deployment at a time took longer too (push -> serving
+p50 234 ms against 163 ms, ``tests/benchmarks/core_loop.py``). On a machine with many cores one CPU for webhooks, the API and
+runs costs a smaller share (not measured here: these machines have 2).
 
 Affinity is a property of each thread, inherited by the threads and processes it
 creates: :func:`confine` runs first thing in the controller process, before it starts
