@@ -20,6 +20,9 @@ cannot be reached or started, a task missing from the worker) become a failed ru
 their message and a one-line warning. Anything else is a bug: the run fails with a message
 that points to the server log, where the traceback is logged. Log lines carry the run id,
 task and environment, never the payload (it may hold secrets).
+
+Over 400 lines: triggering and reading runs share one set of key rules (a key reads
+exactly the runs it could have triggered) and one stored shape, bounds included.
 """
 
 from __future__ import annotations

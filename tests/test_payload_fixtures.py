@@ -1,6 +1,9 @@
 """The test-support layer: GitHub's real payloads, the schema check and octokit's signer.
 
 Also proves that our own ``webhooks.signatures`` agrees with GitHub's library.
+
+Over 400 lines: it checks the whole test-support layer (examples, builders, schema
+validation, signer) in one place.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ against the 202s: an acknowledged delivery missing from the table fails the benc
 
 Everything listens on and talks to 127.0.0.1 only. All processes started here are stopped
 on exit, Ctrl-C and SIGTERM included.
+
+Over 400 lines: a benchmark is one file, run by path, with its own measuring helpers
+(servers of both kinds, the load generator's driver, the report).
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 The controller's :class:`LocalRuntime` behind a :class:`ControlServer`; "web processes"
 are :class:`RemoteRuntime` clients. Workers are real (``worker_main.py`` under this
 interpreter's virtualenv) on a small task tree.
+
+Over 400 lines: every case drives the same real controller, channel and workers, built
+by the fixtures at the top.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 No test here relies on timing: a run that must still be in flight waits on a gate file
 (``tasks/gated.py``), concurrency is shown by two runs that each wait for the other, and
 deadlines only bound how long a broken test takes to fail (``support.waiting``).
+
+Over 400 lines: the cases of one program, all against the same sample repository and
+worker fixtures.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ Everything here comes from the npm packages pinned in ``tests/node/package.json`
 
 Builders never write a payload from scratch: they copy a real example that validates
 against the current schema, edit it, validate the result and return it.
+
+Over 400 lines: one builder per GitHub event the tests send, all on the same example
+index, schema check and signer.
 """
 
 from __future__ import annotations

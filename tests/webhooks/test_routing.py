@@ -3,6 +3,8 @@
 Pure: every payload is one of GitHub's real examples (``@octokit/webhooks-examples``),
 edited by ``support.payloads`` and validated against ``@octokit/webhooks-schemas``; the
 projects are plain ``ProjectView`` snapshots. No server, no database.
+
+Over 400 lines: it covers SPEC.md's whole event table in one place.
 """
 
 from __future__ import annotations
