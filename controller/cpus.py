@@ -29,8 +29,9 @@ health checks and the promotions).
 It is not the default because of what it costs where it helps: on 2 cores the burst of
 1,000 previews deployed in 213-249 s instead of ~130 s, to take a few milliseconds off
 an ack p99 of ~10 ms; and one deployment at a time took longer too (push -> serving
-p50 234 ms against 163 ms, ``tests/benchmarks/core_loop.py``). On a machine with many cores one CPU for webhooks, the API and
-runs costs a smaller share (not measured here: these machines have 2).
+p50 234 ms against 163 ms, ``tests/benchmarks/core_loop.py``). On a machine with many
+cores one CPU for webhooks, the API and runs costs a smaller share (not measured here:
+these machines have 2).
 
 Affinity is a property of each thread, inherited by the threads and processes it
 creates: :func:`confine` runs first thing in the controller process, before it starts
@@ -48,7 +49,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-_original: set[int] | None = None  # the CPUs before confine(), for the workers
+_original: set[int] | None = None  # the CPUs before confine(): the workers' while serving
 _chosen: set[int] | None = None  # the controller's
 
 
@@ -120,16 +121,10 @@ def confine(value: str) -> set[int] | None:
     return chosen
 
 
-def for_workers() -> set[int] | None:
-    """The CPUs a worker should have: those of the process before :func:`confine`, or
-    None when it confined nothing (a worker then inherits what it has)."""
-    return _original
-
-
 def widen_tree(pid: int) -> None:
     """Give process ``pid``, every thread of it and every process it started (a worker:
-    its HTTP threads, its spawner and the spawner's spare child) the workers' CPUs, once
-    it is ready to serve runs."""
+    its HTTP threads, its spawner and the spawner's spare child) the CPUs the controller
+    had before :func:`confine`, once it is ready to serve runs."""
     _set_tree(pid, _original)
 
 
@@ -165,14 +160,10 @@ def _set_tree(pid: int, cpus: set[int] | None) -> None:
 
 def format_list(cpus: set[int]) -> str:
     """``{0, 1, 2, 5}`` -> ``0-2,5``."""
-    ordered = sorted(cpus)
-    parts: list[str] = []
-    start = prev = ordered[0] if ordered else 0
-    for cpu in ordered[1:]:
-        if cpu != prev + 1:
-            parts.append(f"{start}-{prev}" if prev != start else str(start))
-            start = cpu
-        prev = cpu
-    if ordered:
-        parts.append(f"{start}-{prev}" if prev != start else str(start))
-    return ",".join(parts)
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive CPUs
+    for cpu in sorted(cpus):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(f"{first}-{last}" if last != first else str(first) for first, last in runs)

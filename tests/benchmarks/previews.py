@@ -191,11 +191,10 @@ class _Sampler:
     (walking /proc), and a delivery whose answer came meanwhile was timed late."""
 
     def __init__(self, server: Server) -> None:
-        self.data_dir = server.data_dir
         self._conn, child = multiprocessing.Pipe()
         context = multiprocessing.get_context("spawn")
         self._process = context.Process(
-            target=_sample_until_told, args=(self.data_dir, child), daemon=True
+            target=_sample_until_told, args=(server.data_dir, child), daemon=True
         )
 
     def start(self) -> None:
