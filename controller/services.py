@@ -274,6 +274,8 @@ class Services:
         if self.local is None and self.remote is None:
             self.runtime.close()  # the Kubernetes runtime: its client's connections
         self.writer.stop()
+        if self.control_client is not None:
+            self.control_client.close()
         self.db.dispose()
         if self.inbox is not None:
             self.inbox.close()

@@ -18,11 +18,12 @@ in a child process:
   :mod:`controller.cpus`; it confines itself first thing);
 * if the child dies on its own, the server starts it again after a short backoff (a
   controller that lost leadership exits so, and comes back as a candidate);
-* the server forwards wake-ups (``Queue.notify``) over the control channel
-  (:mod:`controller.runtimes.control`), so new work starts at once instead of at the next
-  poll. They used to go over the child's stdin, read by a daemon thread that was still
-  blocked in ``read`` at interpreter exit and aborted it (``_enter_buffered_busy``); the
-  child's stdin is now ``/dev/null``;
+* the server forwards wake-ups (``Queue.notify``) as datagrams beside the control
+  channel (:mod:`controller.runtimes.control`), so new work starts at once instead of at
+  the next poll, and sending one never waits for the niced controller. They used to go
+  over the child's stdin, read by a daemon thread that was still blocked in ``read`` at
+  interpreter exit and aborted it (``_enter_buffered_busy``); the child's stdin is now
+  ``/dev/null``;
 * both share the database; only the child owns worker processes, and the server reaches
   them through the control channel.
 
@@ -76,9 +77,6 @@ class ControllerProcess:
     ) -> None:
         self.log_level = log_level
         self._notify = notify
-        self._pending: set[str | None] = set()
-        self._wake = threading.Condition()
-        self._sender: threading.Thread | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -89,8 +87,6 @@ class ControllerProcess:
         self._spawn()
         self._watcher = threading.Thread(target=self._watch, name="controller-watch", daemon=True)
         self._watcher.start()
-        self._sender = threading.Thread(target=self._send_wakeups, name="wakeups")
-        self._sender.start()
 
     def _spawn(self) -> None:
         parent = os.getpid()
@@ -133,31 +129,13 @@ class ControllerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def notify(self, kind: str | None) -> None:
-        """Queue a wake-up; a thread of its own sends it, coalesced, so a caller (the
-        webhook writer) never waits for the niced controller to accept a connection."""
-        with self._wake:
-            self._pending.add(kind)
-            self._wake.notify()
-
-    def _send_wakeups(self) -> None:
-        while True:
-            with self._wake:
-                while not self._pending and not self._stopping.is_set():
-                    self._wake.wait()
-                if self._stopping.is_set():
-                    return
-                kinds, self._pending = self._pending, set()
-            if self._notify is None or not self.alive:
-                continue
-            for kind in [None] if None in kinds else sorted(k for k in kinds if k):
-                self._notify(kind)
+        """Pass a wake-up on to the child (a datagram: the caller, the webhook writer
+        among them, never waits for the niced controller)."""
+        if self._notify is not None and self.alive:
+            self._notify(kind)
 
     def stop(self, timeout: float = 60.0) -> None:
-        with self._wake:
-            self._stopping.set()
-            self._wake.notify_all()
-        if self._sender is not None:
-            self._sender.join()
+        self._stopping.set()
         proc = self._proc
         if proc is None:
             return
