@@ -130,8 +130,9 @@ class ControllerProcess:
 
     def notify(self, kind: str | None) -> None:
         """Pass a wake-up on to the child (a datagram: the caller, the webhook writer
-        among them, never waits for the niced controller)."""
-        if self._notify is not None and self.alive:
+        among them, never waits for the niced controller; one sent while the child is
+        being restarted is lost, as its work is picked up when it starts)."""
+        if self._notify is not None:
             self._notify(kind)
 
     def stop(self, timeout: float = 60.0) -> None:

@@ -172,15 +172,14 @@ class _Connection(socketserver.StreamRequestHandler):
             self.wfile.write(json.dumps(reply).encode() + b"\n")
 
 
-def _bound_privately(sock: socket.socket, path: Path) -> None:
-    """Bind ``sock`` at ``path``, made 0600 (the data dir is 0700 too)."""
-    path.unlink(missing_ok=True)
-    with _addressable(path) as address:
-        old = os.umask(0o177)
-        try:
-            sock.bind(address)
-        finally:
-            os.umask(old)
+@contextlib.contextmanager
+def _private_files() -> Iterator[None]:
+    """Sockets bound meanwhile are made 0600 (the data dir is 0700 too)."""
+    old = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 class _Wakeups:
@@ -197,14 +196,16 @@ class _Wakeups:
     def start(self) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._stopping.clear()
-        _bound_privately(self._sock, self.path)
+        self.path.unlink(missing_ok=True)
+        with _addressable(self.path) as address, _private_files():
+            self._sock.bind(address)
         self._thread = threading.Thread(
             target=self._read, args=(self._sock,), name="control-wake", daemon=True
         )
         self._thread.start()
 
     def _read(self, sock: socket.socket) -> None:
-        while not self._stopping.is_set():
+        while True:
             try:
                 data = sock.recv(MAX_WAKE)
             except OSError:
@@ -259,11 +260,8 @@ class ControlServer:
         self.path.unlink(missing_ok=True)
         with _addressable(self.path) as address:
             server = _Server(address, _Connection, bind_and_activate=False)
-            old = os.umask(0o177)
-            try:
+            with _private_files():
                 server.server_bind()
-            finally:
-                os.umask(old)
             server.server_activate()
         server.handlers = self.handlers
         server.answering = threading.Condition()
