@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller import niceness
 from controller.datadir import private_dir, write_private
 from controller.errors import BuildFailed
 
@@ -229,7 +228,6 @@ def _start(
         )
     except OSError as exc:
         raise BuildFailed(f"{label} could not start: {exc.strerror or exc}") from exc
-    niceness.keep(proc.pid)  # its own session must not escape the controller's niceness
     if registry is not None:
         registry.add(proc.pid)
     return proc

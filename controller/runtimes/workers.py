@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller import cpus, niceness
+from controller import cpus
 from controller.datadir import open_private, private_dir, write_private
 from controller.errors import PermanentError, RuntimeUnavailable
 from controller.runtimes import worker_main
@@ -136,7 +136,7 @@ class WorkerStandby(StandbyPool):
         def start(python: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
             stderr = open_private(logs / "standby.log", "ab")  # handed to the child
             try:
-                proc = subprocess.Popen(
+                return subprocess.Popen(
                     [str(python), "-I", "-B", str(WORKER_MAIN), *mark(registry), "--standby"],
                     cwd=home,
                     env=env,
@@ -147,8 +147,6 @@ class WorkerStandby(StandbyPool):
                 )
             finally:
                 stderr.close()
-            niceness.keep(proc.pid)
-            return proc
 
         super().__init__(start, limit=limit)
 
@@ -238,7 +236,6 @@ def spawn_worker(
                 stderr=stderr,
                 start_new_session=True,
             )
-            niceness.keep(proc.pid)
     except OSError as exc:
         raise RuntimeUnavailable(f"could not start a worker for {spec.version}: {exc}") from exc
     finally:
