@@ -31,7 +31,11 @@ the controller over a Unix socket, ``<data>/control.sock``:
   run has not started: it goes the ``acquire`` way (which starts the worker if it may,
   and retries once). The web process never starts a worker, so an archived preview's
   worker stays stopped;
-* the socket lives in the data dir (mode 0700) and is made 0600: only this user's
+* ``begin`` and ``release`` are datagrams too, on ``<data>/control.runs``, read in order
+  by one thread of their own (a ``begin`` may wait for a version's lock; wake-ups must
+  not). Unlike a wake-up, a full queue holds the sender (bounded), and one that cannot
+  go at all goes as a connection;
+* the sockets live in the data dir (mode 0700) and are made 0600: only this user's
   processes can ask. Paths too long for ``sockaddr_un`` go through ``/proc/self/fd``.
 
 Errors keep their class across the channel (:class:`PermanentError` stays permanent).
@@ -47,6 +51,7 @@ import logging
 import os
 import socket
 import socketserver
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -70,7 +75,10 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
 WAKE_NAME = "control.wake"
-MAX_WAKE = 256  # a wake-up datagram: {"kind": ...}
+LEDGER_NAME = "control.runs"
+LEDGER_OPS = ("begin", "release")
+MAX_DATAGRAM = 4096  # a wake-up {"kind": ...} or a run's {"op": "begin", ...}
+LEDGER_SEND_TIMEOUT = 5.0  # a run's begin or release, while the controller's queue is full
 MAX_LINE = 1024 * 1024
 SUN_PATH_MAX = 100
 CONNECT_TIMEOUT = 5.0
@@ -182,13 +190,14 @@ def _private_files() -> Iterator[None]:
         os.umask(old)
 
 
-class _Wakeups:
-    """The controller's end of the wake-up datagrams: each ``{"kind": ...}`` goes to the
-    ``notify`` handler (a queue signal, which never blocks), in one thread."""
+class _Datagrams:
+    """The controller's end of a datagram socket: each datagram goes to ``handle``, in
+    one thread of its own (``name``), in the order they were sent."""
 
-    def __init__(self, path: Path, notify: Handler) -> None:
+    def __init__(self, path: Path, handle: Callable[[bytes], None], *, name: str) -> None:
         self.path = path
-        self._notify = notify
+        self.name = name
+        self._handle = handle
         self._sock: socket.socket | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -200,28 +209,26 @@ class _Wakeups:
         with _addressable(self.path) as address, _private_files():
             self._sock.bind(address)
         self._thread = threading.Thread(
-            target=self._read, args=(self._sock,), name="control-wake", daemon=True
+            target=self._read, args=(self._sock,), name=self.name, daemon=True
         )
         self._thread.start()
 
     def _read(self, sock: socket.socket) -> None:
         while True:
             try:
-                data = sock.recv(MAX_WAKE)
+                data = sock.recv(MAX_DATAGRAM)
             except OSError:
                 return
             if self._stopping.is_set():
                 return
             try:
-                kind = json.loads(data)["kind"]
-                if kind is not None and not isinstance(kind, str):
-                    raise TypeError(kind)
-            except (ValueError, KeyError, TypeError):
-                log.debug("ignored a malformed wake-up datagram: %r", data[:80])
-                continue
-            self._notify({"kind": kind})
+                self._handle(data)
+            except Exception:
+                log.exception("a control datagram's handler failed")
 
-    def stop(self) -> None:
+    def stop(self, *, wait: float = STOP_WAIT) -> None:
+        """Stop reading; a handler being run gets ``wait`` seconds to finish (a
+        ``begin`` may be waiting for a worker start), then the shutdown goes on."""
         self._stopping.set()
         if self._thread is not None:
             # A datagram of our own ends the wait (no polling timeout, so an idle
@@ -234,12 +241,55 @@ class _Wakeups:
             ):
                 poke.setblocking(False)
                 poke.sendto(b"", address)
-            self._thread.join()
+            self._thread.join(wait)
+            if self._thread.is_alive():
+                log.warning(
+                    "the %s thread is still busy after %gs; stopping anyway", self.name, wait
+                )
             self._thread = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
             self.path.unlink(missing_ok=True)
+
+
+def _wakeups(path: Path, notify: Handler) -> _Datagrams:
+    """Wake-up datagrams: each ``{"kind": ...}`` goes to ``notify`` (a queue signal,
+    which never blocks)."""
+
+    def handle(data: bytes) -> None:
+        try:
+            kind = json.loads(data)["kind"]
+            if kind is not None and not isinstance(kind, str):
+                raise TypeError(kind)
+        except (ValueError, KeyError, TypeError):
+            log.debug("ignored a malformed wake-up datagram: %r", data[:80])
+            return
+        notify({"kind": kind})
+
+    return _Datagrams(path, handle, name="control-wake")
+
+
+def _ledger(path: Path, handlers: dict[str, Handler]) -> _Datagrams:
+    """A run's ``begin`` and ``release``, ``{"op": ..., ...}`` each. Their own thread:
+    a ``begin`` waits for its version's lock, which a worker start holds, and wake-ups
+    must not wait behind it."""
+
+    def handle(data: bytes) -> None:
+        try:
+            request = json.loads(data)
+            handler = handlers[request["op"]] if request["op"] in LEDGER_OPS else None
+        except (ValueError, KeyError, TypeError):
+            handler = None
+        if handler is None:
+            log.debug("ignored a malformed run datagram: %r", data[:80])
+            return
+        try:
+            handler(request)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.debug("ignored a malformed run datagram (%s): %r", exc, data[:80])
+
+    return _Datagrams(path, handle, name="control-runs")
 
 
 class ControlServer:
@@ -252,11 +302,13 @@ class ControlServer:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         notify = handlers.get("notify")
-        self._wakeups = _Wakeups(data_dir / WAKE_NAME, notify) if notify else None
+        self._datagrams = [_wakeups(data_dir / WAKE_NAME, notify)] if notify else []
+        if all(op in handlers for op in LEDGER_OPS):
+            self._datagrams.append(_ledger(data_dir / LEDGER_NAME, handlers))
 
     def start(self) -> None:
-        if self._wakeups is not None:
-            self._wakeups.start()
+        for datagrams in self._datagrams:
+            datagrams.start()
         self.path.unlink(missing_ok=True)
         with _addressable(self.path) as address:
             server = _Server(address, _Connection, bind_and_activate=False)
@@ -275,8 +327,8 @@ class ControlServer:
     def stop(self, *, wait: float = STOP_WAIT) -> None:
         """Stop accepting; requests being answered get ``wait`` seconds to finish (a run's
         ``acquire`` may be starting a worker), then the shutdown goes on without them."""
-        if self._wakeups is not None:
-            self._wakeups.stop()
+        for datagrams in self._datagrams:
+            datagrams.stop(wait=wait)
         if self._server is None:
             return
         server = self._server
@@ -299,13 +351,15 @@ class ControlServer:
 
 
 class ControlClient:
-    """The web process's end. Every call opens a connection of its own; wake-ups are
-    datagrams from one unbound socket."""
+    """The web process's end. Every call opens a connection of its own; wake-ups and a
+    run's ``begin`` and ``release`` are datagrams from unbound sockets."""
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / SOCKET_NAME
         self.wake_path = data_dir / WAKE_NAME
+        self.ledger_path = data_dir / LEDGER_NAME
         self._wake: socket.socket | None = None
+        self._ledger: socket.socket | None = None
         self._wake_lock = threading.Lock()
         self._missed = False  # a wake-up found the controller's queue full
 
@@ -351,9 +405,19 @@ class ControlClient:
                 return stream.readline(MAX_LINE)
 
     def send(self, op: str, **fields: Any) -> None:
-        """A request whose answer nobody waits for (a release: the run's answer should
-        not wait for the niced controller to be scheduled). Best effort, as a lost
-        release only makes a worker look busy until the controller restarts."""
+        """A request whose answer nobody waits for: a run's ``begin`` or ``release`` (the
+        run's answer should not wait for the niced controller to be scheduled).
+
+        It goes as a datagram on ``control.runs``, read by one thread of the controller:
+        as a connection each they cost the controller a thread per message, two per run
+        (~2 ms of its CPU, on the two cores the run itself needs). A full queue holds the
+        sender up to ``LEDGER_SEND_TIMEOUT``; a datagram that cannot go (no controller
+        listening, or the queue stayed full) goes as a connection of its own. Best
+        effort beyond that, as a lost release only makes a worker look busy until the
+        controller restarts."""
+        data = json.dumps({"op": op, **fields}).encode()
+        if op in LEDGER_OPS and self._datagram(data):
+            return
         with (
             contextlib.suppress(OSError),
             socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock,
@@ -361,7 +425,26 @@ class ControlClient:
         ):
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(address)
-            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+            sock.sendall(data + b"\n")
+
+    def _datagram(self, data: bytes) -> bool:
+        with self._wake_lock:
+            if self._ledger is None:
+                self._ledger = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                # Blocking, with the kernel's own send timeout: a Python-level timeout
+                # would spin, as an unconnected socket polls writable when the
+                # receiver's queue is full.
+                seconds = int(LEDGER_SEND_TIMEOUT)
+                micros = int((LEDGER_SEND_TIMEOUT - seconds) * 1e6)
+                timeval = struct.pack("ll", seconds, micros)
+                self._ledger.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            sock = self._ledger
+        try:
+            with _addressable(self.ledger_path) as address:
+                sock.sendto(data, address)
+        except OSError:
+            return False
+        return True
 
     def reachable(self) -> bool:
         try:
@@ -391,11 +474,13 @@ class ControlClient:
             self._missed = False
 
     def close(self) -> None:
-        """Close the wake-up socket (a later wake-up opens another)."""
+        """Close the datagram sockets (a later message opens another)."""
         with self._wake_lock:
-            wake, self._wake = self._wake, None
-        if wake is not None:
-            wake.close()
+            sockets = [self._wake, self._ledger]
+            self._wake = self._ledger = None
+        for sock in sockets:
+            if sock is not None:
+                sock.close()
 
 
 class RemoteRuntime:
@@ -450,6 +535,7 @@ class RemoteRuntime:
             if self._in_flight:
                 log.warning("%d run(s) still in flight at shutdown", self._in_flight)
         self._http.close()
+        self.client.close()  # its datagram sockets; a later message would open another
 
     def run(
         self,

@@ -6,8 +6,9 @@ such runs: the idle timeout and the preview LRU pass over a worker with a run in
 and an evicted worker is SIGKILLed after a short drain. So the web process sends
 ``begin`` before the run and ``release`` after it, both without waiting for an answer.
 
-Each arrives on a connection of its own and is handled in a thread of its own, so a
-``release`` can be handled before its ``begin``. Pairing them by run id makes the order
+Both go as datagrams read in order by one thread, but one that cannot go as a datagram
+(the controller's queue stayed full) goes as a connection, handled in a thread of its
+own, so a ``release`` can still be handled before its ``begin``. Pairing them by run id makes the order
 irrelevant: a ``release`` without a ``begin`` leaves a tombstone that the late ``begin``
 consumes, so the count never sticks at one (a worker that looks busy forever would never
 scale to zero). Tombstones are bounded: a ``begin`` lost for good only leaves one behind.
