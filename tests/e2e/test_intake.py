@@ -12,7 +12,6 @@ from conftest import REPO, Flow
 from support import payloads
 from support.procs import stat_fields
 from support.server import Server
-from support.waiting import poll_until
 
 
 def test_three_quick_pushes_the_middle_one_is_superseded(
@@ -184,7 +183,7 @@ def test_a_burst_acknowledged_before_a_crash_is_routed_once_after_restart(
     # other load that is minutes of its CPU share, not seconds; the deadline only
     # bounds how long a stuck intake takes to fail (before pytest's 300 s per-test
     # timeout, so the failure says how far it got).
-    rows = poll_until(routed, timeout=200, what="the burst routed", context=progress)
+    rows = server.wait_for(routed, timeout=200, what="the burst routed", context=progress)
     assert sorted(d for d, _ in rows) == sorted(ids), "each one exactly once"
     again = server.deliver("push", body, delivery=ids[0])
     assert again.status_code == 202 and again.json()["duplicate"] is True

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +182,25 @@ class Server:
     def _log_section(self) -> str:
         return f"--- server log ---\n{self.log()}"
 
-    def wait_for(self, predicate: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
-        """:func:`~support.waiting.poll_until` with the server log in the failure."""
-        return poll_until(predicate, timeout=timeout, interval=interval, context=self._log_section)
+    def wait_for(
+        self,
+        predicate: Any,
+        timeout: float = 60.0,
+        interval: float = 0.1,
+        *,
+        what: str = "",
+        context: Callable[[], str] | None = None,
+    ) -> Any:
+        """:func:`~support.waiting.poll_until` with the server log in the failure, after
+        the caller's own ``context`` (how far it got, say)."""
+
+        def described() -> str:
+            mine = f"{context()}\n" if context is not None else ""
+            return mine + self._log_section()
+
+        return poll_until(
+            predicate, timeout=timeout, interval=interval, what=what, context=described
+        )
 
     def wait_deployment(self, deployment_id: str, timeout: float = 240.0) -> dict[str, Any]:
         final = {"deployed", "failed", "canceled", "superseded", "timed_out"}
