@@ -12,6 +12,7 @@ from controller.errors import Conflict, InvalidInput, NotFound
 from controller.gates.spec import merge_gates, parse_duration
 from controller.models import BRANCH_PATTERN, REF_PATTERN
 from controller.secretstore.crypto import Cipher
+from controller.store.deployments import DeploymentState
 from controller.store.environments import active_preview_branches, environment_ids_of_project
 from controller.store.projects import project_by_ref, projects_of_repo, repository_by_name
 from controller.store.tables import Installation, Project, utcnow
@@ -118,23 +119,54 @@ def disconnect_project(session: Session, project: Project) -> list[str]:
 
 
 def project_not_deploying_reason(session: Session, project: Project) -> str | None:
-    if project.disconnected_at is not None:
-        return "the project is disconnected (`slipway projects update REF --connect`)"
     repo = repository_by_name(session, project.repo_lower)
-    if repo is not None and not repo.reachable:
-        return (
-            f"the GitHub App can no longer reach {project.repo} (it was removed from the "
-            "installation, or the installation was suspended or deleted)"
-        )
     installation = (
         session.get(Installation, repo.installation_id)
         if repo is not None and repo.installation_id is not None
         else None
     )
-    if installation is not None and installation.suspended:
+    return not_deploying_reason(
+        repo=project.repo,
+        disconnected=project.disconnected_at is not None,
+        reachable=repo.reachable if repo is not None else None,
+        suspended=installation.suspended if installation is not None else None,
+        installation=(installation.account or str(installation.id)) if installation else None,
+    )
+
+
+def deployment_not_deploying_reason(state: DeploymentState) -> str | None:
+    """:func:`project_not_deploying_reason`, from what a deployment under way read of its
+    project in one query."""
+    return not_deploying_reason(
+        repo=state.repo,
+        disconnected=state.project_disconnected,
+        reachable=state.repo_reachable,
+        suspended=state.installation_suspended,
+        installation=state.installation_account or str(state.installation_id),
+    )
+
+
+def not_deploying_reason(
+    *,
+    repo: str,
+    disconnected: bool,
+    reachable: bool | None,
+    suspended: bool | None,
+    installation: str | None,
+) -> str | None:
+    """Why a project may not deploy now (None: it may). ``reachable`` and ``suspended``
+    are None when there is no repository or installation record."""
+    if disconnected:
+        return "the project is disconnected (`slipway projects update REF --connect`)"
+    if reachable is False:
         return (
-            f"the GitHub App's installation on {installation.account or installation.id} is "
-            f"suspended, so it cannot reach {project.repo}"
+            f"the GitHub App can no longer reach {repo} (it was removed from the "
+            "installation, or the installation was suspended or deleted)"
+        )
+    if suspended:
+        return (
+            f"the GitHub App's installation on {installation} is "
+            f"suspended, so it cannot reach {repo}"
         )
     return None
 

@@ -57,7 +57,7 @@ from sqlalchemy.orm import Session
 
 from controller.builders.base import Builder
 from controller.datadir import private_dir
-from controller.domain.projects import project_not_deploying_reason
+from controller.domain.projects import deployment_not_deploying_reason
 from controller.errors import PermanentError, TemporaryError
 from controller.gates.waiting import PROMOTE_JOB, NoLongerWaiting, check_still_promotable
 from controller.logs import bind_log_context
@@ -74,6 +74,7 @@ from controller.runtimes.base import Runtime
 from controller.secretstore.crypto import Cipher
 from controller.sources.git import GitSource
 from controller.store.db import Database
+from controller.store.deployments import deployment_state
 from controller.store.tables import Deployment, Environment, Project, Repository, Version, utcnow
 
 __all__ = ["CloneAuth", "Pipeline", "Snapshot", "Stop"]
@@ -309,18 +310,16 @@ class Pipeline:
         if self.stopping.is_set():
             raise Interrupted
         with self.db.read() as session:
-            env = session.get(Environment, snap.environment.id)
-            project = session.get(Project, snap.project.id)
-            dep = session.get(Deployment, snap.deployment.id)
-            assert env is not None and project is not None and dep is not None
-            if env.status == "archived":
-                raise Stop("canceled", f"canceled: preview branch {env.branch} was archived")
-            reason = project_not_deploying_reason(session, project)
-            if reason:
-                raise Stop("canceled", f"canceled: {reason}")
-            if dep.status in FINAL_STATUSES:
-                raise Stop(dep.status, dep.error or dep.status)
-            self._left(dep.started_at)
+            state = deployment_state(session, snap.deployment.id)
+        assert state is not None
+        if state.environment_status == "archived":
+            raise Stop("canceled", f"canceled: preview branch {state.branch} was archived")
+        reason = deployment_not_deploying_reason(state)
+        if reason:
+            raise Stop("canceled", f"canceled: {reason}")
+        if state.status in FINAL_STATUSES:
+            raise Stop(state.status, state.error or state.status)
+        self._left(state.started_at)
 
     def _remaining(self, dep: Deployment) -> float:
         with self.db.read() as session:

@@ -2,14 +2,71 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from controller.models import ACTIVE_STATUSES, WAITING
-from controller.store.tables import Deployment, DeploymentLog, DeploymentStep, Environment, Job
+from controller.store.tables import (
+    Deployment,
+    DeploymentLog,
+    DeploymentStep,
+    Environment,
+    Installation,
+    Job,
+    Project,
+    Repository,
+)
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """What a deployment under way re-checks between its phases: its own status, its
+    environment's, and whether its project may still deploy."""
+
+    status: str
+    error: str | None
+    started_at: datetime | None
+    environment_status: str
+    branch: str | None
+    project_disconnected: bool
+    repo: str
+    repo_reachable: bool | None  # None: no repository record (not a GitHub App project)
+    installation_suspended: bool | None
+    installation_account: str | None
+    installation_id: int | None
+
+
+# One statement, built once: the pipeline runs it between every two phases, where three
+# ORM loads and the repository and installation lookups took ~5x the CPU.
+_STATE = (
+    select(
+        Deployment.status,
+        Deployment.error,
+        Deployment.started_at,
+        Environment.status,
+        Environment.branch,
+        Project.disconnected_at.is_not(None),
+        Project.repo,
+        Repository.reachable,
+        Installation.suspended,
+        Installation.account,
+        Installation.id,
+    )
+    .join(Environment, Environment.id == Deployment.environment_id)
+    .join(Project, Project.id == Deployment.project_id)
+    .outerjoin(Repository, Repository.full_name_lower == Project.repo_lower)
+    .outerjoin(Installation, Installation.id == Repository.installation_id)
+    .where(Deployment.id == bindparam("deployment_id"))
+)
+
+
+def deployment_state(session: Session, deployment_id: str) -> DeploymentState | None:
+    row = session.execute(_STATE, {"deployment_id": deployment_id}).one_or_none()
+    return DeploymentState(*row) if row is not None else None
 
 
 def active_deployment_count(session: Session, environment_id: int) -> int:

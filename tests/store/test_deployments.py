@@ -15,13 +15,23 @@ from controller.domain.environments import (
 )
 from controller.domain.projects import (
     create_project,
+    deployment_not_deploying_reason,
     disconnect_project,
     project_not_deploying_reason,
 )
 from controller.errors import Conflict, InvalidInput
 from controller.secretstore.crypto import Cipher, key_hash
 from controller.store.db import Database
-from controller.store.tables import Deployment, Environment, Event, Job, Project, Repository
+from controller.store.deployments import DeploymentState, deployment_state
+from controller.store.tables import (
+    Deployment,
+    Environment,
+    Event,
+    Installation,
+    Job,
+    Project,
+    Repository,
+)
 
 
 def sha(n: int) -> str:
@@ -321,3 +331,58 @@ def test_an_unreachable_repository_stops_deploying(database: Database, project_i
         deploy(database, project_id, "production", n=2)
     with database.read() as session:
         assert session.execute(select(Deployment.id)).scalars().all() == [reachable]
+
+
+def test_a_deployment_under_way_reads_the_same_reasons_in_one_query(
+    database: Database, cipher: Cipher, project_id: int
+) -> None:
+    """The pipeline re-checks between phases with :func:`deployment_state` (one query);
+    it must stop for exactly the reasons the project's own check gives."""
+    dep_id = deploy(database, project_id, "production", n=1)
+
+    def state_of(deployment_id: str) -> DeploymentState:
+        with database.read() as session:
+            state = deployment_state(session, deployment_id)
+        assert state is not None
+        return state
+
+    def both() -> tuple[str | None, str | None]:
+        mine = deployment_not_deploying_reason(state_of(dep_id))
+        return mine, not_deploying_reason(database, project_id)
+
+    state = state_of(dep_id)
+    assert (state.status, state.environment_status, state.branch) == ("queued", "active", None)
+    assert both() == (None, None)  # no repository record: not a GitHub App project
+    set_reachable(database, True)
+    assert both() == (None, None)  # reachable; installation 4242 has no record
+    with database.transaction() as session:
+        session.add(Installation(id=4242, account="octo-org", suspended=True))
+    mine, theirs = both()
+    assert mine == theirs and mine is not None and "octo-org is suspended" in mine
+    set_reachable(database, False)
+    mine, theirs = both()
+    assert mine == theirs and mine is not None and "no longer reach" in mine
+    with database.transaction() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        disconnect_project(session, project)
+    mine, theirs = both()
+    assert mine == theirs and mine is not None and "disconnected" in mine
+    assert state_of(dep_id).status == "canceled"  # what disconnecting does to queued work
+    with database.read() as session:
+        assert deployment_state(session, "dep_none") is None
+
+
+def test_a_deployment_under_way_sees_its_branch_archived(
+    database: Database, cipher: Cipher, project_id: int
+) -> None:
+    add_preview(database, cipher, project_id, "feature/x")
+    dep_id = deploy(database, project_id, "preview", "feature/x", n=2)
+    with database.transaction() as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        archive_branch(session, project, "feature/x", reason="closed")
+    with database.read() as session:
+        state = deployment_state(session, dep_id)
+    assert state is not None
+    assert (state.environment_status, state.branch) == ("archived", "feature/x")
