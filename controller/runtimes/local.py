@@ -386,24 +386,53 @@ class LocalRuntime:
     def begin(self, version_id: int, port: int, run_id: str) -> None:
         """A run the web process sends to the worker on ``port`` without a lease (it
         found the worker in the registry): counted until its :meth:`release`."""
-        with self._version_lock(version_id), self._lock:
-            candidates = [self._workers.get(version_id), *self._retiring.values()]
-            match = next((w for w in candidates if w is not None and w.port == port), None)
-            self.ledger.begin(run_id, match)
+
+        def count() -> None:
+            with self._lock:
+                candidates = [self._workers.get(version_id), *self._retiring.values()]
+                match = next((w for w in candidates if w is not None and w.port == port), None)
+                self.ledger.begin(run_id, match)
+
+        self._soon_under_version_lock(version_id, count)
 
     def release(self, version_id: int, port: int, run_id: str | None = None) -> None:
         """The end of a leased run, or (``run_id``) of one counted by :meth:`begin`."""
-        with self._version_lock(version_id), self._lock:
-            candidates = [self._workers.get(version_id), *self._retiring.values()]
-            if run_id is not None:
-                self.ledger.release(run_id)
-                candidates = []
-            for worker in candidates:
-                if worker is not None and worker.port == port and worker.in_flight > 0:
-                    worker.in_flight -= 1
-                    worker.last_used = time.monotonic()
-                    break
+
+        def uncount() -> None:
+            with self._lock:
+                candidates = [self._workers.get(version_id), *self._retiring.values()]
+                if run_id is not None:
+                    self.ledger.release(run_id)
+                    candidates = []
+                for worker in candidates:
+                    if worker is not None and worker.port == port and worker.in_flight > 0:
+                        worker.in_flight -= 1
+                        worker.last_used = time.monotonic()
+                        break
+
+        self._soon_under_version_lock(version_id, uncount)
         self.slots.notify()  # after both locks: a start waiting for a slot may evict it
+
+    def _soon_under_version_lock(self, version_id: int, change: Callable[[], None]) -> None:
+        """``change`` under the version's lock: now if it is free, else in a thread of
+        its own once it is. Begins and releases come from one thread reading them all
+        (see :mod:`.control`); one waiting behind a worker start would hold up every
+        other run's release, and a start waiting for a preview slot waits for those.
+        Deferred, a release may be applied before its begin: the ledger pairs them."""
+        lock = self._version_lock(version_id)
+        if lock.acquire(blocking=False):
+            try:
+                change()
+            finally:
+                lock.release()
+            return
+
+        def later() -> None:
+            with lock:
+                change()
+            self.slots.notify()
+
+        threading.Thread(target=later, name=f"ledger-{version_id}", daemon=True).start()
 
     def refused(self, version_id: int, port: int) -> None:
         """The worker on ``port`` refused a run (it is draining): start the version anew."""

@@ -7,6 +7,7 @@ datagram still arrives, as a connection.
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
 import threading
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 
 from controller.runtimes import control
-from controller.runtimes.control import LEDGER_NAME, ControlClient, ControlServer
+from controller.runtimes.control import LEDGER_NAME, ControlClient, ControlServer, lease_handlers
+from controller.runtimes.local import LocalRuntime
+from controller.runtimes.workers import Worker
 
 DEADLINE = 60.0
 
@@ -152,3 +155,33 @@ def test_a_message_with_no_controller_is_dropped_without_error(tmp_path: Path) -
         client.send("release", version_id=1, port=1234, run_id=f"r{number}")
     assert time.monotonic() - started < DEADLINE
     client.close()
+
+
+def test_a_begin_waiting_for_its_version_holds_up_no_other_release(tmp_path: Path) -> None:
+    """Version 1's lock is held (a worker start): its begin waits, in a thread of its
+    own, while version 2's release, sent after it, is counted at once."""
+    runtime = LocalRuntime(data_dir=tmp_path / "data")
+    one = Worker(version_id=1, pid=os.getpid(), port=1111)
+    two = Worker(version_id=2, pid=os.getpid(), port=2222)
+    runtime._workers.update({1: one, 2: two})
+    server = ControlServer(
+        runtime.registry.parent, {"ping": lambda r: True, **lease_handlers(runtime)}
+    )
+    server.start()
+    client = ControlClient(runtime.registry.parent)
+    try:
+        runtime.begin(2, 2222, "r2")
+        assert two.in_flight == 1
+        with runtime._version_lock(1):
+            client.send("begin", version_id=1, port=1111, run_id="r1")
+            client.send("release", version_id=2, port=2222, run_id="r2")
+            _wait_for(lambda: two.in_flight == 0)
+            assert one.in_flight == 0  # still waiting for the lock
+        _wait_for(lambda: one.in_flight == 1)
+        client.send("release", version_id=1, port=1111, run_id="r1")
+        _wait_for(lambda: one.in_flight == 0)
+    finally:
+        client.close()
+        server.stop()
+        runtime._workers.clear()
+        runtime.close(timeout=2)
