@@ -7,9 +7,14 @@ differences are handled here and nowhere else:
   every write transaction starts with ``BEGIN IMMEDIATE``, so read-then-write transactions
   (claiming a job, numbering a version) serialise instead of failing on lock upgrade.
   Reads use a plain deferred ``BEGIN`` and never block on writers. A write that may be
-  lost with the machine (not with the process), such as a run's "running" row whose
-  answer nobody has seen yet, asks ``transaction(durable=False)``: ``synchronous=NORMAL``
-  for that commit, which then skips the fsync (the next durable commit syncs the WAL).
+  lost with the machine (not with the process) asks ``transaction(durable=False)``:
+  ``synchronous=NORMAL`` for that commit, which then skips the fsync. The WAL reaches the
+  disk at the next durable commit or checkpoint (:meth:`Database.start_checkpointer`,
+  every 0.5 s), so what such a commit risks is bounded: the last half second of it, on a
+  power loss or kernel crash. PostgreSQL gets the same promise from
+  ``synchronous_commit = off`` for that transaction. Runs use it (their outcome is in the
+  trigger's response; a fsync would be a third of a warm run); deployments, versions,
+  variables and deliveries never do.
 * SQLite has one writer at a time. Waiting on its busy handler means sleeping in steps of
   up to 100 ms, so within the process write transactions queue on :class:`WriteLock`
   instead, which hands the lock over at once and lets the webhook writer go first.
@@ -39,6 +44,9 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 log = logging.getLogger(__name__)
+
+# PostgreSQL's asynchronous commit, for this transaction only (SQLite's is a PRAGMA).
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
 
 CACHE_KIB = 512  # SQLite's page cache per connection (its default: 2 MB)
 
@@ -156,10 +164,13 @@ class Database:
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[Session]:
         """A write transaction: committed on success, rolled back on any exception.
-        ``durable=False``: on SQLite, the commit survives a crash of the process but
-        not of the machine (no fsync)."""
+        ``durable=False``: the commit survives a crash of the process; one of the
+        machine or database server may lose its last half second (no fsync, no wait for
+        the WAL flush)."""
         sessions = self._writer if durable else self._relaxed
         with self.writing(), sessions() as session, session.begin():
+            if not durable and not self.is_sqlite:
+                session.execute(_ASYNC_COMMIT)
             yield session
 
     @contextmanager
