@@ -28,7 +28,6 @@ SQL that only this module may run.
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import threading
@@ -41,15 +40,12 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from controller.owners import make_owner, owner_alive
 from controller.store.db import Database
 from controller.store.sql import one_of
 from controller.store.tables import Job, utcnow
 
 LEASE_SECONDS = 30.0
-
-
-def make_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
 
 
 @dataclass(frozen=True)
@@ -303,7 +299,7 @@ class Queue:
                     Job.status == "running", Job.lease_owner.like(f"{host}:%")
                 )
             ).all()
-            dead = [job_id for job_id, owner in held if not _owner_alive(owner, self.owner)]
+            dead = [job_id for job_id, owner in held if not owner_alive(owner, self.owner)]
             if dead:
                 session.execute(
                     update(Job)
@@ -317,22 +313,3 @@ class Queue:
         with self.db.read() as session:
             rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
         return {status: count for status, count in rows}
-
-
-def _owner_alive(owner: str | None, me: str) -> bool:
-    if not owner or owner == me:
-        return True
-    try:
-        pid = int(owner.split(":")[1])
-    except (IndexError, ValueError):
-        return True
-    if pid == os.getpid():
-        # Same pid, other owner string: a previous controller in this process (tests).
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

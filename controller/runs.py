@@ -31,6 +31,7 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -222,6 +223,7 @@ def trigger(
             task_id=task_id,
             payload=payload,
             created_at=created_at,
+            expires_at=created_at + run_deadline(max_duration),
         )
     result = _execute(
         runtime,
@@ -302,6 +304,17 @@ def mask_run_result(result: dict[str, Any], secrets: list[str]) -> dict[str, Any
     masked["output"] = mask_json(result.get("output"), secrets)
     masked["error"] = mask_json(result.get("error"), secrets)
     return masked
+
+
+# A run without ``max_duration`` may take this long; the runtimes allow a minute more to
+# read its answer (controller.runtimes.runcall), and a run is certainly over after both.
+UNBOUNDED_RUN_SECONDS = 24 * 3600
+RUN_SLACK_SECONDS = 120
+
+
+def run_deadline(max_duration: float | None) -> timedelta:
+    """How long after its start a run is certainly over, answered or not."""
+    return timedelta(seconds=(max_duration or UNBOUNDED_RUN_SECONDS) + RUN_SLACK_SECONDS)
 
 
 def _failed(kind: str, message: str) -> dict[str, Any]:

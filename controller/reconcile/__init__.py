@@ -11,6 +11,8 @@ Webhook deliveries only make things happen sooner; these passes make them happen
   (``SLIPWAY_PREVIEW_TTL``); branch heads of repositories without ``--clone-url``.
 * storage retention (:mod:`controller.store.retention`) — finished jobs, old deployment
   logs and old run logs go, so the database stays bounded.
+* runs whose process is gone (:func:`controller.store.runs.fail_abandoned_runs`) are
+  marked failed instead of staying "running".
 
 * :mod:`~controller.reconcile.deployments` — deployments that lost their job get one
   again; webhook deliveries past their retention go.
@@ -33,6 +35,7 @@ from controller.settings import Settings
 from controller.sources.base import GitRemote, RefResolver, Source
 from controller.store.db import Database
 from controller.store.retention import RetentionPolicy, prune_storage
+from controller.store.runs import fail_abandoned_runs
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,16 @@ def resync_passes(
                 pruned.run_logs,
             )
 
-    passes: list[Callable[[], None]] = [prune_old_records]
+    def fail_runs_left_running() -> None:
+        failed = fail_abandoned_runs(db)
+        if failed:
+            log.warning(
+                "%d run(s) were left running by a server process that is gone: "
+                "marked failed (RunAbandoned)",
+                failed,
+            )
+
+    passes: list[Callable[[], None]] = [prune_old_records, fail_runs_left_running]
     reads = ConditionalReads(github) if github is not None else None
     if reads is not None:
         pulls = PullRequestPass(

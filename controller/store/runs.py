@@ -8,13 +8,17 @@ spends most of its time in the web process.
 
 from __future__ import annotations
 
-from datetime import datetime
+import socket
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from controller.store.tables import Run
+from controller.owners import owner_alive, owner_host, process_owner
+from controller.store.db import Database
+from controller.store.sql import one_of
+from controller.store.tables import Run, utcnow
 
 _RUNS: Table = Run.__table__  # type: ignore[assignment]
 _INSERT = _RUNS.insert()
@@ -30,6 +34,7 @@ def insert_started(
     task_id: str,
     payload: Any,
     created_at: datetime,
+    expires_at: datetime,
 ) -> None:
     session.connection().execute(
         _INSERT,
@@ -41,6 +46,8 @@ def insert_started(
             "status": "running",
             "payload": payload,
             "created_at": created_at,
+            "owner": process_owner(),
+            "expires_at": expires_at,
         },
     )
 
@@ -67,6 +74,46 @@ def record_finished(
             "logs": logs,
             "duration_ms": duration_ms,
             "finished_at": finished_at,
+            "owner": None,
+            "expires_at": None,
         },
     )
     return bool(done.rowcount)
+
+
+# Rows from before runs had a deadline: over once the longest run could be.
+_LEGACY_DEADLINE = timedelta(days=1, minutes=5)
+
+
+def fail_abandoned_runs(db: Database, *, now: datetime | None = None) -> int:
+    """Mark failed the runs whose outcome nobody is left to record (module docstring)."""
+    now = now or utcnow()
+    host, me = socket.gethostname(), process_owner()
+    with db.read() as session:
+        running = session.execute(
+            select(Run.id, Run.owner, Run.expires_at, Run.created_at).where(Run.status == "running")
+        ).all()
+    gone: list[str] = []
+    late: list[str] = []
+    for run_id, owner, expires_at, created_at in running:
+        if owner and owner_host(owner) == host and not owner_alive(owner, me):
+            gone.append(run_id)
+        elif (expires_at or created_at + _LEGACY_DEADLINE) < now:
+            late.append(run_id)
+    for ids, message in (
+        (gone, "the server process that ran it stopped before the run finished"),
+        (late, "no outcome arrived within its time limit; the server process that ran it is gone"),
+    ):
+        if not ids:
+            continue
+        error = {
+            "type": "RunAbandoned",
+            "message": f"{message}, so its outcome is unknown: trigger it again",
+        }
+        with db.transaction() as session:
+            session.execute(
+                update(Run)
+                .where(one_of(Run.id, ids), Run.status == "running")
+                .values(status="failed", error=error, finished_at=now, owner=None, expires_at=None)
+            )
+    return len(gone) + len(late)

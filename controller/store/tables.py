@@ -339,6 +339,13 @@ class Run(Base):
             sqlite_where=text("logs IS NOT NULL"),
             postgresql_where=text("logs IS NOT NULL"),
         ),
+        # The resync finds runs whose process is gone among the few still running.
+        Index(
+            "ix_runs_running_expires_at",
+            "expires_at",
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -353,6 +360,10 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
     duration_ms: Mapped[float | None] = mapped_column(Float)
+    # While running: the process that waits for the outcome (controller.owners) and when
+    # the run is certainly over (its time limit and the runtime's slack).
+    owner: Mapped[str | None] = mapped_column(String(120))
+    expires_at: Mapped[datetime | None] = mapped_column()
 
 
 class Worker(Base):

@@ -137,6 +137,33 @@ def test_ctrl_c_during_a_run_stops_it_after_the_grace_period_and_records_it(
     assert_clean_exit(server)
 
 
+def test_a_run_in_flight_when_the_server_is_killed_ends_failed_not_running(
+    slow_flow: Flow, tmp_path: Path
+) -> None:
+    server = slow_flow.server
+    slow_flow.push()
+    slow_flow.deployed()
+    marker = tmp_path / "started"
+    thread, answer = trigger_in_background(server, {"marker": str(marker), "seconds": 2})
+    server.wait_for(lambda: marker.exists() and marker.read_text(), timeout=60)
+    run_id = marker.read_text()
+
+    server.kill()  # nobody is left to record the outcome the worker will have
+    thread.join(60)
+    assert "error" in answer, answer
+    server.start()
+
+    def settled() -> dict[str, Any] | None:
+        run = server.ok("GET", f"/api/v1/runs/{run_id}")
+        return None if run["status"] == "running" else dict(run)
+
+    # The resync (every 2 s here) sees that the process that ran it is gone.
+    run = server.wait_for(settled, timeout=120, what=f"run {run_id} to leave 'running'")
+    assert run["status"] == "failed", run
+    assert run["error"]["type"] == "RunAbandoned", run
+    assert "trigger it again" in run["error"]["message"], run
+
+
 def test_a_run_that_ends_within_the_grace_period_completes(slow_flow: Flow, tmp_path: Path) -> None:
     server = slow_flow.server
     slow_flow.push()

@@ -1,8 +1,12 @@
 """Retention on SQLite and PostgreSQL: finished jobs, old deployment logs and old run logs
-go; what is still in use (active deployments, current versions, recent rows) stays."""
+go; what is still in use (active deployments, current versions, recent rows) stays; runs
+whose process is gone stop being "running"."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from itertools import count
@@ -11,6 +15,7 @@ from sqlalchemy import func, select
 
 from controller.domain.environments import find_environment
 from controller.domain.projects import get_project
+from controller.owners import make_owner, process_owner
 from controller.store.db import Database
 from controller.store.retention import (
     RetentionPolicy,
@@ -19,6 +24,7 @@ from controller.store.retention import (
     prune_run_logs,
     prune_storage,
 )
+from controller.store.runs import fail_abandoned_runs
 from controller.store.tables import (
     Deployment,
     DeploymentLog,
@@ -205,3 +211,81 @@ def test_prune_storage_applies_every_rule(
 
     assert (pruned.jobs, pruned.deployment_logs, pruned.run_logs) == (1, 2, 0)
     assert not prune_storage(database, policy)
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this host that has exited (and been reaped)."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(child.stdout)
+
+
+def test_runs_whose_process_is_gone_or_whose_deadline_passed_end_failed(
+    database: Database, make_project: Callable[..., int]
+) -> None:
+    make_project()
+    dep = _deployment(database, status="deployed", finished_days_ago=1)
+    version_id = _version(database, dep, current=True)
+    now = utcnow()
+    here = make_owner().split(":")[0]
+    soon, past = now + timedelta(hours=1), now - timedelta(seconds=1)
+    rows = {
+        # (owner, expires_at, created_at): what should happen to it
+        "run_mine": (process_owner(), soon, now),  # this process still waits for it
+        "run_parent": (f"{here}:{os.getppid()}:0000abcd", soon, now),  # alive
+        "run_dead_pid": (f"{here}:{_dead_pid()}:0000abcd", soon, now),  # gone: at once
+        "run_other_host": ("elsewhere:1:0000abcd", soon, now),  # cannot tell yet
+        "run_other_late": ("elsewhere:1:0000abcd", past, now),  # its deadline passed
+        "run_legacy_old": (None, None, now - timedelta(days=2)),  # before deadlines
+        "run_legacy_new": (None, None, now - timedelta(hours=1)),
+    }
+    with database.transaction() as session:
+        env_id = session.execute(
+            select(Environment.id).where(Environment.name == "production")
+        ).scalar_one()
+        for run_id, (owner, expires_at, created_at) in rows.items():
+            session.add(
+                Run(
+                    id=run_id,
+                    environment_id=env_id,
+                    version_id=version_id,
+                    task_id="hello",
+                    status="running",
+                    owner=owner,
+                    expires_at=expires_at,
+                    created_at=created_at,
+                )
+            )
+        session.add(
+            Run(
+                id="run_done",
+                environment_id=env_id,
+                version_id=version_id,
+                task_id="hello",
+                status="completed",
+                owner=None,
+                expires_at=None,
+                created_at=now - timedelta(days=3),
+                finished_at=now - timedelta(days=3),
+            )
+        )
+
+    assert fail_abandoned_runs(database) == 3
+    assert fail_abandoned_runs(database) == 0
+
+    with database.read() as session:
+        runs = {r.id: r for r in session.execute(select(Run)).scalars()}
+    failed = {run_id for run_id, run in runs.items() if run.status == "failed"}
+    assert failed == {"run_dead_pid", "run_other_late", "run_legacy_old"}
+    assert runs["run_done"].status == "completed"
+    for run_id in failed:
+        run = runs[run_id]
+        assert run.error is not None and run.error["type"] == "RunAbandoned"
+        assert "trigger it again" in run.error["message"]
+        assert run.finished_at is not None and run.owner is None
+    assert "stopped before the run finished" in runs["run_dead_pid"].error["message"]
+    assert "time limit" in runs["run_other_late"].error["message"]
